@@ -1,0 +1,1 @@
+"""approx (see DESIGN.md)."""

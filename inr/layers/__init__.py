@@ -1,0 +1,9 @@
+"""The shared layer core: one file per family (DESIGN.md)."""
+from .encoding import PositionalEncoding
+from .gauss import GaussLayer
+from .lrnn import LRNNLayer
+from .sine import SineLayer, spder_atan, spder_sqrt
+from .wire import ComplexGaborLayer, RealGaborLayer
+
+__all__ = ["SineLayer", "spder_sqrt", "spder_atan", "GaussLayer", "RealGaborLayer", "ComplexGaborLayer",
+           "PositionalEncoding", "LRNNLayer"]

@@ -1,0 +1,1 @@
+"""pde (see DESIGN.md)."""

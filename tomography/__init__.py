@@ -1,0 +1,1 @@
+"""tomography (see DESIGN.md)."""
