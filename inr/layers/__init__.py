@@ -7,3 +7,5 @@ from .wire import ComplexGaborLayer, RealGaborLayer
 
 __all__ = ["SineLayer", "spder_sqrt", "spder_atan", "GaussLayer", "RealGaborLayer", "ComplexGaborLayer",
            "PositionalEncoding", "LRNNLayer"]
+from .quadratic import QuadraticConv2d, QuadraticLinear  # noqa: E402
+__all__ += ["QuadraticLinear", "QuadraticConv2d"]
