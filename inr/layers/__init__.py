@@ -9,3 +9,6 @@ __all__ = ["SineLayer", "spder_sqrt", "spder_atan", "GaussLayer", "RealGaborLaye
            "PositionalEncoding", "LRNNLayer"]
 from .quadratic import QuadraticConv2d, QuadraticLinear  # noqa: E402
 __all__ += ["QuadraticLinear", "QuadraticConv2d"]
+from .product_unit import ConvPU  # noqa: E402
+from .newton import NewtonBlock  # noqa: E402
+__all__ += ["ConvPU", "NewtonBlock"]
