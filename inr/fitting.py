@@ -1,0 +1,441 @@
+"""A signal + a model -> a trained run folder.
+
+``fit_signal(signal_or_path, model="lrnn-spder", params=200_000, ...)`` seeds, builds the model from the
+registry, trains it with :func:`inr.train.fit` and writes a run folder:
+
+- ``reconstruction.png`` (input size; 16-bit for 16-bit input) or ``reconstruction.wav`` (input rate,
+  channels, subtype); ``error.png`` for images (|prediction - truth| averaged over channels, colour-mapped,
+  scaled so that the largest error is white-hot: its value is ``metrics["error_map_max"]``);
+- ``metrics.json``, ``history.csv``, ``curves.png``, ``model.pt`` (state dict) and ``config.json``
+  (model config, fit options, signal description).
+
+The folder is assembled under a hidden temporary name next to ``out`` and renamed at the end, so a
+run that fails or is interrupted never leaves a complete-looking folder.  With ``checkpoint_every``
+the temporary folder keeps ``checkpoint.pt`` after an interruption and ``resume=True`` continues it.
+
+The pieces (model defaults, loss, prediction, metrics, folder writing) are separate functions so
+batched fitting and the benchmarks can reuse them.
+
+Defaults (our choice, methods.md section 1 where it speaks):
+
+- learning rates (Adam, cosine decay to 0.1x): see :data:`DEFAULT_LR`;
+- audio: SIREN/SPDER first-layer ``w0_first=3000``; SPDER and LRNN-SPDER use ``sin(z) arctan(z)``
+  (``spder-atan``); LRNN audio models also use ``w0_first=3000`` in their first layer, so the
+  components see the same frequency range as SIREN's first layer.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import resource
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import __version__, metrics as M
+from .models import build, count_params, from_config
+from .signals import Signal, SignalError, load
+from .train import TrainConfig, fit, resolve_device, seed_everything
+
+DEFAULT_LR = {"siren": 1e-4, "spder": 1e-4, "gauss": 1e-3, "wire": 5e-3, "relu-pe": 1e-3,
+              "lrnn-siren": 1e-3, "lrnn-spder": 1e-3}
+FALLBACK_LR = 1e-3          # models registered later without an entry above
+AUDIO_W0_FIRST = 3000.0
+PREDICT_CHUNK = 65536       # coordinates per forward pass when predicting a whole signal
+RUN_FILES = ("metrics.json", "config.json", "model.pt", "history.csv", "curves.png")
+
+
+class RunError(ValueError):
+    """A bad fitting option or output location; the message names it."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Model and loss
+
+
+def model_defaults(model: str, kind: str) -> dict:
+    """Hyper-parameters this tool sets for ``model`` on an ``"image"`` or ``"audio"`` signal
+    (anything passed in ``model_options`` overrides them)."""
+    if kind != "audio":
+        return {}
+    d = {}
+    if model in ("siren", "spder", "lrnn-siren", "lrnn-spder"):
+        d["w0_first"] = AUDIO_W0_FIRST
+    if model in ("spder", "lrnn-spder"):
+        d["activation"] = "spder-atan"
+    return d
+
+
+def default_lr(model: str) -> float:
+    return DEFAULT_LR.get(model, FALLBACK_LR)
+
+
+def build_for(signal: Signal, model: str, params: int | None = None, model_options: dict | None = None,
+              device=None):
+    """Build ``model`` for ``signal``: coordinate dim in, channels out, this tool's defaults for the kind."""
+    hyper = {**model_defaults(model, signal.kind), **(model_options or {})}
+    if params is not None and any(k in hyper for k in ("hidden", "rank")):
+        params = None  # an explicit width wins over the budget
+    return build(model, signal.coord_dim, signal.channels, params=params, device=device, **hyper)
+
+
+def to_network(values: torch.Tensor, kind: str) -> torch.Tensor:
+    """Signal values -> the [-1, 1] training targets (images: 2 v - 1; audio: already in [-1, 1])."""
+    return values * 2 - 1 if kind == "image" else values
+
+
+def from_network(out: torch.Tensor, kind: str) -> torch.Tensor:
+    """Network outputs -> the signal's value scale (inverse of :func:`to_network`)."""
+    return (out + 1) * 0.5 if kind == "image" else out
+
+
+def make_loss(model, coords: torch.Tensor, targets: torch.Tensor, kind: str, batch: int | None = None):
+    """``step -> (loss, info)``: MSE on the [-1, 1] targets over ``batch`` random points (with
+    replacement, drawn from torch's global CPU generator so checkpoints resume the same stream) or
+    all points.  ``info`` holds the batch PSNR on the [0, 1] scale (images) or the batch MSE (audio)."""
+    y = to_network(targets, kind)
+    n = coords.shape[0]
+    full = batch is None or batch >= n
+
+    def loss_fn(step):
+        if full:
+            x, t = coords, y
+        else:
+            idx = torch.randint(n, (batch,)).to(coords.device)
+            x, t = coords[idx], y[idx]
+        out = model(x)
+        loss = torch.mean((out - t) ** 2)
+        with torch.no_grad():
+            if kind == "image":  # PSNR of the clamped prediction on [0, 1]
+                err = torch.mean((from_network(out, kind).clamp(0, 1) - (t + 1) * 0.5) ** 2)
+                info = {"psnr": M.psnr_from_mse(float(err))}
+            else:
+                info = {"mse": float(loss)}
+        return loss, info
+
+    return loss_fn
+
+
+@torch.no_grad()
+def predict(model, coords: torch.Tensor, kind: str, chunk: int = PREDICT_CHUNK) -> torch.Tensor:
+    """The model's prediction in the signal's value scale, ``(N, C)`` float64 on the CPU, in chunks
+    of ``chunk`` coordinates so memory stays bounded for large signals."""
+    was_training = model.training
+    model.eval()
+    parts = [from_network(model(coords[i:i + chunk]), kind).double().cpu() for i in range(0, coords.shape[0], chunk)]
+    model.train(was_training)
+    return torch.cat(parts)
+
+
+def signal_metrics(signal: Signal, pred) -> dict:
+    """Images: PSNR and SSIM (data range 1) of the prediction clamped to [0, 1].
+    Audio: MSE on the [-1, 1] amplitude scale and rho_AG."""
+    p, t = signal.reshape(pred), signal.values
+    if signal.kind == "image":
+        p = np.clip(p, 0.0, 1.0)
+        out = {"psnr": M.psnr(p, t, data_range=1.0), "ssim": _ssim(p, t)}
+    else:
+        out = {"mse": M.mse(p, t), "rho_ag": M.rho_ag(p, t)}
+    return {k: (None if v is None or not math.isfinite(v) else v) for k, v in out.items()}
+
+
+def _ssim(p: np.ndarray, t: np.ndarray) -> float | None:
+    side = min(t.shape[:2])
+    if side < 3:
+        return None  # SSIM needs a window of at least 3 x 3
+    win = min(7, side if side % 2 else side - 1)
+    from skimage.metrics import structural_similarity
+
+    if t.shape[2] == 1:
+        return float(structural_similarity(t[..., 0], p[..., 0], data_range=1.0, win_size=win))
+    return float(structural_similarity(t, p, data_range=1.0, channel_axis=2, win_size=win))
+
+
+def saved_tensor_bytes(loss_fn) -> int:
+    """Bytes of the tensors autograd saves for one training step (forward of ``loss_fn``),
+    counted once per storage (views and reuse share a storage)."""
+    seen: dict = {}
+
+    def pack(t):
+        try:
+            s = t.untyped_storage()
+            seen[(s.data_ptr(), t.device)] = s.nbytes()
+        except (RuntimeError, NotImplementedError):  # sparse or functorch wrappers: count the tensor
+            seen[(id(t), t.device)] = t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = loss_fn(0)
+    loss = out[0] if isinstance(out, tuple) else out
+    del loss, out
+    return int(sum(seen.values()))
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process so far (Linux reports KiB, macOS bytes)."""
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(r if sys.platform == "darwin" else r * 1024)
+
+
+def versions() -> dict:
+    return {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
+            "mulneurons": __version__, "platform": platform.platform()}
+
+
+# ----------------------------------------------------------------------------------------------
+# Run folder
+
+
+def default_out(signal: Signal, model: str, root: str | os.PathLike = "runs") -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path(root) / f"{signal.name}-{model}-{stamp}"
+
+
+def _write_json(obj, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=_json_default) + "\n")
+    os.replace(tmp, path)
+
+
+def _json_default(o):
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, (tuple, set)):
+        return list(o)
+    if isinstance(o, Path):
+        return str(o)
+    return str(o)
+
+
+def write_error_map(signal: Signal, pred, path: Path) -> float:
+    """Colour-mapped |prediction - truth| (mean over channels) at the input size; returns the error
+    that maps to the top of the colour scale."""
+    from matplotlib import colormaps
+    from PIL import Image
+
+    err = np.abs(np.clip(signal.reshape(pred), 0, 1) - signal.values).mean(-1)
+    top = float(err.max()) or 1.0
+    rgb = (colormaps["inferno"](err / top)[..., :3] * 255).round().astype(np.uint8)
+    Image.fromarray(rgb).save(path, format="PNG")
+    return top
+
+
+def write_curves(history: list, kind: str, path: Path) -> None:
+    """Loss (and PSNR for images) against step and against seconds."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    rows = [r for r in history if "loss" in r]
+    keys = ["loss"] + (["psnr"] if kind == "image" else [])
+    fig = Figure(figsize=(9, 3.2 * len(keys)))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(keys), 2, squeeze=False)
+    for i, k in enumerate(keys):
+        for j, x in enumerate(("step", "seconds")):
+            ax = axes[i][j]
+            pts = [(r[x], r[k]) for r in rows if r.get(k) is not None and math.isfinite(r[k])]
+            if pts:
+                ax.plot(*zip(*pts), lw=1)
+            if k == "loss":
+                ax.set_yscale("log")
+            ax.set_xlabel(x)
+            ax.set_ylabel("training MSE ([-1,1] scale)" if k == "loss" else "batch PSNR (dB)")
+            ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def _check_out(out: Path) -> Path:
+    """Reject an output location we cannot use, before any work is done."""
+    if out.exists():
+        raise RunError(f"--out {out}: already exists; choose a new run folder")
+    parent = out.parent
+    anc = parent
+    while not anc.exists():
+        anc = anc.parent
+    if not anc.is_dir():
+        raise RunError(f"--out {out}: {anc} is a file, not a folder")
+    if not os.access(anc, os.W_OK | os.X_OK):
+        raise RunError(f"--out {out}: {anc} is not writable")
+    return out
+
+
+def staging_dir(out: Path) -> Path:
+    """The hidden folder a run is assembled in (kept after an interruption only when it holds a checkpoint)."""
+    return out.parent / f".{out.name}.partial"
+
+
+# ----------------------------------------------------------------------------------------------
+# The whole job
+
+
+def fit_signal(signal: Signal | str | os.PathLike | None = None, model: str = "lrnn-spder",
+               params: int | None = 200_000, steps: int = 2000, seconds: float | None = None,
+               lr: float | None = None, batch: int | str | None = None, target_psnr=(30, 40),
+               target_mse=(1e-3, 1e-4), device: str = "auto", seed: int = 0,
+               out: str | os.PathLike | None = None, quiet: bool = False, model_options: dict | None = None,
+               resume: bool = False, checkpoint_every: int = 0, schedule: str = "cosine",
+               lr_final: float = 0.1) -> dict:
+    """Fit ``model`` to a signal and write a run folder; returns the metrics dict (also in metrics.json).
+
+    Args:
+        signal: a :class:`Signal`, a path to an image / WAV file, or None (the cameraman).
+        model: a registry name (:data:`inr.models.MODELS`).
+        params: parameter budget (picks ``hidden`` / ``rank``); ignored when ``model_options`` sets the width.
+        steps, seconds: stop at ``steps`` optimizer steps or ``seconds`` of training, whichever comes first.
+        lr: Adam learning rate; None picks :data:`DEFAULT_LR` for the model.
+        batch: random points per step; None = every point (full batch); ``"auto"`` = full batch on CUDA,
+            8192 points on the CPU.
+        target_psnr: PSNR targets (dB) whose first crossing by the batch PSNR is timed (images).
+        target_mse: MSE targets timed for audio (first batch MSE at or below each).
+        device: ``auto``, ``cpu`` or ``cuda``.
+        seed: seeds python, numpy and torch (initialisation and the point sampler).
+        out: run folder (must not exist); None -> ``runs/<name>-<model>-<time>``.
+        model_options: extra hyper-parameters for the model (``hidden``, ``rank``, ``w0``, ...).
+        resume, checkpoint_every: write ``checkpoint.pt`` every N steps into the staging folder and
+            continue from it when ``resume`` is set.
+        schedule, lr_final: learning-rate schedule (see :class:`inr.train.TrainConfig`).
+    """
+    sig = signal if isinstance(signal, Signal) else load(signal)
+    dev = resolve_device(device)
+    if batch == "auto":
+        batch = None if dev.type == "cuda" else 8192
+    if batch is not None and (not isinstance(batch, int) or batch <= 0):
+        raise RunError(f"--batch must be a positive integer, 'auto' or None (full batch), got {batch!r}")
+    if steps is None or steps <= 0:
+        raise RunError(f"--steps must be > 0, got {steps}")
+    if seconds is not None and seconds <= 0:
+        raise RunError(f"--seconds must be > 0, got {seconds}")
+    if checkpoint_every < 0:
+        raise RunError(f"--checkpoint-every must be >= 0, got {checkpoint_every}")
+    lr = default_lr(model) if lr is None else float(lr)
+    if not lr > 0:
+        raise RunError(f"--lr must be > 0, got {lr}")
+    targets = tuple(float(t) for t in (target_psnr if sig.kind == "image" else target_mse))
+    out = Path(out) if out is not None else default_out(sig, model)
+    stage = staging_dir(out)
+    if not (resume and stage.exists()):
+        _check_out(out)
+    elif out.exists():
+        raise RunError(f"--out {out}: already exists; choose a new run folder")
+
+    seed_everything(seed)
+    net = build_for(sig, model, params, model_options, device=dev)
+    cfg = TrainConfig(steps=int(steps), seconds=seconds, lr=lr, lr_final=lr_final, schedule=schedule, seed=seed,
+                      device=str(dev), targets=targets, target_key="psnr" if sig.kind == "image" else "mse",
+                      target_mode="max" if sig.kind == "image" else "min", quiet=quiet,
+                      checkpoint_every=int(checkpoint_every), checkpoint_path=str(stage / "checkpoint.pt"),
+                      resume=resume, desc=f"{model} {sig.name}")
+    coords, values = sig.coords(device=dev), sig.targets(device=dev)
+    loss_fn = make_loss(net, coords, values, sig.kind, batch)
+    fit_options = {"model": model, "params_budget": params, "steps": int(steps), "seconds": seconds, "lr": lr,
+                   "lr_final": lr_final, "schedule": schedule, "batch": batch, "targets": list(targets),
+                   "device": str(dev), "seed": seed, "model_options": model_options or {},
+                   "checkpoint_every": checkpoint_every}
+
+    if not resume and stage.exists():
+        shutil.rmtree(stage)  # a stale attempt at the same folder that is not being resumed
+    stage.mkdir(parents=True, exist_ok=True)
+    completed = False
+    try:
+        # Measured before training (and with the generator state restored) so the run itself is unchanged.
+        rng = torch.get_rng_state()
+        saved = saved_tensor_bytes(loss_fn)
+        torch.set_rng_state(rng)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+            torch.cuda.reset_peak_memory_stats(dev)
+        result = fit(net, loss_fn, cfg)
+        pred = predict(net, coords, sig.kind)
+        memory = {"saved_tensors_bytes": saved, "peak_rss_bytes": peak_rss_bytes()}
+        if dev.type == "cuda":
+            memory["cuda_max_allocated_bytes"] = int(torch.cuda.max_memory_allocated(dev))
+        m = {"signal": sig.name, "kind": sig.kind, "model": model, "params": count_params(net),
+             **signal_metrics(sig, pred),
+             "steps": result.steps, "seconds": result.seconds, "seconds_per_step": result.seconds_per_step,
+             "stopped_by": result.stopped_by, "final_loss": result.final_loss,
+             "time_to_target": result.time_to_target, "divergence_events": result.events,
+             "batch": batch, "lr": lr, "device": str(dev),
+             "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",
+             "memory": memory, "seed": seed, "versions": versions(), "config": {"fit": fit_options,
+                                                                               "model": net.config}}
+        config = {"model": net.config, "fit": fit_options, "signal": sig.describe()}
+        write_run(stage, sig, net, pred, m, config, result)
+        if (stage / "checkpoint.pt").exists():
+            (stage / "checkpoint.pt").unlink()
+        os.replace(stage, out)
+        completed = True
+    finally:
+        if not completed and stage.exists() and not (stage / "checkpoint.pt").exists():
+            shutil.rmtree(stage, ignore_errors=True)
+    m["run_dir"] = str(out)
+    return m
+
+
+def write_run(folder: Path, sig: Signal, net, pred, metrics: dict, config: dict, result) -> None:
+    """Write every file of a run folder into ``folder`` (metrics.json last)."""
+    folder = Path(folder)
+    sig.write(pred, folder / ("reconstruction.png" if sig.kind == "image" else "reconstruction.wav"))
+    if sig.kind == "image":
+        metrics["error_map_max"] = write_error_map(sig, pred, folder / "error.png")
+    result.write_history(folder / "history.csv")
+    write_curves(result.history, sig.kind, folder / "curves.png")
+    state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+    tmp = folder / ".model.pt.tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, folder / "model.pt")
+    _write_json(config, folder / "config.json")
+    _write_json(metrics, folder / "metrics.json")
+
+
+def load_run(run_dir: str | os.PathLike, device: str = "cpu"):
+    """``(model, config)`` from a run folder: the model rebuilt from config.json, weights from model.pt."""
+    d = Path(run_dir)
+    if not d.is_dir():
+        raise RunError(f"{d}: no such run folder")
+    missing = [f for f in ("config.json", "model.pt") if not (d / f).is_file()]
+    if missing:
+        raise RunError(f"{d}: not a complete run folder (missing {', '.join(missing)})")
+    try:
+        config = json.loads((d / "config.json").read_text())
+        net = from_config(config["model"], device=resolve_device(device))
+        state = torch.load(d / "model.pt", map_location=resolve_device(device), weights_only=True)
+        net.load_state_dict(state)
+    except (json.JSONDecodeError, KeyError, RuntimeError, EOFError, OSError) as e:
+        raise RunError(f"{d}: corrupt run folder ({' '.join(str(e).split())[:300]})") from None
+    return net, config
+
+
+def evaluate_run(run_dir: str | os.PathLike, device: str = "auto", write: bool = True) -> dict:
+    """Rebuild a run's model, reload its signal (source file or built-in), predict and recompute the
+    metrics.  With ``write`` they go to ``RUN_DIR/eval.json``."""
+    d = Path(run_dir)
+    dev = resolve_device(device)
+    net, config = load_run(d, device=str(dev))
+    desc = config["signal"]
+    sig = _reload_signal(desc, d)
+    pred = predict(net, sig.coords(device=dev), sig.kind)
+    m = {"signal": sig.name, "kind": sig.kind, "model": config["model"]["name"], "params": count_params(net),
+         **signal_metrics(sig, pred), "device": str(dev), "run_dir": str(d)}
+    if write:
+        _write_json(m, d / "eval.json")
+    return m
+
+
+def _reload_signal(desc: dict, run_dir: Path) -> Signal:
+    from .signals import from_description
+
+    try:
+        sig = from_description(desc)
+    except SignalError as e:
+        raise RunError(f"{run_dir}: cannot reload the fitted signal: {e}") from None
+    if desc.get("sha256") and sig.digest() != desc["sha256"]:
+        raise RunError(f"{run_dir}: the signal at {desc.get('source') or desc.get('builtin')} has changed "
+                       f"since the run was fitted (content hash differs)")
+    return sig

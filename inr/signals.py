@@ -1,0 +1,470 @@
+"""Signals: files <-> (coordinates, target values, how to write a prediction back).
+
+``load(path)`` reads an image (PNG, JPEG, TIFF, BMP; 1/8/16-bit integer or float; gray, gray+alpha,
+RGB, RGBA; any H x W) or a sound file (WAV through soundfile: PCM_U8/16/24/32, FLOAT, DOUBLE, ...;
+any channel count and rate) into a :class:`Signal`.
+
+Conventions (methods.md section 1):
+
+- Image values are scaled to [0, 1] by the format's maximum (255 for 8-bit, 65535 for 16-bit;
+  float images are taken as they are and must lie in [0, 1]).  Coordinates are pixel centres,
+  ``y_i = (2 i + 1) / H - 1`` (rows, first coordinate) and ``x_j = (2 j + 1) / W - 1`` (columns).
+- Alpha is kept: an RGBA image is fitted as 4 channels (gray+alpha as 2) and written back with
+  its alpha, so a round trip loses nothing; metrics average over all channels, alpha included.
+- Audio is scaled by its peak ``max |x|`` to [-1, 1] (the scale is recorded and undone on write).
+  Coordinates are sample times mapped linearly onto [-1, 1] (first sample -1, last sample +1).
+- ``Signal.write(values, path)`` writes a prediction in the same value scale back as a PNG at the
+  input size (16-bit PNG for 16-bit or float input) or a WAV at the input rate, channel count and
+  subtype.  Pillow cannot read or write 16-bit colour PNGs, so those go through a small PNG codec here.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+class SignalError(ValueError):
+    """A file that cannot be used as a signal; the message names the file."""
+
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
+AUDIO_SUFFIXES = {".wav", ".wave", ".flac", ".ogg", ".aif", ".aiff"}
+
+
+@dataclass
+class Signal:
+    """A sampled signal on a regular grid.
+
+    Attributes:
+        kind: ``"image"`` or ``"audio"``.
+        values: float64 array, images ``(H, W, C)`` in [0, 1], audio ``(N, C)`` in [-1, 1].
+        source: the file it came from (absolute path), or None.
+        builtin: for generated signals, how to regenerate them (``{"name": "cameraman"}``, ...).
+        bit_depth: images: 1, 8, 16 or ``"float"``; audio: None (see ``subtype``).
+        rate, subtype, scale: audio sample rate, soundfile subtype and the peak the values were divided by.
+    """
+
+    kind: str
+    values: np.ndarray
+    source: str | None = None
+    builtin: dict | None = None
+    bit_depth: int | str | None = None
+    rate: int | None = None
+    subtype: str | None = None
+    scale: float = 1.0
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def shape(self) -> tuple:
+        """Grid shape: ``(H, W)`` or ``(N,)``."""
+        return tuple(self.values.shape[:-1])
+
+    @property
+    def channels(self) -> int:
+        return int(self.values.shape[-1])
+
+    @property
+    def coord_dim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def num_points(self) -> int:
+        return int(np.prod(self.shape))
+
+    @property
+    def name(self) -> str:
+        """A short name for run folders: the file stem or the built-in's name."""
+        if self.source:
+            return Path(self.source).stem
+        return (self.builtin or {}).get("name", self.kind)
+
+    def axes(self) -> list[np.ndarray]:
+        """The coordinate of every grid line along each axis, in [-1, 1]."""
+        if self.kind == "image":
+            return [(2 * np.arange(n) + 1) / n - 1 for n in self.shape]
+        n = self.shape[0]
+        return [np.linspace(-1.0, 1.0, n) if n > 1 else np.zeros(1)]
+
+    def coords(self, device=None, dtype=torch.float32) -> torch.Tensor:
+        """``(num_points, coord_dim)`` coordinates, row-major over the grid (matches :meth:`targets`)."""
+        grids = np.meshgrid(*self.axes(), indexing="ij")
+        c = np.stack([g.reshape(-1) for g in grids], axis=-1)
+        return torch.as_tensor(c, dtype=dtype, device=device)
+
+    def targets(self, device=None, dtype=torch.float32) -> torch.Tensor:
+        """``(num_points, channels)`` values in the signal's scale ([0, 1] images, [-1, 1] audio)."""
+        return torch.as_tensor(self.values.reshape(-1, self.channels), dtype=dtype, device=device)
+
+    def reshape(self, flat) -> np.ndarray:
+        """A flat ``(num_points, channels)`` prediction as a grid array shaped like :attr:`values`."""
+        a = flat.detach().cpu().numpy() if torch.is_tensor(flat) else np.asarray(flat)
+        if a.size != self.values.size:
+            raise ValueError(f"prediction has {a.size} values, the signal {self.values.size} "
+                             f"({self.shape} x {self.channels} channels)")
+        return a.reshape(self.values.shape).astype(np.float64)
+
+    def digest(self) -> str:
+        """SHA-256 of the values, to check later that a reloaded source is the one a run was fitted to."""
+        return hashlib.sha256(np.ascontiguousarray(self.values, dtype=np.float64).tobytes()).hexdigest()
+
+    def describe(self) -> dict:
+        """JSON-able description (recorded in a run's config.json; :func:`from_description` reloads it)."""
+        d = {"kind": self.kind, "source": self.source, "builtin": self.builtin, "shape": list(self.shape),
+             "channels": self.channels, "bit_depth": self.bit_depth, "rate": self.rate, "subtype": self.subtype,
+             "scale": self.scale, "sha256": self.digest()}
+        return {**d, **self.extra}
+
+    def write(self, values, path: str | os.PathLike) -> Path:
+        """Write a prediction (same scale as :attr:`values`, flat or grid-shaped) back to ``path``.
+
+        Images: PNG at the input size and channel layout, 16-bit for 16-bit or float input, else 8-bit.
+        Audio: WAV at the input rate, channel count and subtype (values are multiplied back by ``scale``).
+        Written to a temporary name and renamed.
+        """
+        a = self.reshape(values)
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.tmp")
+        try:
+            if self.kind == "image":
+                _write_png(tmp, a, sixteen=self.bit_depth in (16, "float"))
+            else:
+                _write_wav(tmp, a * self.scale, self.rate, self.subtype)
+            os.replace(tmp, path)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+        return path
+
+
+# ----------------------------------------------------------------------------------------------
+# Construction from arrays
+
+
+def image_from_array(arr, source: str | None = None, builtin: dict | None = None) -> Signal:
+    """An image Signal from ``(H, W)`` or ``(H, W, C)`` (C = 1..4) data: uint8 (/255), uint16 (/65535),
+    bool (0/1) or float (taken as is, must lie in [0, 1])."""
+    a = np.asarray(arr)
+    where = source or "image array"
+    if a.ndim == 2:
+        a = a[:, :, None]
+    if a.ndim != 3 or not 1 <= a.shape[2] <= 4:
+        raise SignalError(f"{where}: expected an H x W image with 1-4 channels, got array shape {a.shape}")
+    if min(a.shape[:2]) < 2:
+        raise SignalError(f"{where}: image is {a.shape[0]}x{a.shape[1]} pixels, too small to fit (needs at least 2x2)")
+    if a.dtype == np.uint8:
+        depth, v = 8, a / 255.0
+    elif a.dtype == np.uint16:
+        depth, v = 16, a / 65535.0
+    elif a.dtype == np.bool_:
+        depth, v = 1, a.astype(np.float64)
+    elif np.issubdtype(a.dtype, np.floating):
+        depth, v = "float", a.astype(np.float64)
+        if not np.isfinite(v).all() or v.min() < 0 or v.max() > 1:
+            raise SignalError(f"{where}: float image values must be finite and lie in [0, 1] "
+                              f"(found {np.nanmin(v):.4g} .. {np.nanmax(v):.4g})")
+    else:
+        raise SignalError(f"{where}: unsupported bit depth / sample type {a.dtype} "
+                          f"(supported: 8- or 16-bit unsigned integers, 1-bit, float in [0, 1])")
+    return Signal("image", np.ascontiguousarray(v, dtype=np.float64), source=source, builtin=builtin, bit_depth=depth)
+
+
+def audio_from_array(data, rate: int, subtype: str = "FLOAT", source: str | None = None,
+                     builtin: dict | None = None) -> Signal:
+    """An audio Signal from ``(N,)`` or ``(N, C)`` float samples; values are divided by the peak."""
+    a = np.asarray(data, dtype=np.float64)
+    where = source or "audio array"
+    if a.ndim == 1:
+        a = a[:, None]
+    if a.ndim != 2:
+        raise SignalError(f"{where}: expected (samples, channels) audio, got array shape {a.shape}")
+    if a.shape[0] == 0 or a.shape[1] == 0:
+        raise SignalError(f"{where}: audio is empty (no samples)")
+    if not np.isfinite(a).all():
+        raise SignalError(f"{where}: audio contains non-finite samples")
+    peak = float(np.abs(a).max())
+    if peak == 0:
+        raise SignalError(f"{where}: audio is silent (every sample is zero); nothing to fit")
+    if int(rate) <= 0:
+        raise SignalError(f"{where}: sample rate must be positive, got {rate}")
+    return Signal("audio", a / peak, source=source, builtin=builtin, rate=int(rate), subtype=subtype, scale=peak)
+
+
+# ----------------------------------------------------------------------------------------------
+# Built-ins
+
+
+def default_signal() -> Signal:
+    """scikit-image's 512 x 512 8-bit cameraman (ships inside the scikit-image wheel)."""
+    from skimage import data
+
+    return image_from_array(data.camera(), builtin={"name": "cameraman"})
+
+
+def test_audio(seconds: float = 1.0, rate: int = 16000) -> Signal:
+    """A deterministic test clip: a linear chirp (100 Hz -> rate/8) plus a 220 Hz tone with 3 harmonics,
+    under a slow amplitude envelope; mono, peak-normalised."""
+    if seconds <= 0 or rate <= 0:
+        raise ValueError(f"test_audio needs seconds > 0 and rate > 0, got {seconds}, {rate}")
+    n = max(2, int(round(seconds * rate)))
+    t = np.arange(n) / rate
+    f0, f1 = 100.0, rate / 8.0
+    chirp = np.sin(2 * np.pi * (f0 * t + 0.5 * (f1 - f0) / max(seconds, 1e-9) * t ** 2))
+    tone = sum(0.6 / k * np.sin(2 * np.pi * 220.0 * k * t + 0.3 * k) for k in range(1, 5))
+    env = 0.6 + 0.4 * np.sin(2 * np.pi * 1.5 * t)
+    x = env * (0.5 * chirp + 0.5 * tone)
+    return audio_from_array(x, rate, subtype="FLOAT", builtin={"name": "test_audio", "seconds": seconds, "rate": rate})
+
+
+def from_description(desc: dict) -> Signal:
+    """Reload the signal a run description (:meth:`Signal.describe`) refers to."""
+    b = desc.get("builtin")
+    if b:
+        if b["name"] == "cameraman":
+            return default_signal()
+        if b["name"] == "test_audio":
+            return test_audio(b["seconds"], b["rate"])
+        raise SignalError(f"unknown built-in signal {b['name']!r}")
+    if not desc.get("source"):
+        raise SignalError("the run was fitted to an in-memory signal with no source file; it cannot be reloaded")
+    return load(desc["source"])
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading files
+
+
+def load(path: str | os.PathLike | None = None) -> Signal:
+    """Load an image or sound file; ``None`` gives the built-in cameraman.
+
+    Raises:
+        SignalError: missing path, not an image/sound file, corrupt file, empty or silent audio,
+            an image smaller than 2x2, an unsupported bit depth.
+    """
+    if path is None:
+        return default_signal()
+    p = Path(path)
+    if not p.exists():
+        raise SignalError(f"{p}: no such file")
+    if p.is_dir():
+        raise SignalError(f"{p}: is a folder, not an image or sound file")
+    if not os.access(p, os.R_OK):
+        raise SignalError(f"{p}: file is not readable (permission denied)")
+    if p.stat().st_size == 0:
+        raise SignalError(f"{p}: file is empty")
+    src = str(p.resolve())
+    suffix = p.suffix.lower()
+    if suffix in AUDIO_SUFFIXES:
+        return _load_audio(p, src)
+    if suffix in IMAGE_SUFFIXES:
+        return _load_image(p, src)
+    # unknown suffix: sniff the content
+    head = p.read_bytes()[:12]
+    if head[:4] in (b"RIFF", b"RIFX", b"fLaC", b"OggS", b"FORM"):
+        return _load_audio(p, src)
+    return _load_image(p, src, sniffed=True)
+
+
+def _load_audio(p: Path, src: str) -> Signal:
+    import soundfile as sf
+
+    try:
+        info = sf.info(str(p))
+        data, rate = sf.read(str(p), dtype="float64", always_2d=True)
+    except Exception as e:  # libsndfile's errors are RuntimeError/LibsndfileError with a useful message
+        raise SignalError(f"{p}: not a readable sound file ({_one_line(e)})") from None
+    if data.shape[0] == 0:
+        raise SignalError(f"{p}: audio is empty (0 samples)")
+    return audio_from_array(data, rate, subtype=info.subtype, source=src)
+
+
+def _load_image(p: Path, src: str, sniffed: bool = False) -> Signal:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(p) as im:
+            fmt = im.format
+            if fmt == "TIFF":
+                arr = _read_tiff(p)
+            elif fmt == "PNG" and _png_bit_depth(p) == 16:
+                arr = _read_png16(p)
+            else:
+                im.load()
+                arr = _pil_to_array(im, p)
+    except SignalError:
+        raise
+    except UnidentifiedImageError:
+        what = "an image or sound file" if sniffed else "a readable image"
+        raise SignalError(f"{p}: not {what} (unrecognised format or corrupt header)") from None
+    except (OSError, SyntaxError, ValueError, struct.error, zlib.error, EOFError) as e:
+        raise SignalError(f"{p}: corrupt or unreadable image ({_one_line(e)})") from None
+    return image_from_array(arr, source=src)
+
+
+def _one_line(e: Exception) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def _pil_to_array(im, p: Path) -> np.ndarray:
+    mode = im.mode
+    if mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+    elif mode == "PA":
+        im = im.convert("RGBA")
+    elif mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+        im = im.convert("RGB")
+    elif mode == "La":
+        im = im.convert("LA")
+    elif mode == "RGBa":
+        im = im.convert("RGBA")
+    elif mode.startswith("I;16"):
+        return np.asarray(im).astype(np.uint16)
+    elif mode == "I":
+        a = np.asarray(im)
+        if a.min() >= 0 and a.max() <= 65535:  # Pillow widens 16-bit gray to 32-bit in some formats
+            return a.astype(np.uint16)
+        raise SignalError(f"{p}: unsupported bit depth (32-bit integer samples)")
+    return np.asarray(im)
+
+
+def _read_tiff(p: Path) -> np.ndarray:
+    import tifffile
+
+    with tifffile.TiffFile(p) as tf:
+        series = tf.series[0]
+        axes, arr = series.axes, series.asarray()
+    if axes in ("YX", "YXS"):
+        return arr
+    if axes == "SYX" and arr.shape[0] <= 4:  # planar (channel-first) storage
+        return np.moveaxis(arr, 0, -1)
+    raise SignalError(f"{p}: TIFF with axes {axes} and shape {arr.shape} is not a single 2-D image "
+                      f"(multi-page / volume TIFFs are not supported)")
+
+
+# ----------------------------------------------------------------------------------------------
+# A small PNG codec for 16-bit images (Pillow truncates 16-bit colour PNGs to 8 bits)
+
+_PNG_SIG = b"\x89PNG\r\n\x1a\n"
+_CTYPE_CHANNELS = {0: 1, 4: 2, 2: 3, 6: 4}
+
+
+def _png_chunks(data: bytes):
+    if data[:8] != _PNG_SIG:
+        raise ValueError("not a PNG signature")
+    i = 8
+    while i + 8 <= len(data):
+        n, tag = struct.unpack(">I4s", data[i:i + 8])
+        body = data[i + 8:i + 8 + n]
+        if len(body) != n:
+            raise ValueError("truncated PNG chunk")
+        yield tag, body
+        if tag == b"IEND":
+            return
+        i += 12 + n
+    raise ValueError("PNG has no IEND chunk (truncated file)")
+
+
+def _png_bit_depth(p: Path) -> int:
+    with open(p, "rb") as f:
+        head = f.read(33)
+    return head[24] if len(head) >= 25 and head[:8] == _PNG_SIG else 0
+
+
+def _read_png16(p: Path) -> np.ndarray:
+    data = p.read_bytes()
+    idat, ihdr = [], None
+    for tag, body in _png_chunks(data):
+        if tag == b"IHDR":
+            ihdr = struct.unpack(">IIBBBBB", body)
+        elif tag == b"IDAT":
+            idat.append(body)
+    if ihdr is None:
+        raise ValueError("PNG has no IHDR chunk")
+    w, h, depth, ctype, _, _, interlace = ihdr
+    if depth != 16 or ctype not in _CTYPE_CHANNELS:
+        raise ValueError(f"unexpected PNG header (bit depth {depth}, colour type {ctype})")
+    if interlace:
+        raise SignalError(f"{p}: interlaced 16-bit PNGs are not supported; re-save without interlacing")
+    c = _CTYPE_CHANNELS[ctype]
+    bpp, stride = 2 * c, w * 2 * c
+    raw = np.frombuffer(zlib.decompress(b"".join(idat)), dtype=np.uint8)
+    if raw.size != h * (stride + 1):
+        raise ValueError(f"PNG pixel data has {raw.size} bytes, expected {h * (stride + 1)}")
+    raw = raw.reshape(h, stride + 1)
+    out = np.zeros((h, stride), dtype=np.uint8)
+    prev = np.zeros(stride, dtype=np.uint8)
+    for y in range(h):
+        f, line = raw[y, 0], raw[y, 1:]
+        if f == 0:
+            cur = line.copy()
+        elif f == 1:  # Sub: running sum along the row, per byte of a pixel
+            cur = np.cumsum(line.reshape(w, bpp), axis=0, dtype=np.uint8).reshape(-1)
+        elif f == 2:  # Up
+            cur = line + prev
+        elif f in (3, 4):  # Average / Paeth depend on the reconstructed left pixel: pixel by pixel
+            cur = _unfilter_sequential(f, line, prev, bpp)
+        else:
+            raise ValueError(f"bad PNG filter type {f} in row {y}")
+        out[y], prev = cur, cur
+    return out.view(">u2").astype(np.uint16).reshape(h, w, c).squeeze(-1) if c == 1 else \
+        out.view(">u2").astype(np.uint16).reshape(h, w, c)
+
+
+def _unfilter_sequential(f: int, line: np.ndarray, prev: np.ndarray, bpp: int) -> np.ndarray:
+    x, up = line.astype(np.int32), prev.astype(np.int32)
+    cur = np.zeros_like(x)
+    left = np.zeros(bpp, dtype=np.int32)
+    upleft = np.zeros(bpp, dtype=np.int32)
+    for i in range(0, x.size, bpp):
+        b = up[i:i + bpp]
+        if f == 3:
+            pred = (left + b) >> 1
+        else:
+            pa, pb, pc = np.abs(b - upleft), np.abs(left - upleft), np.abs(left + b - 2 * upleft)
+            pred = np.where((pa <= pb) & (pa <= pc), left, np.where(pb <= pc, b, upleft))
+        left = (x[i:i + bpp] + pred) & 0xFF
+        cur[i:i + bpp] = left
+        upleft = b
+    return cur.astype(np.uint8)
+
+
+def _png_chunk(tag: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + tag + body + struct.pack(">I", zlib.crc32(tag + body) & 0xFFFFFFFF)
+
+
+def _write_png16(path, a: np.ndarray) -> None:
+    """Write uint16 ``(H, W, C)`` as a 16-bit PNG (filter type 0 on every row)."""
+    h, w, c = a.shape
+    ctype = {v: k for k, v in _CTYPE_CHANNELS.items()}[c]
+    rows = a.astype(">u2").view(np.uint8).reshape(h, w * c * 2)
+    raw = np.concatenate([np.zeros((h, 1), dtype=np.uint8), rows], axis=1)
+    png = (_PNG_SIG + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, ctype, 0, 0, 0))
+           + _png_chunk(b"IDAT", zlib.compress(raw.tobytes(), 6)) + _png_chunk(b"IEND", b""))
+    with open(path, "wb") as f:
+        f.write(png)
+
+
+def _write_png(path, a: np.ndarray, sixteen: bool) -> None:
+    a = np.clip(a, 0.0, 1.0)
+    if sixteen:
+        _write_png16(path, np.round(a * 65535).astype(np.uint16))
+        return
+    from PIL import Image
+
+    q = np.round(a * 255).astype(np.uint8)
+    Image.fromarray(q[:, :, 0] if q.shape[2] == 1 else q).save(path, format="PNG")
+
+
+def _write_wav(path, a: np.ndarray, rate: int, subtype: str | None) -> None:
+    import soundfile as sf
+
+    st = subtype if subtype and sf.check_format("WAV", subtype) else "FLOAT"
+    if st not in ("FLOAT", "DOUBLE"):
+        a = np.clip(a, -1.0, 1.0)  # integer subtypes: keep libsndfile from wrapping around
+    sf.write(str(path), a, int(rate), subtype=st, format="WAV")
