@@ -287,14 +287,15 @@ def _load_audio(p: Path, src: str) -> Signal:
 def _load_image(p: Path, src: str, sniffed: bool = False) -> Signal:
     from PIL import Image, UnidentifiedImageError
 
+    with open(p, "rb") as f:
+        head = f.read(32)
     try:
-        with Image.open(p) as im:
-            fmt = im.format
-            if fmt == "TIFF":
-                arr = _read_tiff(p)
-            elif fmt == "PNG" and _png_bit_depth(p) == 16:
-                arr = _read_png16(p)
-            else:
+        if head[:4] in _TIFF_MAGIC:  # tifffile: Pillow cannot open float, 16-bit colour or gray+alpha TIFFs
+            arr = _read_tiff(p)
+        elif head[:8] == _PNG_SIG and len(head) > 24 and head[24] == 16:
+            arr = _read_png16(p)
+        else:
+            with Image.open(p) as im:
                 im.load()
                 arr = _pil_to_array(im, p)
     except SignalError:
@@ -302,7 +303,7 @@ def _load_image(p: Path, src: str, sniffed: bool = False) -> Signal:
     except UnidentifiedImageError:
         what = "an image or sound file" if sniffed else "a readable image"
         raise SignalError(f"{p}: not {what} (unrecognised format or corrupt header)") from None
-    except (OSError, SyntaxError, ValueError, struct.error, zlib.error, EOFError) as e:
+    except Exception as e:  # decoders raise OSError, ValueError, struct/zlib errors, tifffile errors, ...
         raise SignalError(f"{p}: corrupt or unreadable image ({_one_line(e)})") from None
     return image_from_array(arr, source=src)
 
@@ -351,6 +352,7 @@ def _read_tiff(p: Path) -> np.ndarray:
 # A small PNG codec for 16-bit images (Pillow truncates 16-bit colour PNGs to 8 bits)
 
 _PNG_SIG = b"\x89PNG\r\n\x1a\n"
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 _CTYPE_CHANNELS = {0: 1, 4: 2, 2: 3, 6: 4}
 
 
@@ -368,12 +370,6 @@ def _png_chunks(data: bytes):
             return
         i += 12 + n
     raise ValueError("PNG has no IEND chunk (truncated file)")
-
-
-def _png_bit_depth(p: Path) -> int:
-    with open(p, "rb") as f:
-        head = f.read(33)
-    return head[24] if len(head) >= 25 and head[:8] == _PNG_SIG else 0
 
 
 def _read_png16(p: Path) -> np.ndarray:

@@ -1,0 +1,238 @@
+"""``inr fit [FILE]`` and ``inr eval RUN_DIR``.
+
+Errors a user can cause (missing or corrupt file, bad option, unusable --out) print one line on
+stderr and exit with code 2; nothing is left behind that looks like a finished run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .fitting import DEFAULT_LR, RunError, evaluate_run, fit_signal
+from .models import MODELS
+from .signals import SignalError
+from .train import DivergenceError
+
+EXIT_USAGE = 2
+
+# model hyper-parameter options: registry keyword -> (type, help)
+_HYPER = {
+    "hidden": (int, "hidden width (siren, spder, gauss, wire, relu-pe); overrides --params"),
+    "hidden_layers": (int, "hidden layers (siren, spder, gauss, wire, relu-pe; default 3)"),
+    "rank": (int, "LRNN rank r per layer; overrides --params"),
+    "depth": (int, "LRNN layers (default 2)"),
+    "dbar": (int, "LRNN components per product (default 2)"),
+    "width": (int, "LRNN component MLP width m (default 4)"),
+    "w0": (float, "frequency factor (siren/spder/lrnn default 30, wire 20)"),
+    "w0_first": (float, "first-layer frequency factor (audio default 3000 for siren/spder/lrnn)"),
+    "activation": (str, "sin, spder or spder-atan (siren/spder/lrnn families)"),
+    "scale": (float, "Gauss scale s (default 10)"),
+    "s0": (float, "WIRE Gaussian width s0 (default 10)"),
+    "n_freqs": (int, "ReLU+PE frequencies L (default 10)"),
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage error in one line (and exit code 2) instead of usage + message."""
+
+    def error(self, message):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _positive_int(name):
+    def parse(s):
+        try:
+            v = int(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be an integer, got {s!r}") from None
+        if v <= 0:
+            raise argparse.ArgumentTypeError(f"{name} must be > 0, got {v}")
+        return v
+    return parse
+
+
+def _seconds(s):
+    if s.lower() in ("none", "inf", "0"):
+        return None
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--seconds must be a number or 'none', got {s!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"--seconds must be >= 0, got {v}")
+    return v
+
+
+def _batch(s):
+    if s in ("auto", "full"):
+        return s
+    return _positive_int("--batch")(s)
+
+
+def _floats(name):
+    def parse(s):
+        try:
+            return [float(x) for x in s.split(",") if x.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} takes numbers (comma-separated), got {s!r}") from None
+    return parse
+
+
+def _value(s: str):
+    """A --set value: int, float, true/false/none, else the string."""
+    low = s.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low == "none":
+        return None
+    for cast in (int, float):
+        try:
+            return cast(s)
+        except ValueError:
+            pass
+    return s
+
+
+def _key_value(s):
+    if "=" not in s:
+        raise argparse.ArgumentTypeError(f"--set takes key=value, got {s!r}")
+    k, v = s.split("=", 1)
+    return k.strip().replace("-", "_"), _value(v.strip())
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="inr", description="Fit implicit neural representations (SIREN, SPDER, WIRE, Gauss, "
+                                        "ReLU+PE, LRNN) to images and audio.")
+    sub = p.add_subparsers(dest="command", metavar="{fit,eval}", parser_class=_Parser)
+    sub.required = True
+
+    f = sub.add_parser("fit", help="fit a model to an image or WAV file (default: the cameraman image)",
+                       description="Fit a model to an image (PNG/JPEG/TIFF/BMP) or a WAV file and write a run "
+                                   "folder: reconstruction, error map, metrics.json, history.csv, curves.png, "
+                                   "model.pt, config.json.")
+    f.add_argument("file", nargs="?", default=None,
+                   help="image or WAV file; omitted: scikit-image's 512x512 cameraman")
+    f.add_argument("--model", default="lrnn-spder", choices=MODELS, help="model family (default: %(default)s)")
+    f.add_argument("--params", type=_positive_int("--params"), default=200_000,
+                   help="parameter budget; picks the width / rank closest to it (default: %(default)s; "
+                        "ignored when --hidden or --rank is given)")
+    f.add_argument("--steps", type=_positive_int("--steps"), default=2000,
+                   help="optimizer steps (default: %(default)s)")
+    f.add_argument("--seconds", type=_seconds, default=60.0,
+                   help="wall-clock training budget in seconds, 'none' for no limit; training stops at "
+                        "--steps or --seconds, whichever comes first (default: %(default)s)")
+    f.add_argument("--lr", type=float, default=None,
+                   help="Adam learning rate (default per model: "
+                        + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items()) + ")")
+    f.add_argument("--batch", type=_batch, default="auto",
+                   help="random points per step, 'full' for every point; 'auto' = full on CUDA, 8192 on "
+                        "the CPU (default: %(default)s)")
+    f.add_argument("--target-psnr", type=_floats("--target-psnr"), action="append", default=None,
+                   metavar="DB[,DB...]", help="PSNR targets to time (images; repeatable; default: 30,40)")
+    f.add_argument("--target-mse", type=_floats("--target-mse"), action="append", default=None,
+                   metavar="MSE[,MSE...]", help="MSE targets to time (audio; repeatable; default: 1e-3,1e-4)")
+    f.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
+    f.add_argument("--seed", type=int, default=0, help="seeds python, numpy and torch (default: %(default)s)")
+    f.add_argument("--out", default=None, help="run folder to create (must not exist; default: "
+                                               "runs/<name>-<model>-<time>)")
+    f.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
+    f.add_argument("--resume", action="store_true",
+                   help="continue the interrupted run at --out from its last checkpoint")
+    f.add_argument("--checkpoint-every", type=int, default=0, metavar="N",
+                   help="checkpoint every N steps so an interrupted run can be resumed (default: off)")
+    f.add_argument("--threads", type=_positive_int("--threads"), default=None,
+                   help="CPU threads for torch (default: torch's choice)")
+    g = f.add_argument_group("model hyper-parameters (passed to the model; see inr.models)")
+    for name, (typ, text) in _HYPER.items():
+        g.add_argument("--" + name.replace("_", "-"), dest="hp_" + name, type=typ, default=None,
+                       metavar=typ.__name__.upper(), help=text)
+    g.add_argument("--set", dest="extra", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
+                   help="any other model keyword (e.g. --set shared=true --set form=real); repeatable")
+
+    e = sub.add_parser("eval", help="rebuild a run's model, reload its signal and recompute the metrics",
+                       description="Rebuild the model of a run folder from config.json and model.pt, reload "
+                                   "the signal it was fitted to, and recompute the metrics (written to "
+                                   "RUN_DIR/eval.json).")
+    e.add_argument("run_dir", help="a run folder written by 'inr fit'")
+    e.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
+    e.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    return p
+
+
+def _model_options(a) -> dict:
+    opts = {k[3:]: v for k, v in vars(a).items() if k.startswith("hp_") and v is not None}
+    opts.update(dict(a.extra))
+    return opts
+
+
+def _flat(groups, default):
+    return tuple(x for g in groups for x in g) if groups else default
+
+
+def _fmt_metrics(m: dict) -> str:
+    if m["kind"] == "image":
+        ssim = "n/a" if m.get("ssim") is None else f"{m['ssim']:.4f}"
+        return f"PSNR {m['psnr']:.2f} dB  SSIM {ssim}"
+    return f"MSE {m['mse']:.3e}  rho_AG {m['rho_ag']:.5f}"
+
+
+def _cmd_fit(a) -> int:
+    if a.resume and a.out is None:
+        raise RunError("--resume needs --out: the folder of the interrupted run")
+    if a.threads:
+        import torch
+
+        torch.set_num_threads(a.threads)
+    m = fit_signal(a.file, model=a.model, params=a.params, steps=a.steps, seconds=a.seconds, lr=a.lr,
+                   batch=None if a.batch == "full" else a.batch,
+                   target_psnr=_flat(a.target_psnr, (30.0, 40.0)), target_mse=_flat(a.target_mse, (1e-3, 1e-4)),
+                   device=a.device, seed=a.seed, out=a.out, quiet=a.quiet, model_options=_model_options(a),
+                   resume=a.resume, checkpoint_every=a.checkpoint_every)
+    if not a.quiet:
+        reached = ", ".join(f"{t}: {'%.1f s' % v['seconds'] if v else 'not reached'}"
+                            for t, v in m["time_to_target"].items())
+        print(f"{m['model']} ({m['params']:,} params) on {m['signal']}: {_fmt_metrics(m)}")
+        print(f"{m['steps']} steps in {m['seconds']:.1f} s ({1000 * m['seconds_per_step']:.1f} ms/step, "
+              f"stopped by {m['stopped_by']}); targets: {reached or 'none'}")
+        print(f"run folder: {m['run_dir']}")
+    return 0
+
+
+def _cmd_eval(a) -> int:
+    m = evaluate_run(a.run_dir, device=a.device)
+    if a.json:
+        print(json.dumps(m, indent=2))
+        return 0
+    stored = {}
+    try:
+        stored = json.loads((Path(a.run_dir) / "metrics.json").read_text())
+    except (OSError, ValueError):
+        pass
+    line = _fmt_metrics(m)
+    if stored.get("kind") == m["kind"]:
+        line += f"   (recorded at fit time: {_fmt_metrics(stored)})"
+    print(f"{m['model']} ({m['params']:,} params) on {m['signal']}: {line}")
+    print(f"written: {Path(a.run_dir) / 'eval.json'}")
+    return 0
+
+
+def main(argv=None) -> int:
+    """Entry point of the ``inr`` console script; returns the exit code."""
+    a = make_parser().parse_args(argv)
+    try:
+        return _cmd_fit(a) if a.command == "fit" else _cmd_eval(a)
+    except (SignalError, RunError, DivergenceError, ValueError) as e:
+        print(f"inr {a.command}: error: {' '.join(str(e).split())}", file=sys.stderr)
+    except OSError as e:
+        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+        print(f"inr {a.command}: error: {where}{e.strerror or e}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"inr {a.command}: interrupted; no run folder was completed", file=sys.stderr)
+        return 130
+    return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())
