@@ -1,0 +1,124 @@
+"""``python -m classify {train,eval,models}``: see ``--help`` of each command."""
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import sys
+
+
+def _model_arg(s: str):
+    key, eq, val = s.partition("=")
+    if not eq or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f"--model-arg expects KEY=VALUE, got {s!r}")
+    try:
+        return key, ast.literal_eval(val)
+    except (ValueError, SyntaxError):
+        return key, val   # a bare string such as norm=none
+
+
+def _floats(s: str):
+    try:
+        return tuple(float(v) for v in s.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {s!r}") from None
+
+
+def _ints(s: str):
+    try:
+        return tuple(int(v) for v in s.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {s!r}") from None
+
+
+def parser() -> argparse.ArgumentParser:
+    from .models import MODELS
+    p = argparse.ArgumentParser(prog="python -m classify", description="ResNet / PURe / QResNet / Newton-ResNet "
+                                "image classification (single process or torchrun DDP).")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    t = sub.add_parser("train", help="train a model; writes a run folder",
+                       description="Train a classifier. Unset optimiser options take the paper's defaults for the "
+                                   "model family (PURe: SGD lr 0.01, wd 1e-3; ResNet: lr 0.1; QResNet: ReLinear-sg "
+                                   "with g/b learning rates 1e-5). Multi-GPU: torchrun --nproc_per_node N -m classify "
+                                   "train ... (--batch-size is global).")
+    t.add_argument("--model", default="resnet20", choices=MODELS)
+    t.add_argument("--model-arg", action="append", type=_model_arg, default=[], metavar="KEY=VALUE",
+                   help="model hyper-parameter, repeatable (e.g. base_width=32, norm=none, stem=cifar, "
+                        "blocks=[2,2,1,1], rezero=True)")
+    t.add_argument("--data", default="digits",
+                   help="digits | digits:1 | cifar10:DIR | galaxy10:FILE.h5 | folder:DIR (default digits)")
+    t.add_argument("--out", default="runs/classify", help="run folder (default runs/classify)")
+    t.add_argument("--epochs", type=int, default=10)
+    t.add_argument("--batch-size", type=int, default=None, help="global batch size (default: the paper's)")
+    t.add_argument("--lr", type=float, default=None)
+    t.add_argument("--momentum", type=float, default=None)
+    t.add_argument("--weight-decay", type=float, default=None)
+    t.add_argument("--schedule", choices=("step", "cosine", "constant"), default=None)
+    t.add_argument("--milestones", type=_ints, default=None, help="epochs of the step schedule, e.g. 80,120")
+    t.add_argument("--gamma", type=float, default=0.1, help="step-schedule factor (default 0.1)")
+    t.add_argument("--warmup-epochs", type=float, default=0.0)
+    t.add_argument("--lr-g", type=float, default=None, help="QResNet: learning rate of the g terms (default 1e-5)")
+    t.add_argument("--lr-b", type=float, default=None, help="QResNet: learning rate of the b terms (default 1e-5)")
+    t.add_argument("--grad-clip", type=float, default=None, help="clip the gradient norm to this value")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    t.add_argument("--workers", type=int, default=0, help="data-loader worker processes (lazy data sets)")
+    t.add_argument("--compile", action="store_true", help="torch.compile the model")
+    t.add_argument("--amp", choices=("auto", "bf16", "off"), default="auto", help="bf16 autocast (auto: on CUDA)")
+    t.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto", help="auto: on CUDA")
+    t.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across processes (DDP)")
+    t.add_argument("--no-augment", dest="augment", action="store_false", help="no random crop / flip")
+    t.add_argument("--image-size", type=int, default=None, help="resize images to SIZE x SIZE")
+    t.add_argument("--test-fraction", type=float, default=0.1, help="test split for galaxy10 / unsplit folders")
+    t.add_argument("--split-seed", type=int, default=0, help="seed of the train/test split (fixed across --seed)")
+    t.add_argument("--limit-train", type=int, default=None, help="use N training images (a fixed random subset)")
+    t.add_argument("--limit-test", type=int, default=None, help="use N test images")
+    t.add_argument("--target", type=_floats, default=(), help="test accuracies to time, e.g. 0.8,0.9")
+    t.add_argument("--noise-peak", type=float, default=None, help="also report Poisson-noise accuracy at the end")
+    t.add_argument("--eval-batch-size", type=int, default=256)
+    t.add_argument("--threads", type=int, default=None,
+                   help="CPU threads per process (default: torch's; 1 is fastest on an oversubscribed machine)")
+    t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    t.add_argument("--quiet", action="store_true")
+
+    e = sub.add_parser("eval", help="clean and Poisson-noise accuracy of a run folder (writes eval.json)")
+    e.add_argument("run_dir")
+    e.add_argument("--noise-peak", type=float, default=10.0, help="photon count at intensity 1 (default 10)")
+    e.add_argument("--noise-seed", type=int, default=None, help="default: the run's split seed")
+    e.add_argument("--data", default=None, help="evaluate on another data spec (same format)")
+    e.add_argument("--device", default="auto")
+    e.add_argument("--batch-size", type=int, default=256)
+    e.add_argument("--workers", type=int, default=0)
+
+    m = sub.add_parser("models", help="list the model names with parameter counts")
+    m.add_argument("--num-classes", type=int, default=10)
+    m.add_argument("--in-channels", type=int, default=3)
+    return p
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    from .data import DataError
+    from .train import TrainArgs, TrainError, evaluate_run, train
+    try:
+        if args.cmd == "train":
+            kw = vars(args).copy()
+            for k in ("cmd", "model_arg", "target"):
+                kw.pop(k)
+            res = train(TrainArgs(**kw, targets=args.target, model_args=dict(args.model_arg)))
+            if not args.quiet and "final_test_acc" in res:
+                print(json.dumps({k: res[k] for k in ("model", "params", "final_test_acc", "best_test_acc",
+                                                      "train_seconds", "images_per_s") if k in res}))
+        elif args.cmd == "eval":
+            res = evaluate_run(args.run_dir, noise_peak=args.noise_peak, device=args.device, data=args.data,
+                               batch_size=args.batch_size, workers=args.workers, noise_seed=args.noise_seed)
+            print(json.dumps(res, indent=2))
+        else:
+            from .models import MODELS, build, count_params
+            for name in MODELS:
+                print(f"{name:15s} {count_params(build(name, args.num_classes, args.in_channels)):>12,d}")
+    except (DataError, TrainError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
