@@ -68,6 +68,8 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--amp", choices=("auto", "bf16", "off"), default="auto", help="bf16 autocast (auto: on CUDA)")
     t.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto", help="auto: on CUDA")
     t.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across processes (DDP)")
+    t.add_argument("--augment", dest="augment", action="store_true", default=None,
+                   help="random crop (pad 4) + horizontal flip (default: on, except for digits)")
     t.add_argument("--no-augment", dest="augment", action="store_false", help="no random crop / flip")
     t.add_argument("--image-size", type=int, default=None, help="resize images to SIZE x SIZE")
     t.add_argument("--test-fraction", type=float, default=0.1, help="test split for galaxy10 / unsplit folders")

@@ -115,7 +115,8 @@ class FileReader:
                 im = im.convert("RGB" if self.channels == 3 else "L")
                 w, h = im.size
                 s = self.size / min(w, h)
-                im = im.resize((max(self.size, round(w * s)), max(self.size, round(h * s))), Image.BILINEAR)
+                if s != 1:
+                    im = im.resize((max(self.size, round(w * s)), max(self.size, round(h * s))), Image.BILINEAR)
                 w, h = im.size
                 left, top = (w - self.size) // 2, (h - self.size) // 2
                 im = im.crop((left, top, left + self.size, top + self.size))

@@ -57,7 +57,7 @@ class TrainArgs:
     amp: str = "auto"                    # auto (bf16 on CUDA) | bf16 | off
     channels_last: str = "auto"          # auto (on for CUDA) | on | off
     sync_bn: bool = False
-    augment: bool = True
+    augment: bool | None = None          # None: on (crop + flip), except for digits (a flip changes a digit)
     image_size: int | None = None        # resize every image to this (folder: also the decode size)
     test_fraction: float = 0.1
     split_seed: int = 0
@@ -154,6 +154,8 @@ def resolve_args(a: TrainArgs) -> TrainArgs:
     if M.family(a.model) == "qresnet":
         a.lr_g = dflt["lr_g"] if a.lr_g is None else a.lr_g
         a.lr_b = dflt["lr_b"] if a.lr_b is None else a.lr_b
+    if a.augment is None:
+        a.augment = not a.data.startswith("digits")
     if a.milestones is None:
         a.milestones = tuple(sorted({max(1, round(f * a.epochs)) for f in dflt["milestones"]}))
     checks = [(a.epochs >= 1, "--epochs must be >= 1"), (a.batch_size >= 1, "--batch-size must be >= 1"),
