@@ -272,6 +272,8 @@ def train(a: TrainArgs) -> dict:
     channels_last = a.channels_last == "on" or (a.channels_last == "auto" and device.type == "cuda")
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if a.sync_bn and device.type != "cuda":
+        raise ValueError("--sync-bn needs CUDA devices (SyncBatchNorm has no CPU implementation)")
     if a.sync_bn and d.world > 1:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     groups = _param_groups(model, a)

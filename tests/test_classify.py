@@ -82,6 +82,22 @@ def test_convpu_gradcheck_and_init():
     assert "init_a" in repr(big)
 
 
+def test_gpu_speed_paths_match_plain_path_on_cpu():
+    """bf16 autocast and channels_last (the GPU defaults) against the plain float32 path."""
+    torch.manual_seed(5)
+    m = M.build("pure20", base_width=8).eval()
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        y = m(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            yb = m(x)
+            pu_out = m.stages[0][0].pu(torch.rand(1, 8, 6, 6) + 0.1)
+        yc = m.to(memory_format=torch.channels_last)(x.contiguous(memory_format=torch.channels_last))
+    assert pu_out.dtype == torch.float32                   # exp of the product runs in float32
+    assert torch.allclose(yc, y, atol=1e-5)
+    assert (yb.float() - y).abs().max() < 0.05 * y.abs().max()
+
+
 # ----------------------------------------------------------------------------- Newton block
 def test_newton_block_linear_case_matches_formula():
     """activation none, no norm, no projections: y = x + f + alpha * x * f with f = conv2(conv1(x))."""

@@ -65,10 +65,13 @@ class ConvPU(nn.Module):
         return F.softplus(self.theta) + self.eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Under autocast, log/exp run in float32 (autocast's fp32 list) and only the conv in low precision.
         z = torch.log(torch.maximum(x, self.threshold().to(x.dtype)))
-        return torch.exp(F.conv2d(z, self.weight, self.bias, self.stride, self.padding, self.dilation,
-                                  self.groups))
+        y = F.conv2d(z, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        if torch.is_autocast_enabled(y.device.type):
+            # Only the conv runs in low precision: exp would turn bf16 rounding of the exponent into
+            # relative errors of the product (CUDA autocast does this by itself, CPU autocast does not).
+            y = y.float()
+        return torch.exp(y)
 
     def extra_repr(self) -> str:
         s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
