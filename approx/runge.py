@@ -169,10 +169,10 @@ def run_study(cfg: RungeConfig, out: str | os.PathLike) -> dict:
     """Train every strategy x seed, expand every model into pieces, write results to ``out``."""
     from approx import report
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     src, _, f = parse_target(cfg.target)
     x_train, x_test = make_data(cfg.n_train, cfg.n_test)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
     data = {"target": src, "x_train": x_train, "y_train": f(x_train), "x_test": x_test, "y_test": f(x_test)}
     t0 = time.time()
     runs = []
