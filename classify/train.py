@@ -359,6 +359,9 @@ def train(a: TrainArgs) -> dict:
         if bar is not None:
             bar.close()
         _all_sum(stats, d)
+        if d.world > 1:  # evaluate (and save) rank 0's BatchNorm statistics on every rank
+            for b in model.buffers():
+                dist.broadcast(b, 0)
         train_loss = stats[0].item() / stats[2].item()
         if not math.isfinite(train_loss):
             raise TrainError(f"training diverged in epoch {epoch + 1} (non-finite loss); "
@@ -394,7 +397,14 @@ def train(a: TrainArgs) -> dict:
         _atomic_json(summary, os.path.join(a.out, "metrics.json"))
         if history:
             plot_curves(history, os.path.join(a.out, "curves.png"))
+    _finish(d)
     return summary
+
+
+def _finish(d: Dist) -> None:
+    if d.world > 1 and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def _summary(history, reached, a: TrainArgs, n_params, device) -> dict:
@@ -439,4 +449,5 @@ def evaluate_run(run_dir: str, *, noise_peak: float = 10.0, device: str = "auto"
            "delta_noise_percent": delta_noise(cl["acc"], nz["acc"])}
     if d.main:
         _atomic_json(out, os.path.join(run_dir, "eval.json"))
+    _finish(d)
     return out
