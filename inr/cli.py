@@ -220,7 +220,10 @@ def _cmd_eval(a) -> int:
 
 def main(argv=None) -> int:
     """Entry point of the ``inr`` console script; returns the exit code."""
-    a = make_parser().parse_args(argv)
+    try:
+        a = make_parser().parse_args(argv)
+    except SystemExit as e:  # --help, or a usage error already reported in one line
+        return e.code if isinstance(e.code, int) else EXIT_USAGE
     try:
         return _cmd_fit(a) if a.command == "fit" else _cmd_eval(a)
     except (SignalError, RunError, DivergenceError, ValueError) as e:

@@ -82,7 +82,10 @@ def build_for(signal: Signal, model: str, params: int | None = None, model_optio
     hyper = {**model_defaults(model, signal.kind), **(model_options or {})}
     if params is not None and any(k in hyper for k in ("hidden", "rank")):
         params = None  # an explicit width wins over the budget
-    return build(model, signal.coord_dim, signal.channels, params=params, device=device, **hyper)
+    try:
+        return build(model, signal.coord_dim, signal.channels, params=params, device=device, **hyper)
+    except TypeError as e:  # build() turns these into ValueError only after the width search
+        raise RunError(f"bad option for model {model!r}: {e}") from None
 
 
 def to_network(values: torch.Tensor, kind: str) -> torch.Tensor:
