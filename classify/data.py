@@ -227,12 +227,12 @@ def _galaxy10(path: str, test_fraction: float, split_seed: int) -> DataBundle:
     if len(shape) != 4 or shape[3] != 3 or dtype != np.uint8 or shape[0] != len(labels):
         raise DataError(f"{path}: expected uint8 images (N, H, W, 3) and N labels, got {dtype} {shape} and "
                         f"{len(labels)} labels")
-    num_classes = int(labels.max()) + 1
+    num_classes = max(int(labels.max()) + 1, 10)   # Galaxy10 has 10 classes even if a file holds fewer
     tr, te = stratified_split(labels, test_fraction, split_seed)
     reader = H5Reader(path)
     chw = (3, shape[1], shape[2])
     return DataBundle("galaxy10", IndexedImages(reader, tr, labels[tr], chw),
-                      IndexedImages(reader, te, labels[te], chw), max(num_classes, 10))
+                      IndexedImages(reader, te, labels[te], chw), num_classes)
 
 
 def _scan(root: str, classes=None):
@@ -295,9 +295,11 @@ def load(spec: str, *, image_size: int | None = None, test_fraction: float = 0.1
     raise DataError(f"--data {spec!r}: unknown data set {kind!r} (digits, cifar10, galaxy10, folder)")
 
 
-def channel_stats(ds: Dataset, max_images: int = 2000, seed: int = 0) -> tuple[list, list]:
-    """Per-channel mean and std of the [0, 1] pixel values of up to ``max_images`` training images."""
+def channel_stats(ds: Dataset, max_images: int | None = None, seed: int = 0) -> tuple[list, list]:
+    """Per-channel mean and std of the [0, 1] pixel values of up to ``max_images`` training images
+    (default 2000 held in memory, 500 decoded from files)."""
     n = len(ds)
+    max_images = max_images or (2000 if getattr(ds, "in_memory", False) else 500)
     idx = np.sort(np.random.default_rng(seed).choice(n, size=min(n, max_images), replace=False))
     if getattr(ds, "in_memory", False):
         x = ds.images[torch.as_tensor(idx)].double() / 255

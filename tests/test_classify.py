@@ -158,6 +158,8 @@ def test_parameter_counts_match_formulas_and_papers():
     nr = cp(M.build("newton-resnet"))
     assert nr == imagenet_count((2, 2, 1, 1), 10, newton=True, stem=3) == 6_012_240
     assert round(nr / 1e6, 1) == 6.0
+    assert round(cp(M.build("newton-resnet", blocks=[3, 3, 2, 2])) / 1e6, 1) == 13.0      # paper Table 1
+    assert round(cp(M.build("newton-resnet", blocks=[1, 1, 1, 1], x_proj=0, activation="none")) / 1e6, 1) == 5.3
 
 
 def test_models_forward_and_config_roundtrip():

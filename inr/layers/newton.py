@@ -11,6 +11,10 @@
 * ``alpha`` is a learnable scalar; its initial value is not given in the paper (ours: ``alpha_init``).
 
 With ``activation="none"`` every ``phi`` is the identity (the paper's "linear blocks" experiment).
+
+The paper's parameter counts pin the projections down: ``x_proj = lin_proj = 1`` reproduces Table 1
+(ReLU networks: [2, 2, 1, 1] 6.0M, [3, 3, 2, 2] 13.0M) and ``x_proj = 0, lin_proj = 1`` Table 2 (linear
+networks: [1, 1, 1, 1] 5.3M, [2, 2, 2, 2] 11.9M, [3, 3, 3, 3] 18.5M), all with a CIFAR ResNet18 stem.
 """
 from __future__ import annotations
 
