@@ -282,7 +282,8 @@ def train(a: TrainArgs) -> dict:
     opt = torch.optim.SGD(groups, lr=a.lr, momentum=a.momentum)
     ac, amp_on = _autocast(device, a.amp)
 
-    os.makedirs(a.out, exist_ok=True) if d.main else None
+    if d.main:
+        os.makedirs(a.out, exist_ok=True)
     ckpt_path = os.path.join(a.out, "checkpoint.pt")
     history, start_epoch, train_seconds, reached = [], 0, 0.0, {}
     if a.resume:
