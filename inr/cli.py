@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -54,15 +55,31 @@ def _positive_int(name):
 
 
 def _seconds(s):
-    if s.lower() in ("none", "inf", "0"):
+    if s.lower() in ("none", "inf"):
         return None
     try:
         v = float(s)
     except ValueError:
         raise argparse.ArgumentTypeError(f"--seconds must be a number or 'none', got {s!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"--seconds must be >= 0, got {v}")
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"--seconds must be > 0 (or 'none' for no limit), got {s}")
     return v
+
+
+def _threads(s):
+    return "auto" if s == "auto" else _positive_int("--threads")(s)
+
+
+def resolve_threads(threads) -> int | None:
+    """Thread count to set (None: leave torch's default).  On a machine whose load average already
+    reaches its CPU count, one thread: torch's worker threads then wait on descheduled peers."""
+    if threads != "auto":
+        return threads
+    try:
+        busy = os.getloadavg()[0] >= (os.cpu_count() or 1)
+    except OSError:  # no load average on this platform
+        busy = False
+    return 1 if busy else None
 
 
 def _batch(s):
@@ -142,8 +159,10 @@ def make_parser() -> argparse.ArgumentParser:
                    help="continue the interrupted run at --out from its last checkpoint")
     f.add_argument("--checkpoint-every", type=int, default=0, metavar="N",
                    help="checkpoint every N steps so an interrupted run can be resumed (default: off)")
-    f.add_argument("--threads", type=_positive_int("--threads"), default=None,
-                   help="CPU threads for torch (default: torch's choice)")
+    f.add_argument("--threads", type=_threads, default="auto",
+                   help="CPU threads for torch; 'auto' = torch's choice, or 1 when the machine is already "
+                        "busy (load average >= CPU count), where extra threads spin-wait and run many times "
+                        "slower (default: %(default)s)")
     g = f.add_argument_group("model hyper-parameters (passed to the model; see inr.models)")
     for name, (typ, text) in _HYPER.items():
         g.add_argument("--" + name.replace("_", "-"), dest="hp_" + name, type=typ, default=None,
@@ -181,10 +200,11 @@ def _fmt_metrics(m: dict) -> str:
 def _cmd_fit(a) -> int:
     if a.resume and a.out is None:
         raise RunError("--resume needs --out: the folder of the interrupted run")
-    if a.threads:
+    threads = resolve_threads(a.threads)
+    if threads:
         import torch
 
-        torch.set_num_threads(a.threads)
+        torch.set_num_threads(threads)
     m = fit_signal(a.file, model=a.model, params=a.params, steps=a.steps, seconds=a.seconds, lr=a.lr,
                    batch=None if a.batch == "full" else a.batch,
                    target_psnr=_flat(a.target_psnr, (30.0, 40.0)), target_mse=_flat(a.target_mse, (1e-3, 1e-4)),

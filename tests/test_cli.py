@@ -17,7 +17,7 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from conftest import smooth_image
 from inr import fitting
 from inr.cli import main
-from inr.signals import load
+from inr.signals import image_from_array, load
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,7 +117,7 @@ def test_fit_stereo_float_wav_mse_matches_the_written_file(tmp_path):
 
 def test_rgba_16bit_png_fit_writes_16bit_rgba(tmp_path):
     a = smooth_image(12, 20, channels=4, dtype=np.uint16)
-    src = fitting.Signal("image", a / 65535.0, bit_depth=16)
+    src = image_from_array(a)
     src.write(src.values, tmp_path / "c.png")
     out = tmp_path / "crun"
     assert main(["fit", str(tmp_path / "c.png"), *TINY_IMAGE, "--out", str(out)]) == 0
@@ -213,6 +213,9 @@ def _bad_cases(tmp_path, tiny_png):
         "out exists": ["fit", png, "--out", str(tmp_path / "exists")],
         "resume without out": ["fit", png, "--resume"],
         "bad device": ["fit", png, "--device", "tpu"],
+        "seconds 0": ["fit", png, "--seconds", "0"],
+        "bad threads": ["fit", png, "--threads", "0"],
+        "no command": [],
         "eval missing": ["eval", str(tmp_path / "nothing")],
         "eval not a run": ["eval", str(tmp_path / "exists")],
     }
