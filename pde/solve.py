@@ -1,0 +1,236 @@
+"""The PINN solve: a problem, a model, the residual loss, :func:`inr.train.fit`, and the run folder.
+
+Loss = mean of the squared scaled residual over interior collocation points, plus (boundary
+"penalty") ``penalty * mean((u - g)^2)`` over boundary points.  Collocation points are uniform,
+drawn once or (``resample``) afresh every step from a generator seeded by ``seed``.  Errors are
+measured on a dense uniform grid (boundary included), which random training points never hit.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import sys
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from inr.train import FitResult, TrainConfig, fit, resolve_device, seed_everything
+
+from . import models, problems
+from .operators import Ansatz, residual
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+# Learning rates from short sweeps on poisson2d (n = 2, 4) with the defaults of models.pde_defaults.
+DEFAULT_LR = {"lrnn-siren": 2e-3, "lrnn-spder": 2e-3, "siren": 2e-4, "spder": 2e-4, "mlp-tanh": 2e-3,
+              "kan": 1e-2, "gauss": 1e-3, "relu-pe": 1e-3}
+
+
+@dataclass
+class SolveConfig:
+    problem: str = "poisson2d"
+    n: int = 1
+    model: str = "lrnn-siren"
+    params: int | None = 16000
+    hyper: dict = field(default_factory=dict)    # model options; missing ones come from models.pde_defaults
+    boundary: str = "exact"                      # exact | penalty
+    penalty: float = 100.0                       # boundary weight (penalty mode)
+    points: int = 1024                           # interior collocation points
+    boundary_points: int | None = None           # penalty mode; default points // 4
+    resample: bool = False
+    steps: int = 2000
+    seconds: float | None = None
+    lr: float | None = None                      # default: DEFAULT_LR[model]
+    lr_final: float = 0.1
+    schedule: str = "cosine"
+    seed: int = 0
+    device: str = "auto"
+    dtype: str = "float32"
+    eval_res: int | None = None                  # grid points per axis; default 256 (2-D), 8193 (1-D)
+    eval_every: int = 0
+    residual_points: int = 4096                  # held-out interior points for the final residual
+    quiet: bool = False
+
+    def validate(self) -> None:
+        problems.get(self.problem, self.n)  # raises on an unknown problem or bad n
+        if self.model not in models.MODELS:
+            raise ValueError(f"unknown model {self.model!r}; choose one of: {', '.join(models.MODELS)}")
+        for name in ("points", "steps", "residual_points"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
+        if self.boundary_points is not None and self.boundary_points <= 0:
+            raise ValueError(f"--boundary-points must be > 0, got {self.boundary_points}")
+        if self.seconds is not None and self.seconds <= 0:
+            raise ValueError(f"--seconds must be > 0, got {self.seconds}")
+        if self.lr is not None and not self.lr > 0:
+            raise ValueError(f"--lr must be > 0, got {self.lr}")
+        if self.boundary not in ("exact", "penalty"):
+            raise ValueError(f"--boundary must be 'exact' or 'penalty', got {self.boundary!r}")
+        if not self.penalty > 0:
+            raise ValueError(f"--penalty must be > 0, got {self.penalty}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.eval_res is not None and self.eval_res < 2:
+            raise ValueError(f"--eval-res must be >= 2, got {self.eval_res}")
+
+
+def eval_grid(problem: problems.Problem, res: int | None, dtype=torch.float32) -> torch.Tensor:
+    """A uniform grid over [0, 1]^dim, boundary included, ``res`` points per axis."""
+    res = res or (256 if problem.dim == 2 else 8193)
+    axes = [torch.linspace(0.0, 1.0, res, dtype=torch.float64)] * problem.dim
+    pts = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(-1, problem.dim)
+    return pts.to(dtype)
+
+
+def _batched(fn, x: torch.Tensor, chunk: int = 16384) -> torch.Tensor:
+    return torch.cat([fn(x[i:i + chunk]) for i in range(0, x.shape[0], chunk)])
+
+
+@dataclass
+class Solution:
+    """What :func:`solve` returns: the trained ansatz, the evaluation and the training record."""
+    ansatz: Ansatz
+    problem: problems.Problem
+    config: SolveConfig
+    model_config: dict
+    metrics: dict
+    fit: FitResult
+    grid: torch.Tensor
+    prediction: np.ndarray
+    truth: np.ndarray
+
+
+def build_ansatz(cfg: SolveConfig, problem: problems.Problem, device, dtype) -> tuple[Ansatz, dict]:
+    hyper = {**models.pde_defaults(cfg.model, problem.frequency, problem.dim),
+             **cfg.hyper}
+    net = models.build(cfg.model, problem.dim, 1, params=cfg.params, device=device, dtype=dtype, **hyper)
+    return Ansatz(net, problem, cfg.boundary).to(device), dict(net.config)
+
+
+def evaluate_errors(ansatz: Ansatz, problem: problems.Problem, grid: torch.Tensor) -> tuple[dict, np.ndarray, np.ndarray]:
+    with torch.no_grad():
+        pred = _batched(ansatz, grid).double().cpu().numpy().ravel()
+        truth = problem.exact(grid.double().cpu()).numpy().ravel()
+    err = pred - truth
+    return ({"rel_l2": float(np.linalg.norm(err) / np.linalg.norm(truth)), "max_error": float(np.abs(err).max())},
+            pred, truth)
+
+
+def solve(cfg: SolveConfig) -> Solution:
+    """Train a PINN for ``cfg`` and measure it; see the module docstring for the loss."""
+    cfg.validate()
+    problem = problems.get(cfg.problem, cfg.n)
+    device, dtype = resolve_device(cfg.device), DTYPES[cfg.dtype]
+    seed_everything(cfg.seed)
+    ansatz, model_config = build_ansatz(cfg, problem, device, dtype)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    n_bnd = cfg.boundary_points or max(4, cfg.points // 4)
+    state: dict = {}
+
+    def sample():
+        state["x"] = problem.sample_interior(cfg.points, gen, device, dtype)
+        if cfg.boundary == "penalty":
+            xb = problem.sample_boundary(n_bnd, gen, device, dtype)
+            state["xb"], state["gb"] = xb, problem.boundary_values(xb).detach()
+
+    def loss_fn(step: int):
+        if cfg.resample or not state:
+            sample()
+        r = residual(ansatz, problem, state["x"])
+        res_loss = r.square().mean()
+        info = {"residual": res_loss.detach().sqrt()}
+        loss = res_loss
+        if cfg.boundary == "penalty":
+            b = (ansatz(state["xb"]) - state["gb"]).square().mean()
+            loss = loss + cfg.penalty * b
+            info["boundary"] = b.detach().sqrt()
+        return loss, info
+
+    grid = eval_grid(problem, cfg.eval_res, dtype).to(device)
+
+    def evaluate(step: int) -> dict:
+        return evaluate_errors(ansatz, problem, grid)[0]
+
+    lr = cfg.lr if cfg.lr is not None else DEFAULT_LR.get(cfg.model, 1e-3)
+    tcfg = TrainConfig(steps=cfg.steps, seconds=cfg.seconds, lr=lr, lr_final=cfg.lr_final, schedule=cfg.schedule,
+                       seed=cfg.seed, device=str(device), targets=(1e-2, 1e-3), target_key="rel_l2",
+                       target_mode="min", quiet=cfg.quiet, desc=f"{cfg.model} {cfg.problem} n={cfg.n}",
+                       log_every=max(1, min(50, cfg.steps // 200)))
+    result = fit(ansatz, loss_fn, tcfg, evaluate=evaluate if cfg.eval_every else None, eval_every=cfg.eval_every)
+
+    errors, pred, truth = evaluate_errors(ansatz, problem, grid)
+    held = problem.sample_interior(cfg.residual_points, torch.Generator().manual_seed(cfg.seed + 1), device, dtype)
+    final_res = _batched(lambda x: residual(ansatz, problem, x, create_graph=False).detach(), held, 4096)
+    metrics = {
+        "problem": problem.describe(), "model": cfg.model, "params": models.count_params(ansatz),
+        **errors, "final_residual_rms": float(final_res.double().square().mean().sqrt()),
+        "final_loss": result.final_loss, "seconds": round(result.seconds, 3), "steps": result.steps,
+        "seconds_per_step": result.seconds_per_step, "stopped_by": result.stopped_by,
+        "time_to_rel_l2": result.time_to_target, "divergence_events": result.events, "lr": lr,
+        "seed": cfg.seed, "device": str(device), "dtype": cfg.dtype, "config": asdict(cfg),
+        "model_config": model_config, "versions": versions(),
+    }
+    return Solution(ansatz, problem, cfg, model_config, metrics, result, grid.cpu(), pred, truth)
+
+
+def versions() -> dict:
+    from inr import __version__
+
+    return {"mulneurons": __version__, "torch": torch.__version__, "numpy": np.__version__,
+            "python": platform.python_version(), "threads": torch.get_num_threads()}
+
+
+def _atomic_json(obj, path: str) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, default=str)
+    os.replace(tmp, path)
+
+
+def write_run(sol: Solution, out: str) -> None:
+    """Run folder: config.json, model.pt, history.csv, solution.png, metrics.json (written last, so
+    its presence means the folder is complete).  Every file goes to a temporary name first."""
+    os.makedirs(out, exist_ok=True)
+    _atomic_json({"solve": asdict(sol.config), "model": sol.model_config}, os.path.join(out, "config.json"))
+    tmp = os.path.join(out, "model.pt.tmp")
+    torch.save(sol.ansatz.net.state_dict(), tmp)
+    os.replace(tmp, os.path.join(out, "model.pt"))
+    sol.fit.write_history(os.path.join(out, "history.csv"))
+    plot_solution(sol, os.path.join(out, "solution.png"))
+    _atomic_json(sol.metrics, os.path.join(out, "metrics.json"))
+
+
+def plot_solution(sol: Solution, path: str) -> None:
+    """Prediction, exact solution and error (images in 2-D, curves in 1-D)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pred, truth = sol.prediction, sol.truth
+    title = f"{sol.config.model} on {sol.problem.name}"
+    if sol.problem.dim == 2:
+        res = int(round(math.sqrt(pred.size)))
+        fig, axs = plt.subplots(1, 3, figsize=(13, 4))
+        for ax, img, name in zip(axs, (pred, truth, pred - truth), ("prediction", "exact", "error")):
+            im = ax.imshow(img.reshape(res, res).T, origin="lower", extent=(0, 1, 0, 1),
+                           cmap="RdBu_r" if name == "error" else "viridis")
+            ax.set_title(name)
+            fig.colorbar(im, ax=ax, shrink=0.8)
+    else:
+        x = sol.grid.double().numpy().ravel()
+        fig, axs = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
+        axs[0].plot(x, truth, "k-", lw=1, label="exact")
+        axs[0].plot(x, pred, "r--", lw=1, label="prediction")
+        axs[0].legend()
+        axs[1].plot(x, pred - truth, lw=1)
+        axs[1].set_ylabel("error")
+        axs[1].set_xlabel("x")
+    fig.suptitle(f"{title}: relative L2 {sol.metrics['rel_l2']:.2e}")
+    fig.tight_layout()
+    tmp = f"{path}.tmp.png"
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
