@@ -1,0 +1,152 @@
+"""Classical reconstructions a CT user expects beside an INR: FBP and SART (scikit-image) and
+total-variation regularised least squares on our projector (Chambolle-Pock).
+
+All take a sinogram in this package's layout ``(n_angles, n_det)`` and the :class:`Geometry` it
+was measured with, and return an ``(H, W)`` float64 numpy image in the original image frame.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import torch
+
+from .radon import Geometry, Projector
+
+FILTERS = ("ramp", "shepp-logan", "cosine", "hamming", "hann")
+
+
+def _to_image(square: np.ndarray, geom: Geometry) -> np.ndarray:
+    """Place a square reconstruction centred on the rotation axis back into the ``(H, W)`` frame."""
+    H, W = geom.shape
+    S = square.shape[0]
+    ar, ac = geom.axis
+    out = np.zeros((H, W), dtype=np.float64)
+    r0, c0 = S // 2 - ar, S // 2 - ac  # square index of image pixel (0, 0)
+    ri, ci = max(0, -r0), max(0, -c0)
+    rs, cs = max(0, r0), max(0, c0)
+    h, w = min(H - ri, S - rs), min(W - ci, S - cs)
+    if h > 0 and w > 0:
+        out[ri:ri + h, ci:ci + w] = square[rs:rs + h, cs:cs + w]
+    return out
+
+
+def _check(sinogram, geom: Geometry) -> np.ndarray:
+    s = np.asarray(sinogram.detach().cpu() if torch.is_tensor(sinogram) else sinogram, dtype=np.float64)
+    if s.shape != (geom.n_angles, geom.n_det):
+        raise ValueError(f"sinogram must have shape (views, detectors) = {(geom.n_angles, geom.n_det)}, "
+                         f"got {s.shape}")
+    return s
+
+
+def fbp(sinogram, geom: Geometry, filter_name: str = "ramp") -> np.ndarray:
+    """Filtered back-projection (``skimage.transform.iradon``, linear interpolation)."""
+    from skimage.transform import iradon
+
+    if filter_name not in FILTERS:
+        raise ValueError(f"unknown FBP filter {filter_name!r}; choose one of {', '.join(FILTERS)}")
+    s = _check(sinogram, geom)
+    size = geom.n_det if geom.circle else max(geom.shape)
+    rec = iradon(s.T, np.asarray(geom.theta), output_size=size, filter_name=filter_name, circle=geom.circle)
+    return _to_image(rec, geom)
+
+
+def sart(sinogram, geom: Geometry, iterations: int = 10, relaxation: float = 0.15,
+         clip: tuple | None = (0.0, 1.0)) -> np.ndarray:
+    """SART (``skimage.transform.iradon_sart``), ``iterations`` sweeps over all views, each started from
+    the previous one; values clipped to ``clip`` after every view (the images are normalised to [0, 1]).
+
+    scikit-image's SART reconstructs the ``n_det x n_det`` square; it treats the sinogram as measured
+    with ``circle=True`` on that square, which is our geometry for both ``circle`` settings."""
+    from skimage.transform import iradon_sart
+
+    if int(iterations) != iterations or iterations < 1:
+        raise ValueError(f"SART iterations must be a positive integer, got {iterations}")
+    s = _check(sinogram, geom).T
+    theta = np.asarray(geom.theta, dtype=np.float64)
+    rec = None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for _ in range(int(iterations)):
+            rec = iradon_sart(s, theta, image=rec, relaxation=relaxation, clip=clip)
+    return _to_image(rec, geom)
+
+
+def _grad(x):
+    gx = torch.zeros_like(x)
+    gy = torch.zeros_like(x)
+    gx[..., :, :-1] = x[..., :, 1:] - x[..., :, :-1]
+    gy[..., :-1, :] = x[..., 1:, :] - x[..., :-1, :]
+    return gx, gy
+
+
+def _div(px, py):
+    """Negative adjoint of :func:`_grad` (forward differences, Neumann boundary)."""
+    dx = torch.zeros_like(px)
+    dy = torch.zeros_like(py)
+    dx[..., :, 0] = px[..., :, 0]
+    dx[..., :, 1:-1] = px[..., :, 1:-1] - px[..., :, :-2]
+    dx[..., :, -1] = -px[..., :, -2]
+    dy[..., 0, :] = py[..., 0, :]
+    dy[..., 1:-1, :] = py[..., 1:-1, :] - py[..., :-2, :]
+    dy[..., -1, :] = -py[..., -2, :]
+    return dx + dy
+
+
+def tv_reconstruct(sinogram, geom: Geometry, weight: float = 3e-4, iterations: int = 300,
+                   box: tuple | None = (0.0, 1.0), init: str = "fbp", device=None,
+                   projector: Projector | None = None, dtype=torch.float32) -> np.ndarray:
+    """Isotropic-TV regularised least squares by Chambolle-Pock (PDHG):
+
+        min_x  1/2 ||A x - y||^2 / ||A||^2  +  weight * TV(x)   subject to  box[0] <= x <= box[1]
+
+    ``A`` is scaled by its operator norm so the data term's curvature is at most 1 for any size and
+    view count; ``weight`` is then the TV weight per unit image value per pixel edge.  The default
+    3e-4 was chosen by a coarse sweep (1e-4, 3e-4, 1e-3, 3e-3) on the 256 x 256 Shepp-Logan phantom
+    at 50 and 25 noiseless views and is kept fixed for every image, view count and noise level
+    (noisy data usually wants a larger one).  PDHG converges slowly along the projector's small
+    singular directions, so it starts from the clipped FBP image (``init="fbp"``, the default; it
+    beat a 1-sweep SART start by 4-5 dB in that sweep), from SART (``"sart"``) or from zero.
+    The gradient enters the operator divided by sqrt(8) so ``||K||^2 <= 2``; tau = sigma = 0.99/sqrt(2).
+    """
+    if not weight >= 0:
+        raise ValueError(f"TV weight must be >= 0, got {weight}")
+    if int(iterations) != iterations or iterations < 1:
+        raise ValueError(f"TV iterations must be a positive integer, got {iterations}")
+    if init not in ("sart", "fbp", "zero"):
+        raise ValueError(f"TV init must be sart, fbp or zero, got {init!r}")
+    s = _check(sinogram, geom)
+    device = torch.device(device or "cpu")
+    P = projector or Projector(geom.shape, geom.theta, geom.circle, device=device, dtype=dtype)
+    y = torch.as_tensor(s, dtype=dtype, device=device)
+    norm = P.norm(iterations=20)
+    y = y / norm
+    A = lambda x: P.forward(x) / norm
+    AT = lambda r: P.adjoint(r) / norm
+    c = 1.0 / math.sqrt(8.0)   # K = [A / ||A||; c grad];  weight * TV(x) = (weight / c) * ||c grad x||_{2,1}
+    lam = weight / c
+    tau = sigma = 0.99 / math.sqrt(2.0)
+    if init == "zero":
+        x0 = np.zeros(geom.shape)
+    else:
+        x0 = sart(s, geom, 1) if init == "sart" else fbp(s, geom)
+        if box is not None:
+            x0 = np.clip(x0, *box)
+    x = torch.as_tensor(x0, dtype=dtype, device=device)
+    xbar = x.clone()
+    p = torch.zeros_like(y)
+    qx, qy = torch.zeros_like(x), torch.zeros_like(x)
+    with torch.no_grad():
+        for _ in range(int(iterations)):
+            p = (p + sigma * (A(xbar) - y)) / (1.0 + sigma)
+            gx, gy = _grad(xbar)
+            qx, qy = qx + sigma * c * gx, qy + sigma * c * gy
+            scale = torch.clamp(torch.sqrt(qx ** 2 + qy ** 2) / max(lam, 1e-30), min=1.0)
+            qx, qy = qx / scale, qy / scale
+            x_new = x - tau * (AT(p) - c * _div(qx, qy))
+            if box is not None:
+                x_new = x_new.clamp(box[0], box[1])
+            xbar = 2 * x_new - x
+            x = x_new
+    return x.double().cpu().numpy()

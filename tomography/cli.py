@@ -1,0 +1,268 @@
+"""``python -m tomography recon IMAGE|--phantom``: sparse-view CT with an INR beside FBP, SART and TV.
+
+Writes a run folder (reconstruction.png, sinogram.png, comparison.png, metrics.json, config.json,
+history.csv, model.pt).  User errors print one line on stderr and exit with code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _number(kind, name, low=None, allow_none=False):
+    def parse(s):
+        if allow_none and s.lower() in ("none", "inf"):
+            return None
+        try:
+            v = kind(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a {kind.__name__}, got {s!r}") from None
+        if low is not None and not v > low:
+            raise argparse.ArgumentTypeError(f"{name} must be > {low}, got {s}")
+        return v
+    return parse
+
+
+def _size(s):
+    try:
+        parts = [int(p) for p in s.lower().split("x")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--size must be N or HxW, got {s!r}") from None
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2 or min(parts) < 2:
+        raise argparse.ArgumentTypeError(f"--size must be N or HxW with sides >= 2, got {s!r}")
+    return tuple(parts)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from inr.models import MODELS
+
+    from .baselines import FILTERS
+    from .recon import OUTPUTS
+
+    p = _Parser(prog="python -m tomography", description="Sparse-view parallel-beam CT reconstruction.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    r = sub.add_parser("recon", help="simulate a scan of an image and reconstruct it (INR, FBP, SART, TV)")
+    r.add_argument("image", nargs="?", help="image file (grayscale or RGB; min-max normalised to [0, 1])")
+    r.add_argument("--phantom", action="store_true", help="use scikit-image's Shepp-Logan phantom")
+    r.add_argument("--size", type=_size, default=None,
+                   help="resize to N x N or HxW (default: 256 for --phantom, the file's own size otherwise)")
+    r.add_argument("--views", type=_number(int, "--views", 0), default=100, help="projection angles (default 100)")
+    r.add_argument("--angle-range", type=_number(float, "--angle-range", 0), default=180.0,
+                   help="angles cover [0, RANGE) degrees, the end excluded (default 180)")
+    r.add_argument("--full-field", action="store_true",
+                   help="detector covers the image diagonal (skimage circle=False); default: the inscribed "
+                        "circle (circle=True, detector = image side)")
+    r.add_argument("--photons", type=_number(float, "--photons", 0), default=None,
+                   help="incident photons per ray I0 for Poisson noise (default: noiseless)")
+    r.add_argument("--readout-noise", type=_number(float, "--readout-noise", None), default=0.0,
+                   help="Gaussian readout noise std in detector counts (needs --photons)")
+    r.add_argument("--peak-attenuation", type=_number(float, "--peak-attenuation", 0), default=3.0,
+                   help="attenuation exp(-A) of the most attenuating ray sets mu (default 3)")
+    r.add_argument("--model", choices=MODELS, default="lrnn-siren", help="INR from the registry")
+    r.add_argument("--params", type=_number(int, "--params", 0), default=180_000,
+                   help="parameter budget picking the width (default 180000)")
+    r.add_argument("--steps", type=_number(int, "--steps", 0), default=5000, help="Adam steps (default 5000)")
+    r.add_argument("--seconds", type=_number(float, "--seconds", 0, allow_none=True), default=None,
+                   help="wall-clock budget for the INR fit (default: none)")
+    r.add_argument("--lr", type=_number(float, "--lr", 0), default=None,
+                   help="learning rate, decayed exponentially to 0.1x (default: per model, methods.md s.4)")
+    r.add_argument("--output", choices=OUTPUTS, default="linear", help="INR output map (default linear)")
+    r.add_argument("--fbp-filter", choices=FILTERS, default="ramp", help="FBP filter (default ramp)")
+    r.add_argument("--sart-iterations", type=_number(int, "--sart-iterations", 0), default=10,
+                   help="SART sweeps (default 10)")
+    r.add_argument("--tv-weight", type=_number(float, "--tv-weight", None), default=3e-4,
+                   help="TV weight (see tomography.baselines.tv_reconstruct; default 3e-4)")
+    r.add_argument("--tv-iterations", type=_number(int, "--tv-iterations", 0), default=300,
+                   help="Chambolle-Pock iterations (default 300)")
+    r.add_argument("--seed", type=int, default=0, help="seeds noise, initialisation and everything else")
+    r.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    r.add_argument("--out", default=None, help="run folder (default runs/ct-<image>-<model>-<views>v)")
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def _versions() -> dict:
+    import scipy
+    import skimage
+    import torch
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
+            "scipy": scipy.__version__, "scikit-image": skimage.__version__, "platform": platform.platform()}
+
+
+def save_png(path, array, cmap="gray", vmin=0.0, vmax=1.0) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.imsave(path, np.asarray(array), cmap=cmap, vmin=vmin, vmax=vmax)
+
+
+def comparison_figure(path, truth, recons: dict, metrics: dict, title: str = "") -> None:
+    """Truth and each reconstruction (top) with absolute error maps (bottom)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(recons)
+    fig, ax = plt.subplots(2, len(names) + 1, figsize=(2.6 * (len(names) + 1), 5.6), squeeze=False)
+    ax[0, 0].imshow(truth, cmap="gray", vmin=0, vmax=1)
+    ax[0, 0].set_title("truth")
+    ax[1, 0].axis("off")
+    for k, n in enumerate(names, 1):
+        ax[0, k].imshow(np.clip(recons[n], 0, 1), cmap="gray", vmin=0, vmax=1)
+        m = metrics.get(n, {})
+        ax[0, k].set_title(f"{n}\n{m.get('psnr', float('nan')):.2f} dB / {m.get('ssim', float('nan')):.3f}",
+                           fontsize=9)
+        ax[1, k].imshow(np.abs(np.clip(recons[n], 0, 1) - truth), cmap="inferno", vmin=0, vmax=0.25)
+        ax[1, k].set_title("|error| (0..0.25)", fontsize=8)
+    for a in ax.flat:
+        a.set_xticks([])
+        a.set_yticks([])
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _score(rec, truth) -> dict:
+    from inr.metrics import psnr, ssim
+
+    return {"psnr": round(psnr(rec, truth, data_range=1.0), 3), "ssim": round(ssim(rec, truth, data_range=1.0), 4)}
+
+
+def run_baselines(scan, fbp_filter="ramp", sart_iterations=10, tv_weight=3e-4, tv_iterations=300, device="cpu"):
+    """FBP, SART and TV reconstructions of ``scan`` with their metrics and wall seconds."""
+    from .baselines import fbp, sart, tv_reconstruct
+
+    recons, metrics = {}, {}
+    s = scan.measured.numpy()
+    jobs = {"fbp": lambda: fbp(s, scan.geometry, fbp_filter),
+            "sart": lambda: sart(s, scan.geometry, sart_iterations),
+            "tv": lambda: tv_reconstruct(s, scan.geometry, tv_weight, tv_iterations, device=device)}
+    for name, job in jobs.items():
+        t0 = time.perf_counter()
+        recons[name] = job()
+        metrics[name] = {**_score(recons[name], scan.truth), "seconds": round(time.perf_counter() - t0, 3)}
+    metrics["fbp"]["filter"] = fbp_filter
+    metrics["sart"]["iterations"] = sart_iterations
+    metrics["tv"].update({"weight": tv_weight, "iterations": tv_iterations})
+    return recons, metrics
+
+
+def _prepare_out(out: str) -> str:
+    """A fresh temporary folder beside ``out``; refuses to replace a folder that is not a run folder."""
+    out = os.path.abspath(out)
+    if os.path.exists(out) and not (os.path.isdir(out) and (not os.listdir(out)
+                                                            or os.path.exists(os.path.join(out, "metrics.json")))):
+        raise ValueError(f"--out {out} exists and is not a previous run folder; choose another path")
+    parent = os.path.dirname(out)
+    try:
+        os.makedirs(parent, exist_ok=True)
+        return tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.tmp-", dir=parent)
+    except OSError as e:
+        raise ValueError(f"cannot write --out {out}: {e.strerror}") from None
+
+
+def _finish(tmp: str, out: str) -> None:
+    out = os.path.abspath(out)
+    if os.path.exists(out):
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+
+
+def recon(args) -> dict:
+    import torch
+
+    from inr.models import count_params
+    from inr.train import resolve_device
+
+    from .recon import load_image, phantom, reconstruct_inr, simulate
+
+    if args.phantom == bool(args.image):
+        raise ValueError("give exactly one of IMAGE or --phantom")
+    if args.readout_noise and args.photons is None:
+        raise ValueError("--readout-noise is a standard deviation in detector counts and needs --photons")
+    truth = phantom(args.size or (256, 256)) if args.phantom else load_image(args.image, args.size)
+    name = "shepp-logan" if args.phantom else os.path.splitext(os.path.basename(args.image))[0]
+    out = args.out or os.path.join("runs", f"ct-{name}-{args.model}-{args.views}v")
+    device = resolve_device(args.device)
+    tmp = _prepare_out(out)
+    try:
+        scan = simulate(truth, args.views, args.angle_range, not args.full_field, args.photons, args.readout_noise,
+                        args.peak_attenuation, seed=args.seed)
+        recons, metrics = run_baselines(scan, args.fbp_filter, args.sart_iterations, args.tv_weight,
+                                        args.tv_iterations, device=device)
+        image, result, net = reconstruct_inr(scan, args.model, args.params, args.steps, args.seconds, args.lr,
+                                             args.output, args.seed, device, args.quiet)
+        recons[args.model] = image
+        oracle = max((h.get("oracle_best_psnr", -np.inf) for h in result.history), default=None)
+        metrics[args.model] = {**_score(image, truth), "seconds": round(result.seconds, 3), "steps": result.steps,
+                               "params": count_params(net), "stopped_by": result.stopped_by,
+                               "oracle_best_psnr (oracle selection, not the reported value)": oracle,
+                               "divergence_events": len(result.events)}
+        config = {"command": "recon", "image": args.image or "skimage.data.shepp_logan_phantom", "size": list(truth.shape),
+                  "views": args.views, "angle_range": args.angle_range, "circle": not args.full_field,
+                  "photons": args.photons, "readout_noise": args.readout_noise, "mu": scan.mu,
+                  "peak_attenuation": args.peak_attenuation, "model": net.model.config, "params": args.params,
+                  "steps": args.steps, "seconds": args.seconds,
+                  "lr": args.lr, "output": args.output, "fbp_filter": args.fbp_filter,
+                  "sart_iterations": args.sart_iterations, "tv_weight": args.tv_weight,
+                  "tv_iterations": args.tv_iterations, "seed": args.seed, "device": str(device),
+                  "versions": _versions()}
+        summary = {"note": "standard PSNR 10 log10(1/MSE) and scikit-image SSIM, data_range 1, on the FINAL "
+                           "iterate; reconstructions clipped to [0, 1] before scoring",
+                   "metrics": metrics, "fit": result.summary(), "seed": args.seed, "device": str(device),
+                   "versions": config["versions"]}
+        save_png(os.path.join(tmp, "reconstruction.png"), np.clip(image, 0, 1))
+        sino = scan.measured.numpy()
+        save_png(os.path.join(tmp, "sinogram.png"), sino, vmin=float(sino.min()), vmax=float(sino.max()))
+        comparison_figure(os.path.join(tmp, "comparison.png"), truth, recons, metrics,
+                          f"{name} {truth.shape[0]}x{truth.shape[1]}, {args.views} views")
+        np.save(os.path.join(tmp, "reconstruction.npy"), image)
+        result.write_history(os.path.join(tmp, "history.csv"))
+        torch.save(net.model.state_dict(), os.path.join(tmp, "model.pt"))
+        with open(os.path.join(tmp, "config.json"), "w") as f:
+            json.dump(config, f, indent=2)
+        with open(os.path.join(tmp, "metrics.json"), "w") as f:  # written last: marks a complete run
+            json.dump(summary, f, indent=2)
+        _finish(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return {"out": os.path.abspath(out), "metrics": metrics}
+
+
+def main(argv=None) -> int:
+    from inr.train import DivergenceError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        res = recon(args)
+    except (ValueError, DivergenceError) as e:
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    rows = [f"{k:>12s}: {v['psnr']:6.2f} dB  SSIM {v['ssim']:.4f}  {v['seconds']:8.1f} s"
+            for k, v in res["metrics"].items()]
+    print("\n".join(rows))
+    print(f"run folder: {res['out']}")
+    return 0
