@@ -7,10 +7,10 @@ One layer maps h in R^{n_in} to R^r:
 3. product ``phi_l = prod_j (1 + gamma g_{l,j}(z_{l,j}))`` with ``gamma = dbar^{-1/2}``;
 4. LayerNorm over the r outputs.
 
-The components are evaluated by :class:`ComponentsFn`, which keeps only ``z`` for backward and
-recomputes the ``batch x r x dbar x m`` activations one hidden unit at a time, so memory stays
-near ``batch x r x dbar`` instead of m times that.  Its backward is itself written in torch ops, so
-second derivatives (PDE residuals) still work.  ``memory_efficient=False`` gives the plain
+Steps 2-3 run in :class:`ProductFn`, which keeps only ``z`` for backward and recomputes the
+``batch x r x dbar x m`` activations one hidden unit at a time over cache-sized batch chunks, so
+memory stays near ``batch x r x dbar`` instead of m times that.  Second derivatives (PDE
+residuals) go through the plain graph and stay exact.  ``memory_efficient=False`` gives the plain
 autograd path (the reference the tests compare against).
 """
 from __future__ import annotations
@@ -21,24 +21,6 @@ import torch
 from torch import nn
 
 from .sine import SQRT_FLOOR, get_activation
-
-
-def _act_and_grad(name: str, u: torch.Tensor):
-    """sigma(u) and sigma'(u) for the periodic component activations (differentiable torch ops)."""
-    s, c = torch.sin(u), torch.cos(u)
-    if name == "sin":
-        return s, c
-    if name == "spder":
-        au = u.abs()
-        r = torch.sqrt(au.clamp_min(SQRT_FLOOR))
-        # d/du sqrt|u| = sqrt|u| / (2u) above the floor; 0 below it (the clamp is flat there)
-        inv2u = torch.where(au > SQRT_FLOOR, 0.5 / torch.where(au > SQRT_FLOOR, u, torch.ones_like(u)),
-                            torch.zeros_like(u))
-        return s * r, r * (c + s * inv2u)
-    if name == "spder-atan":
-        at = torch.atan(u)
-        return s * at, c * at + s / (1.0 + u * u)
-    raise ValueError(f"unknown component activation {name!r}")
 
 
 def _act_inplace(name: str, u: torch.Tensor) -> torch.Tensor:
@@ -92,73 +74,82 @@ def _chunks(n_rows: int, row_elems: int):
     return [(i, min(i + step, n_rows)) for i in range(0, n_rows, step)]
 
 
-class ComponentsFn(torch.autograd.Function):
-    """Memory-light evaluation of the component MLPs.
+def _components_chunk(zc, wa, wb, c, c0, activation):
+    """g = c0 + sum_k c_k sigma(wa_k z + wb_k) for one chunk, in place (wa = w0 a, wb = w0 b)."""
+    g = c0.expand_as(zc).clone()
+    for k in range(wa.shape[-1]):
+        u = torch.addcmul(wb[..., k], zc, wa[..., k])
+        g.addcmul_(_act_inplace(activation, u), c[..., k])
+    return g
 
-    Keeps only z for backward and recomputes sigma(w0 (a z + b)) one hidden unit at a time,
-    over batch chunks small enough to stay in cache.  When a graph of the backward is needed
-    (second derivatives), backward runs in differentiable torch ops instead of in-place ones.
+
+def _exclusive_prod(f: torch.Tensor) -> torch.Tensor:
+    """prod_{i != j} f_i along the last axis (no division, so exact zeros are fine)."""
+    ones = torch.ones_like(f[..., :1])
+    left = torch.cumprod(torch.cat([ones, f[..., :-1]], -1), -1)
+    right = torch.cumprod(torch.cat([ones, f[..., 1:].flip(-1)], -1), -1).flip(-1)
+    return left * right
+
+
+def product_reference(z, a, b, c, c0, w0: float, activation: str, gamma: float):
+    """phi = prod_j (1 + gamma g_j(z_j)) by plain autograd (the reference; also the double-backward path)."""
+    return torch.prod(1.0 + gamma * components_reference(z, a, b, c, c0, w0, activation), dim=-1)
+
+
+class ProductFn(torch.autograd.Function):
+    """phi(z) = prod_j (1 + gamma g_j(z_j)) without storing the component activations.
+
+    Keeps only z (batch x r x dbar) for backward; recomputes g and the product there, one hidden
+    unit k at a time, over batch chunks small enough to stay in cache.  When a graph of the
+    backward is requested (second derivatives, e.g. PDE residuals), backward differentiates
+    :func:`product_reference` instead, so higher derivatives are exact.
     """
 
-    generate_vmap_rule = True
-
     @staticmethod
-    def forward(z, a, b, c, c0, w0, activation):
-        g = torch.empty_like(z)
-        a_k, b_k, c_k = a.unbind(-1), (b * 1.0).unbind(-1), c.unbind(-1)
+    def forward(z, a, b, c, c0, w0, activation, gamma):
+        phi = z.new_empty(z.shape[:-1])
+        wa, wb = a * w0, b * w0
         for lo, hi in _chunks(z.shape[0], z[0].numel()):
-            zc, gc = z[lo:hi], g[lo:hi]
-            gc.copy_(c0.expand_as(zc))
-            for k in range(a.shape[-1]):
-                u = torch.addcmul(b_k[k], zc, a_k[k]).mul_(w0)
-                gc.addcmul_(_act_inplace(activation, u), c_k[k])
-        return g
+            g = _components_chunk(z[lo:hi], wa, wb, c, c0, activation)
+            torch.prod(g.mul_(gamma).add_(1.0), dim=-1, out=phi[lo:hi])
+        return phi
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        z, a, b, c, c0, w0, activation = inputs
-        ctx.save_for_backward(z, a, b, c)
-        ctx.w0, ctx.activation, ctx.c0_shape = w0, activation, c0.shape
+        z, a, b, c, c0, w0, activation, gamma = inputs
+        ctx.save_for_backward(z, a, b, c, c0)
+        ctx.w0, ctx.activation, ctx.gamma = w0, activation, gamma
 
     @staticmethod
-    def backward(ctx, grad_g):
-        z, a, b, c = ctx.saved_tensors
-        if torch.is_grad_enabled():
-            return ComponentsFn._backward_graph(ctx, grad_g, z, a, b, c)
-        w0, name, m = ctx.w0, ctx.activation, a.shape[-1]
-        gz = torch.empty_like(z)
-        ga, gb, gc = torch.zeros_like(a), torch.zeros_like(b), torch.zeros_like(c)
+    def backward(ctx, grad_phi):
+        z, a, b, c, c0 = ctx.saved_tensors
+        w0, name, gamma = ctx.w0, ctx.activation, ctx.gamma
+        if torch.is_grad_enabled():  # create_graph=True: differentiate the plain graph
+            with torch.enable_grad():
+                phi = product_reference(z, a, b, c, c0, w0, name, gamma)
+                return (*torch.autograd.grad(phi, (z, a, b, c, c0), grad_phi, create_graph=True), None, None, None)
+        wa, wb = a * w0, b * w0
         wc = (c * w0).unbind(-1)
+        gz = torch.empty_like(z)
+        ga, gb, gc, gc0 = torch.zeros_like(a), torch.zeros_like(b), torch.zeros_like(c), torch.zeros_like(c0)
         for lo, hi in _chunks(z.shape[0], z[0].numel()):
-            zc, gg, gzc = z[lo:hi], grad_g[lo:hi], gz[lo:hi]
+            zc, gzc = z[lo:hi], gz[lo:hi]
+            f = _components_chunk(zc, wa, wb, c, c0, name).mul_(gamma).add_(1.0)
+            gg = _exclusive_prod(f).mul_(grad_phi[lo:hi].unsqueeze(-1) * gamma)  # dL/dg
+            gc0 += _reduce_to(gg, c0.shape)
             gzc.zero_()
-            for k in range(m):
-                u = torch.addcmul(b[..., k], zc, a[..., k]).mul_(w0)
+            for k in range(a.shape[-1]):
+                u = torch.addcmul(wb[..., k], zc, wa[..., k])
                 s, ds = _act_grad_inplace(name, u)
                 gc[..., k] += _reduce_to(s.mul_(gg), a.shape)
                 t = ds.mul_(gg).mul_(wc[k])  # dL / d(a_k z + b_k)
                 gzc.addcmul_(t, a[..., k])
                 gb[..., k] += _reduce_to(t, a.shape)
                 ga[..., k] += _reduce_to(t.mul_(zc), a.shape)
-        return gz, ga, gb, gc, _reduce_to(grad_g, ctx.c0_shape), None, None
-
-    @staticmethod
-    def _backward_graph(ctx, grad_g, z, a, b, c):
-        w0, name = ctx.w0, ctx.activation
-        gz = torch.zeros_like(z)
-        ga, gb, gc = [], [], []
-        for k in range(a.shape[-1]):
-            s, ds = _act_and_grad(name, w0 * (z * a[..., k] + b[..., k]))
-            gc.append(_reduce_to(grad_g * s, a.shape))
-            t = grad_g * ds * (w0 * c[..., k])
-            gz = gz + t * a[..., k]
-            ga.append(_reduce_to(t * z, a.shape))
-            gb.append(_reduce_to(t, a.shape))
-        gc0 = _reduce_to(grad_g, ctx.c0_shape)
-        return gz, torch.stack(ga, -1), torch.stack(gb, -1), torch.stack(gc, -1), gc0, None, None
+        return gz, ga, gb, gc, gc0, None, None, None
 
 
-def _quantile_grid(n: int = 64, dtype=torch.float64) -> torch.Tensor:
+def _quantile_grid(n: int = 128, dtype=torch.float64) -> torch.Tensor:
     """Standard-normal quantiles at (i + 0.5) / n: a deterministic stand-in for z ~ N(0, 1)."""
     p = (torch.arange(n, dtype=dtype) + 0.5) / n
     return math.sqrt(2.0) * torch.erfinv(2 * p - 1)
@@ -179,7 +170,7 @@ class LRNNLayer(nn.Module):
         component_std: sigma_g, the standard deviation of each component at initialisation; then
             Var[phi] <= exp(sigma_g^2) - 1 whatever dbar is (Lemma 1 of the paper).
         layernorm: LayerNorm over the r outputs (the paper's deep models need it).
-        memory_efficient: evaluate components with :class:`ComponentsFn` (recompute in backward).
+        memory_efficient: evaluate steps 2-3 with :class:`ProductFn` (recompute in backward).
     """
 
     def __init__(self, in_features: int, rank: int, dbar: int = 4, width: int = 4, w0: float = 30.0,
@@ -223,32 +214,34 @@ class LRNNLayer(nn.Module):
             fa = 1.0 if self.is_first else math.sqrt(6.0) / self.w0
             self.a.uniform_(-fa, fa)
             self.b.uniform_(-math.pi / self.w0, math.pi / self.w0)  # uniform phase -> zero-mean sigma
-            self.c0.zero_()
-            # Choose the output weights so Var[g] = component_std^2: Var[g] = sum_k Var[c_k] E[sigma_k^2],
-            # with E[sigma^2] taken over the layer's own (a, b) and z on a normal-quantile grid.
+            # Lemma 1 wants zero-mean components of variance component_std^2.  Centre and scale each
+            # component over its input distribution: z is ~N(0, 1) by construction (LayerNorm'd h and
+            # the projection bound above), stood in for by a deterministic normal-quantile grid.
+            self.c.uniform_(-1.0, 1.0)
             t = _quantile_grid().to(self.a.device)
-            u = self.w0 * (t[:, None] * self.a.double().reshape(1, -1) + self.b.double().reshape(1, -1))
-            msq = get_activation(self.activation)(u).square().mean().item()
-            var_c = self.component_std ** 2 / (self.width * max(msq, 1e-12))
-            bc = math.sqrt(3.0 * var_c)
-            self.c.uniform_(-bc, bc)
+            u = self.w0 * (t[:, None, None, None] * self.a.double() + self.b.double())   # (T, R, dbar, m)
+            G = (get_activation(self.activation)(u) * self.c.double()).sum(-1)          # (T, R, dbar)
+            scale = self.component_std / G.var(0, unbiased=False).mean().clamp_min(1e-12).sqrt()
+            self.c.mul_(scale.to(self.c.dtype))
+            self.c0.copy_(-G.mean(0) * scale)
             if self.norm is not None:
                 self.norm.reset_parameters()
 
     def components(self, z: torch.Tensor) -> torch.Tensor:
-        """g(z) for z of shape (..., rank, dbar)."""
-        lead = z.shape[:-2]
-        z3 = z.reshape(-1, self.rank, self.dbar)
-        if self.memory_efficient:
-            g = ComponentsFn.apply(z3, self.a, self.b, self.c, self.c0, self.w0, self.activation)
-        else:
-            g = components_reference(z3, self.a, self.b, self.c, self.c0, self.w0, self.activation)
-        return g.reshape(*lead, self.rank, self.dbar)
+        """g(z) for z of shape (..., rank, dbar) (plain autograd; for inspection and tests)."""
+        return components_reference(z, self.a, self.b, self.c, self.c0, self.w0, self.activation)
 
     def product(self, h: torch.Tensor) -> torch.Tensor:
         """phi before LayerNorm, shape (..., rank)."""
         z = self.proj(h).unflatten(-1, (self.rank, self.dbar))
-        return torch.prod(1.0 + self.gamma * self.components(z), dim=-1)
+        # torch.func transforms (vmap, jvp, grad) wrap tensors; the in-place fused path is not
+        # transform-safe, so those go through the plain graph (exact, m times the memory).
+        if not self.memory_efficient or torch._C._functorch.is_functorch_wrapped_tensor(z):
+            return product_reference(z, self.a, self.b, self.c, self.c0, self.w0, self.activation, self.gamma)
+        lead = z.shape[:-2]
+        phi = ProductFn.apply(z.reshape(-1, self.rank, self.dbar), self.a, self.b, self.c, self.c0,
+                              self.w0, self.activation, self.gamma)
+        return phi.reshape(*lead, self.rank)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         phi = self.product(h)
