@@ -152,9 +152,12 @@ def main(argv=None) -> int:
     args._explicit = {a.split("=")[0].lstrip("-").replace("-", "_"): True for a in argv if a.startswith("--")}
     # The networks here are tiny: one thread is fastest, and extra threads spin (40x slower measured on a
     # busy 2-core machine).
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         return run_runge(args) if args.command == "runge" else run_pieces(args)
     except (ValueError, FileNotFoundError, PermissionError) as e:  # user-caused: one line, exit 2
         print(f"error: {e}", file=sys.stderr)
         return 2
+    finally:
+        torch.set_num_threads(threads)  # main() may be called in-process (tests, notebooks)

@@ -16,6 +16,7 @@ from approx.pieces import PiecesError, expand
 from inr.layers import QuadraticLinear
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("torch_one_thread")  # tiny nets: one thread is fastest (conftest)
 
 
 def brute_force_pattern(net: nn.Sequential, x: np.ndarray) -> np.ndarray:

@@ -8,6 +8,8 @@ from torch import nn
 
 from inr.layers import QuadraticConv2d, QuadraticLinear
 
+pytestmark = pytest.mark.usefixtures("torch_one_thread")  # tiny tensors: one thread is fastest (conftest)
+
 
 def n_params(m):
     return sum(p.numel() for p in m.parameters())

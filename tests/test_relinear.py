@@ -1,10 +1,13 @@
 """ReLinear: the sg groups hold exactly the right tensors; sw shrinkage; ReZero."""
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
 from approx.relinear import ReZero, ShrinkQuadratic, relinear_groups
 from inr.layers import QuadraticConv2d, QuadraticLinear
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")  # tiny tensors: one thread is fastest (conftest)
 
 
 class Mixed(nn.Module):

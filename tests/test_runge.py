@@ -14,6 +14,7 @@ from approx.runge import RungeConfig, classical_references, make_data, train_one
 from approx.target import parse_target
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("torch_one_thread")  # tiny nets: one thread is fastest (conftest)
 
 
 @pytest.mark.parametrize("n_train", [11, 21, 41, 201])
@@ -55,7 +56,6 @@ def _data(target="runge", n=21):
 
 def test_sg_with_zero_quadratic_rates_trains_a_conventional_network():
     """lr_g = lr_b = 0 under ReLinear init: the QNN must stay exactly conventional through fit()."""
-    torch.set_num_threads(1)
     cfg = RungeConfig(widths=(1, 6, 6, 1), steps=40, lr_g=0.0, lr_b=0.0, seeds=1, quiet=True)
     rec = train_one("relinear-sg", 0, cfg, _data())
     for layer in rec["net"]:
@@ -66,7 +66,6 @@ def test_sg_with_zero_quadratic_rates_trains_a_conventional_network():
 
 
 def test_a_qnn_learns_abs_x():
-    torch.set_num_threads(1)
     cfg = RungeConfig(target="abs(x)", widths=(1, 8, 8, 1), steps=400, lr=1e-2, seeds=1, quiet=True)
     rec = train_one("relinear-sg", 0, cfg, _data("abs(x)"))
     assert rec["test_rmse"] < 0.03, rec["test_rmse"]  # a constant fit would give ~0.29
