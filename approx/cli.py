@@ -66,7 +66,8 @@ def _pieces_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--domain", type=float, nargs=2, metavar=("LO", "HI"), help="default: the config's domain")
     p.add_argument("--digits", type=int, default=10, help="significant digits printed (table, latex)")
     p.add_argument("--exact", action="store_true",
-                   help="sympy output with exact rationals and exact algebraic breakpoints (small networks)")
+                   help="table/latex: a sympy Piecewise with exact rationals and exact algebraic breakpoints "
+                        "(slow beyond small networks); json always holds float64 values")
     p.add_argument("--out", help="write to this file (via a temporary name) instead of stdout")
     return p
 
