@@ -1,0 +1,445 @@
+"""Fit many signals in one process: one model per signal, trained together with stacked weights.
+
+``fit_many(files, model="siren", ...)`` loads every file, groups the signals by kind, grid shape and
+channel count, cuts each group into chunks of at most ``group_size`` signals, and trains each chunk
+as one :class:`StackedINR`: the chunk's N models have their parameters stacked along a new leading
+axis and run with ``torch.func.vmap`` over ``functional_call``, so one optimizer step is a handful
+of batched matrix products instead of N small ones.  The loss is the *sum* of the per-signal MSEs,
+so each model receives exactly the gradient it would get alone, and Adam (element-wise) on a
+stacked tensor is Adam on each slice.
+
+Same seed, same result: model i is built right after ``seed_everything(seed_i)`` (exactly as
+:func:`inr.fitting.fit_signal` does) and its random point sampler is a private generator started
+from the global state at that moment, so signal i gets the init and the point stream it would get
+alone; results agree with one-at-a-time fits up to float rounding.  Exceptions, both documented in
+the run's summary: the wall budget ``seconds`` and the divergence guard act on the whole chunk
+(a non-finite loss in one model restores and slows down all models of its chunk).
+
+Run folder (``out``): one subfolder per signal with the files of a single ``fit_signal`` run
+(reconstruction, error map, metrics.json, history.csv, curves.png, model.pt, config.json), plus
+``summary.json``, ``summary.md`` and ``summary.csv``.  It is assembled under ``.<out>.partial`` and
+renamed when complete (:mod:`inr.shard` shares that staging folder between torchrun ranks).
+A file that cannot be loaded, or a chunk whose training fails, is reported in the summary and
+skipped; the others finish.
+
+Memory: one step holds activations for ``group_size x batch`` points; prediction runs per signal in
+chunks of :data:`inr.fitting.PREDICT_CHUNK` points.  Device-agnostic: the same code runs on CUDA.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import platform
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.func import functional_call, stack_module_state, vmap
+
+from . import fitting as F
+from .models import count_params
+from .signals import AUDIO_SUFFIXES, IMAGE_SUFFIXES, Signal, SignalError, load
+from .train import DivergenceError, FitResult, TrainConfig, fit, resolve_device, seed_everything
+
+SUFFIXES = IMAGE_SUFFIXES | AUDIO_SUFFIXES
+SUMMARY_FILES = ("summary.json", "summary.md", "summary.csv")
+
+
+class StackedINR(nn.Module):
+    """N same-architecture models as one module: every parameter and buffer gets a leading axis of N.
+
+    ``forward(x)`` takes ``(N, B, d)`` (each model its own points) or ``(B, d)`` (the same points for
+    every model) and returns ``(N, B, out)``.  :meth:`state_for` gives model i's state dict back.
+    """
+
+    def __init__(self, nets: list[nn.Module]):
+        super().__init__()
+        if not nets:
+            raise ValueError("StackedINR needs at least one model")
+        params, buffers = stack_module_state(nets)
+        self.n = len(nets)
+        self._pnames, self._bnames = list(params), list(buffers)
+        for k, v in params.items():
+            self.register_parameter(_attr(k), nn.Parameter(v.detach().clone()))
+        for k, v in buffers.items():
+            self.register_buffer(_attr(k), v.detach().clone())
+        # A shape-only template; a list keeps it out of this module's parameters and state dict.
+        self._template = [copy.deepcopy(nets[0]).to("meta")]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = {k: getattr(self, _attr(k)) for k in self._pnames}
+        b = {k: getattr(self, _attr(k)) for k in self._bnames}
+        base = self._template[0]
+
+        def one(p, b, x):
+            return functional_call(base, (p, b), (x,))
+
+        return vmap(one, in_dims=(0, 0, 0 if x.dim() == 3 else None))(p, b, x)
+
+    def state_for(self, i: int) -> dict:
+        return {k: getattr(self, _attr(k))[i].detach() for k in self._pnames + self._bnames}
+
+
+def _attr(name: str) -> str:
+    return name.replace(".", "__")
+
+
+# ----------------------------------------------------------------------------------------------
+# Inputs
+
+
+def list_signal_files(inputs) -> list[Path]:
+    """Files named directly, plus the image / sound files (by suffix) directly inside named folders.
+    Missing paths are kept so the fit reports them; the list is sorted and without duplicates."""
+    out = []
+    for s in inputs:
+        p = Path(s)
+        if p.is_dir():
+            out += [q for q in p.iterdir() if q.is_file() and q.suffix.lower() in SUFFIXES]
+        else:
+            out.append(p)
+    return sorted({q.resolve() if q.exists() else q for q in out}, key=str)
+
+
+def folder_names(files) -> dict:
+    """Subfolder name per file: the stem, with ``-2``, ``-3``, ... for repeats (order: sorted paths),
+    so every rank of a sharded run computes the same names."""
+    names, used = {}, set()
+    for f in sorted(files, key=str):
+        stem, k, name = Path(f).stem or "signal", 1, None
+        while name is None or name in used or name in SUMMARY_FILES:
+            name = stem if k == 1 else f"{stem}-{k}"
+            k += 1
+        used.add(name)
+        names[str(f)] = name
+    return names
+
+
+def group_signals(signals: list[Signal], group_size: int) -> list[list[int]]:
+    """Indices of ``signals`` grouped by (kind, grid shape, channels), each group cut into chunks of
+    at most ``group_size`` (groups in order of first appearance)."""
+    groups: dict = {}
+    for i, s in enumerate(signals):
+        groups.setdefault((s.kind, s.shape, s.channels), []).append(i)
+    return [idx[j:j + group_size] for idx in groups.values() for j in range(0, len(idx), group_size)]
+
+
+# ----------------------------------------------------------------------------------------------
+# One chunk
+
+
+def _per_job_history(history: list, i: int, key: str) -> list:
+    rows = []
+    for r in history:
+        if f"loss_{i}" in r:
+            rows.append({"step": r["step"], "seconds": r["seconds"], "loss": r[f"loss_{i}"], "lr": r["lr"],
+                         key: r[f"{key}_{i}"]})
+    return rows
+
+
+def _time_to_target(history: list, key: str, targets, mode: str) -> dict:
+    out = {}
+    for t in targets:
+        hit = next((r for r in history if r.get(key) is not None and math.isfinite(r[key])
+                    and (r[key] >= t if mode == "max" else r[key] <= t)), None)
+        out[str(float(t))] = None if hit is None else {"seconds": hit["seconds"], "step": hit["step"]}
+    return out
+
+
+def fit_group(signals: list[Signal], seeds: list[int], model: str, *, params=200_000, steps=2000,
+              seconds=None, lr=None, batch=None, targets=(), device="cpu", model_options=None,
+              schedule="cosine", lr_final=0.1, quiet=True, desc=None):
+    """Train one model per signal (same kind, shape and channels) together.
+
+    Returns ``(nets, results, info)``: the trained per-signal models (on ``device``), a
+    :class:`~inr.train.FitResult` per signal (history and time to target of that signal; steps,
+    seconds and divergence events are the chunk's), and a dict with the chunk's saved-tensor bytes.
+    """
+    s0 = signals[0]
+    if any((s.kind, s.shape, s.channels) != (s0.kind, s0.shape, s0.channels) for s in signals):
+        raise ValueError("fit_group needs signals of one kind, grid shape and channel count")
+    dev = resolve_device(device)
+    lr = F.default_lr(model) if lr is None else float(lr)
+    nets, gens = [], []
+    for sig, seed in zip(signals, seeds):
+        seed_everything(seed)
+        nets.append(F.build_for(sig, model, params, model_options, device=dev))
+        g = torch.Generator()
+        g.set_state(torch.get_rng_state())   # the stream fit_signal's sampler would draw from
+        gens.append(g)
+    stacked = StackedINR(nets)
+    coords = s0.coords(device=dev)
+    Y = F.to_network(torch.stack([s.targets(device=dev) for s in signals]), s0.kind)   # (N, n, C)
+    N, n = Y.shape[0], Y.shape[1]
+    full = batch is None or batch >= n
+    shared = len(set(seeds)) == 1      # identical generators: draw the points once for everyone
+    key = "psnr" if s0.kind == "image" else "mse"
+    rows = torch.arange(N, device=dev)[:, None]
+
+    def loss_fn(step):
+        if full:
+            x, t = coords, Y
+        elif shared:
+            idx = torch.randint(n, (batch,), generator=gens[0]).to(dev)
+            x, t = coords[idx], Y[:, idx]
+        else:
+            idx = torch.stack([torch.randint(n, (batch,), generator=g) for g in gens]).to(dev)
+            x, t = coords[idx], Y[rows, idx]
+        out = stacked(x)
+        per = torch.mean((out - t) ** 2, dim=(1, 2))
+        with torch.no_grad():
+            if key == "psnr":
+                err = torch.mean((F.from_network(out, "image").clamp(0, 1) - (t + 1) * 0.5) ** 2, dim=(1, 2))
+                vals = [F.M.psnr_from_mse(float(e)) for e in err.tolist()]
+            else:
+                vals = per.tolist()
+        info = {f"loss_{i}": v for i, v in enumerate(per.tolist())}
+        info.update({f"{key}_{i}": v for i, v in enumerate(vals)})
+        info[key] = min(vals) if key == "psnr" else max(vals)     # the progress bar shows the worst
+        return per.sum(), info
+
+    cfg = TrainConfig(steps=int(steps), seconds=seconds, lr=lr, lr_final=lr_final, schedule=schedule,
+                      device=str(dev), targets=(), target_key=key, quiet=quiet,
+                      desc=desc or f"{model} x{N} {s0.shape}")
+    states = [g.get_state() for g in gens]
+    saved = F.saved_tensor_bytes(loss_fn)
+    for g, st in zip(gens, states):
+        g.set_state(st)
+    res = fit(stacked, loss_fn, cfg)
+    results = []
+    for i, net in enumerate(nets):
+        net.load_state_dict(stacked.state_for(i))
+        hist = _per_job_history(res.history, i, key)
+        results.append(FitResult(steps=res.steps, seconds=res.seconds,
+                                 final_loss=hist[-1]["loss"] if hist else float("nan"), history=hist,
+                                 time_to_target=_time_to_target(hist, key, targets, "max" if key == "psnr" else "min"),
+                                 events=res.events, seconds_per_step=res.seconds_per_step, stopped_by=res.stopped_by))
+    return nets, results, {"saved_tensors_bytes": saved}
+
+
+# ----------------------------------------------------------------------------------------------
+# Many files -> one run folder
+
+
+def fit_many(files, model: str = "lrnn-spder", params: int | None = 200_000, steps: int = 2000,
+             seconds: float | None = None, lr: float | None = None, batch: int | str | None = "auto",
+             target_psnr=(30, 40), target_mse=(1e-3, 1e-4), device: str = "auto", seed: int = 0,
+             out=None, quiet: bool = False, model_options: dict | None = None, group_size: int = 16,
+             schedule: str = "cosine", lr_final: float = 0.1, shard: tuple = (0, 1), merge: bool = True) -> dict:
+    """Fit ``model`` to every file (see :func:`list_signal_files`) and write one run folder.
+
+    Args are those of :func:`inr.fitting.fit_signal`, plus:
+        group_size: at most this many signals train together (bounds memory: ``group_size x batch``
+            points per step); signals of different kind / shape / channels never share a chunk.
+        seconds: wall budget of each chunk (not of each signal).
+        shard: ``(rank, world)``: fit only the files ``rank, rank + world, ...`` of the sorted list,
+            writing into the shared staging folder (see :mod:`inr.shard`).
+        merge: write the summary and rename the staging folder to ``out`` at the end (a sharded run
+            leaves this to rank 0 after every rank has finished).
+
+    Returns the summary (also ``summary.json``), or this rank's part of it when ``merge`` is False.
+    """
+    files = list_signal_files(files)
+    if not files:
+        raise F.RunError("no input files (a folder is searched for " + ", ".join(sorted(SUFFIXES)) + ")")
+    if group_size is None or group_size < 1:
+        raise F.RunError(f"--group-size must be >= 1, got {group_size}")
+    dev = resolve_device(device)
+    if batch == "auto":
+        batch = None if dev.type == "cuda" else 8192
+    if batch is not None and (not isinstance(batch, int) or batch <= 0):
+        raise F.RunError(f"--batch must be a positive integer, 'auto' or None (full batch), got {batch!r}")
+    if steps is None or steps <= 0:
+        raise F.RunError(f"--steps must be > 0, got {steps}")
+    if seconds is not None and seconds <= 0:
+        raise F.RunError(f"--seconds must be > 0, got {seconds}")
+    lr = F.default_lr(model) if lr is None else float(lr)
+    if not lr > 0:
+        raise F.RunError(f"--lr must be > 0, got {lr}")
+    out = Path(out) if out is not None else Path("runs") / f"batch-{model}-{time.strftime('%Y%m%d-%H%M%S')}"
+    rank, world = shard
+    stage = F.staging_dir(out)
+    if out.exists():
+        raise F.RunError(f"--out {out}: already exists; choose a new run folder")
+    if world == 1:
+        F._check_out(out)
+        if stage.exists():
+            shutil.rmtree(stage)   # a stale attempt at the same folder
+    stage.mkdir(parents=True, exist_ok=True)
+
+    names = folder_names(files)
+    mine = files[rank::world]
+    fit_options = {"model": model, "params_budget": params, "steps": int(steps), "seconds": seconds, "lr": lr,
+                   "lr_final": lr_final, "schedule": schedule, "batch": batch, "device": str(dev), "seed": seed,
+                   "model_options": model_options or {}, "group_size": group_size, "world_size": world,
+                   "files": [str(f) for f in files]}
+    results, failures, signals, sig_files = [], [], [], []
+    for f in mine:
+        try:
+            signals.append(load(f))
+            sig_files.append(f)
+        except SignalError as e:
+            failures.append({"file": str(f), "stage": "load", "error": " ".join(str(e).split())})
+    for chunk in group_signals(signals, group_size):
+        sigs = [signals[i] for i in chunk]
+        cfiles = [sig_files[i] for i in chunk]
+        targets = tuple(float(t) for t in ((target_psnr if sigs[0].kind == "image" else target_mse) or ()))
+        try:
+            nets, fits, info = fit_group(sigs, [seed] * len(sigs), model, params=params, steps=steps,
+                                         seconds=seconds, lr=lr, batch=batch, targets=targets, device=str(dev),
+                                         model_options=model_options, schedule=schedule, lr_final=lr_final,
+                                         quiet=quiet)
+        except (DivergenceError, F.RunError, ValueError, RuntimeError) as e:
+            failures += [{"file": str(f), "stage": "fit", "error": " ".join(str(e).split())[:500]} for f in cfiles]
+            continue
+        for sig, f, net, res in zip(sigs, cfiles, nets, fits):
+            folder = names[str(f)]
+            m = _write_signal_run(stage, folder, sig, f, net, res, info, len(sigs), fit_options, dev)
+            results.append(m)
+    part = {"rank": rank, "world_size": world, "results": results, "failures": failures}
+    F._write_json(part, stage / f".shard-{rank}-of-{world}.json")
+    if not merge:
+        return part
+    return merge_run(out)
+
+
+def _write_signal_run(stage: Path, folder: str, sig, f, net, res, info, group_n, fit_options, dev) -> dict:
+    """One signal's subfolder, written under a hidden name and renamed (a half-written one never looks done)."""
+    pred = F.predict(net, sig.coords(device=dev), sig.kind)
+    m = {"signal": sig.name, "file": str(f), "kind": sig.kind, "model": fit_options["model"],
+         "params": count_params(net), **F.signal_metrics(sig, pred),
+         "steps": res.steps, "seconds": res.seconds, "seconds_per_step": res.seconds_per_step,
+         "stopped_by": res.stopped_by, "final_loss": res.final_loss, "time_to_target": res.time_to_target,
+         "divergence_events": res.events, "batch": fit_options["batch"], "lr": fit_options["lr"],
+         "device": str(dev),
+         "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",
+         "group_size": group_n, "seconds_are": "wall time of the whole chunk of signals trained together",
+         "memory": {**info, "peak_rss_bytes": F.peak_rss_bytes()}, "seed": fit_options["seed"],
+         "versions": F.versions(), "config": {"fit": fit_options, "model": net.config}}
+    config = {"model": net.config, "fit": fit_options, "signal": sig.describe()}
+    tmp, dst = stage / f".{folder}.tmp", stage / folder
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    if dst.exists():
+        shutil.rmtree(dst)   # a re-run of the same shard
+    tmp.mkdir()
+    F.write_run(tmp, sig, net, pred, m, config, res)
+    os.replace(tmp, dst)
+    m["run_dir"] = folder
+    return m
+
+
+# ----------------------------------------------------------------------------------------------
+# Summary
+
+
+def merge_run(out, world_size: int | None = None) -> dict:
+    """Combine the shard records in ``out``'s staging folder into summary.json / .md / .csv and
+    rename the staging folder to ``out``.  Raises :class:`~inr.fitting.RunError` when a shard's
+    record is missing (that rank has not finished)."""
+    out = Path(out)
+    stage = F.staging_dir(out)
+    if not stage.is_dir():
+        if (out / "summary.json").is_file():
+            raise F.RunError(f"{out}: already merged")
+        raise F.RunError(f"{out}: no run in progress (no {stage.name} folder)")
+    parts = {}
+    for p in stage.glob(".shard-*-of-*.json"):
+        try:
+            d = json.loads(p.read_text())
+        except (OSError, ValueError) as e:
+            raise F.RunError(f"{p}: corrupt shard record ({e})") from None
+        parts[(d["rank"], d["world_size"])] = d
+    worlds = {w for _, w in parts}
+    if world_size is not None:
+        worlds.add(world_size)
+    if len(worlds) != 1:
+        raise F.RunError(f"{out}: shard records from different world sizes {sorted(worlds)} (or none)")
+    world = worlds.pop()
+    missing = [r for r in range(world) if (r, world) not in parts]
+    if missing:
+        raise F.RunError(f"{out}: shard(s) {missing} of {world} have not finished")
+    results = sorted((m for d in parts.values() for m in d["results"]), key=lambda m: m["file"])
+    failures = sorted((x for d in parts.values() for x in d["failures"]), key=lambda x: x["file"])
+    summary = summarize(results, failures)
+    summary["world_size"] = world
+    F._write_json(summary, stage / "summary.json")
+    _write_text(summary_markdown(summary), stage / "summary.md")
+    _write_text(summary_csv(summary), stage / "summary.csv")
+    for p in stage.glob(".shard-*-of-*.json"):
+        p.unlink()
+    os.replace(stage, out)
+    summary["run_dir"] = str(out)
+    return summary
+
+
+def summarize(results: list, failures: list) -> dict:
+    rows = []
+    for m in results:
+        r = {"signal": m["signal"], "folder": m["run_dir"], "file": m["file"], "kind": m["kind"],
+             "params": m["params"], "steps": m["steps"], "seconds": m["seconds"], "group_size": m["group_size"]}
+        r.update({k: m.get(k) for k in (("psnr", "ssim") if m["kind"] == "image" else ("mse", "rho_ag"))})
+        r["time_to_target"] = m["time_to_target"]
+        rows.append(r)
+    images = [r for r in rows if r["kind"] == "image"]
+    agg = {}
+    if images:
+        ps = [r["psnr"] for r in images if r["psnr"] is not None]
+        agg["mean_psnr"] = float(np.mean(ps)) if ps else None
+        for t in images[0]["time_to_target"]:
+            hit = [r["time_to_target"].get(t) for r in images]
+            agg[f"reached_{t}_db"] = sum(h is not None for h in hit)
+    return {"n_files": len(results) + len(failures), "n_ok": len(results), "n_failed": len(failures),
+            "model": results[0]["model"] if results else None, "aggregate": agg, "results": rows,
+            "failures": failures}
+
+
+def _fmt(v, spec):
+    return "n/a" if v is None else format(v, spec)
+
+
+def summary_markdown(s: dict) -> str:
+    lines = [f"# Batched fit: {s['n_ok']} of {s['n_files']} signals fitted (model {s['model']})", ""]
+    if s["results"]:
+        lines += ["| signal | kind | PSNR (dB) / MSE | SSIM / rho_AG | time to targets (s) | steps | chunk |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in s["results"]:
+            a, b = ((_fmt(r["psnr"], ".2f"), _fmt(r["ssim"], ".4f")) if r["kind"] == "image"
+                    else (_fmt(r["mse"], ".3e"), _fmt(r["rho_ag"], ".5f")))
+            tt = ", ".join(f"{k}: {'-' if v is None else '%.1f' % v['seconds']}" for k, v in r["time_to_target"].items())
+            lines.append(f"| {r['folder']} | {r['kind']} | {a} | {b} | {tt} | {r['steps']} | {r['group_size']} |")
+        lines += ["", "Times are wall seconds of the chunk of signals trained together (PSNR: standard "
+                      "10 log10(1/MSE) on [0, 1], prediction clamped)."]
+    if s["failures"]:
+        lines += ["", "## Failed", ""] + [f"- {x['file']} ({x['stage']}): {x['error']}" for x in s["failures"]]
+    return "\n".join(lines) + "\n"
+
+
+def summary_csv(s: dict) -> str:
+    import csv
+    import io
+
+    targets = sorted({t for r in s["results"] for t in r["time_to_target"]}, key=float)
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["signal", "folder", "file", "kind", "params", "steps", "seconds", "group_size", "psnr", "ssim",
+                "mse", "rho_ag"] + [f"seconds_to_{t}" for t in targets] + ["error"])
+    for r in s["results"]:
+        tt = [(r["time_to_target"].get(t) or {}).get("seconds", "") for t in targets]
+        w.writerow([r["signal"], r["folder"], r["file"], r["kind"], r["params"], r["steps"], r["seconds"],
+                    r["group_size"]] + [r.get(k, "") if r.get(k) is not None else "" for k in
+                                        ("psnr", "ssim", "mse", "rho_ag")] + tt + [""])
+    for x in s["failures"]:
+        w.writerow(["", "", x["file"], "", "", "", "", "", "", "", "", ""] + [""] * len(targets) + [x["error"]])
+    return buf.getvalue()
+
+
+def _write_text(text: str, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

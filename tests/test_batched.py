@@ -1,0 +1,129 @@
+"""Batched fitting (inr.batched): same seeds -> same models as one-at-a-time fit_signal runs;
+grouping by shape; a corrupt file among good ones is reported and skipped."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import smooth_image
+from inr import batched as B
+from inr import fitting as F
+from inr.signals import load
+
+TINY = {"siren": {"hidden": 12, "hidden_layers": 1}, "lrnn-spder": {"rank": 6, "depth": 1}}
+
+
+def _images(folder, sizes):
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, (h, w) in enumerate(sizes):
+        p = folder / f"im{i}.png"
+        Image.fromarray(smooth_image(h, w, seed=i)).save(p)
+        paths.append(p)
+    return paths
+
+
+def _state(path):
+    return torch.load(path, weights_only=True)
+
+
+@pytest.mark.parametrize("model", ["siren", "lrnn-spder"])
+def test_batched_run_matches_fitting_each_file_alone(tmp_path, torch_one_thread, model):
+    paths = _images(tmp_path / "in", [(12, 12)] * 3)
+    kw = dict(model=model, params=None, steps=8, batch=50, device="cpu", quiet=True, model_options=TINY[model],
+              seed=3)
+    s = B.fit_many([tmp_path / "in"], out=tmp_path / "batch", **kw)
+    assert s["n_ok"] == 3 and s["n_failed"] == 0
+    for p in paths:
+        alone = F.fit_signal(str(p), out=tmp_path / f"alone-{p.stem}", **kw)
+        row = next(r for r in s["results"] if r["file"] == str(p.resolve()))
+        assert row["psnr"] == pytest.approx(alone["psnr"], abs=1e-4)
+        a, b = _state(tmp_path / "batch" / p.stem / "model.pt"), _state(tmp_path / f"alone-{p.stem}" / "model.pt")
+        assert a.keys() == b.keys()
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+        m = json.loads((tmp_path / "batch" / p.stem / "metrics.json").read_text())
+        assert m["psnr"] == pytest.approx(row["psnr"]) and m["group_size"] == 3
+        assert sorted(x.name for x in (tmp_path / "batch" / p.stem).iterdir()) == sorted(
+            x.name for x in (tmp_path / f"alone-{p.stem}").iterdir())
+
+
+def test_different_seeds_in_one_group_match_their_own_runs(tmp_path, torch_one_thread):
+    """fit_group with one seed per signal (separate point samplers) vs fit_signal with that seed."""
+    paths = _images(tmp_path / "in", [(10, 10)] * 2)
+    sigs = [load(p) for p in paths]
+    seeds = [5, 11]
+    nets, fits, _ = B.fit_group(sigs, seeds, "siren", params=None, steps=6, batch=40, device="cpu",
+                                model_options=TINY["siren"], targets=(5.0,))
+    for p, seed, net, res in zip(paths, seeds, nets, fits):
+        alone = F.fit_signal(str(p), model="siren", params=None, steps=6, batch=40, device="cpu", seed=seed,
+                             quiet=True, model_options=TINY["siren"], out=tmp_path / f"a{seed}", target_psnr=(5.0,))
+        ref = _state(tmp_path / f"a{seed}" / "model.pt")
+        for k, v in net.state_dict().items():
+            torch.testing.assert_close(v, ref[k], rtol=1e-4, atol=1e-5)
+        assert res.final_loss == pytest.approx(alone["final_loss"], rel=1e-4)
+        assert (res.time_to_target["5.0"] is None) == (alone["time_to_target"]["5.0"] is None)
+
+
+def test_stacked_forward_equals_each_model(torch_one_thread):
+    from inr.models import build
+
+    torch.manual_seed(0)
+    nets = [build("siren", 2, 3, hidden=8, hidden_layers=1) for _ in range(4)]
+    st = B.StackedINR(nets)
+    x = torch.rand(4, 7, 2) * 2 - 1
+    torch.testing.assert_close(st(x), torch.stack([n(x[i]) for i, n in enumerate(nets)]))
+    torch.testing.assert_close(st(x[0]), torch.stack([n(x[0]) for n in nets]))
+
+
+def test_corrupt_file_is_reported_and_the_others_finish(tmp_path, torch_one_thread):
+    paths = _images(tmp_path / "in", [(8, 8), (8, 8), (10, 6)])
+    (tmp_path / "in" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    (tmp_path / "in" / "notes.txt").write_text("ignored: not an image suffix")
+    s = B.fit_many([tmp_path / "in"], model="siren", params=None, steps=3, batch=None, device="cpu", quiet=True,
+                   model_options=TINY["siren"], out=tmp_path / "run", group_size=1)
+    assert s["n_ok"] == 3 and s["n_failed"] == 1
+    assert s["failures"][0]["file"].endswith("broken.png") and "broken.png" in s["failures"][0]["error"]
+    out = tmp_path / "run"
+    assert sorted(p.name for p in out.iterdir()) == ["im0", "im1", "im2", "summary.csv", "summary.json", "summary.md"]
+    assert not F.staging_dir(out).exists()
+    assert "broken.png" in (out / "summary.md").read_text()
+    csv = (out / "summary.csv").read_text().splitlines()
+    assert len(csv) == 1 + 4
+    for p in paths:
+        assert (out / p.stem / "reconstruction.png").is_file()
+    assert {r["group_size"] for r in s["results"]} == {1}
+
+
+def test_grouping_by_shape_and_chunks():
+    class S:
+        def __init__(self, kind, shape, ch):
+            self.kind, self.shape, self.channels = kind, shape, ch
+
+    sigs = [S("image", (8, 8), 1), S("image", (8, 8), 3), S("image", (8, 8), 1), S("audio", (8,), 1),
+            S("image", (8, 8), 1), S("image", (4, 8), 1)]
+    assert B.group_signals(sigs, 2) == [[0, 2], [4], [1], [3], [5]]
+    assert B.group_signals(sigs, 16) == [[0, 2, 4], [1], [3], [5]]
+
+
+def test_folder_names_are_unique_and_stable(tmp_path):
+    files = [tmp_path / "a" / "x.png", tmp_path / "b" / "x.png", tmp_path / "summary.json.png", tmp_path / "x-2.png"]
+    names = B.folder_names(files)
+    assert len(set(names.values())) == 4
+    assert names == B.folder_names(list(reversed(files)))
+
+
+def test_bad_options_and_empty_input(tmp_path):
+    with pytest.raises(F.RunError, match="no input files"):
+        B.fit_many([tmp_path], out=tmp_path / "r")
+    _images(tmp_path / "in", [(8, 8)])
+    with pytest.raises(F.RunError, match="group-size"):
+        B.fit_many([tmp_path / "in"], out=tmp_path / "r", group_size=0)
+    (tmp_path / "exists").mkdir()
+    with pytest.raises(F.RunError, match="already exists"):
+        B.fit_many([tmp_path / "in"], out=tmp_path / "exists")
+    assert not (tmp_path / "r").exists()
