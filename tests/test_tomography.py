@@ -200,3 +200,15 @@ def test_cli_errors_are_one_line_exit_2(tmp_path, capsys):
     r = subprocess.run([sys.executable, "-m", "tomography", "recon", str(tmp_path / "missing.png")], cwd=ROOT,
                        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ROOT})
     assert r.returncode == 2 and "not found" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_benchmark_quick_setting(tmp_path):
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "ct.py"), "--quick", "--quiet",
+                        "--images", "shepp", "--out", str(tmp_path)], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-2000:]
+    table = (tmp_path / "table.md").read_text()
+    assert "Status: complete" in table and "| shepp | 24 | 12 | FBP |" in table
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert {row["method"] for row in m["rows"]} == {"FBP", "SART", "TV", "lrnn-siren", "wire"}
+    assert m["projector_timing"]["ours_forward_adjoint_ms"] > 0
+    assert (tmp_path / "shepp-12v.png").is_file()

@@ -93,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Chambolle-Pock iterations (default 300)")
     r.add_argument("--seed", type=int, default=0, help="seeds noise, initialisation and everything else")
     r.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    r.add_argument("--threads", default="auto",
+                   help="torch CPU threads, or auto: 1 when the load average already fills the CPUs, else "
+                        "torch's default")
     r.add_argument("--out", default=None, help="run folder (default runs/ct-<image>-<model>-<views>v)")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
@@ -205,6 +208,18 @@ def recon(args) -> dict:
     name = "shepp-logan" if args.phantom else os.path.splitext(os.path.basename(args.image))[0]
     out = args.out or os.path.join("runs", f"ct-{name}-{args.model}-{args.views}v")
     device = resolve_device(args.device)
+    if args.threads != "auto":
+        try:
+            threads = int(args.threads)
+        except ValueError:
+            threads = 0
+        if threads < 1:
+            raise ValueError(f"--threads must be a positive integer or auto, got {args.threads!r}")
+    else:
+        from inr.cli import resolve_threads
+        threads = resolve_threads("auto")
+    if threads:
+        torch.set_num_threads(threads)
     tmp = _prepare_out(out)
     try:
         scan = simulate(truth, args.views, args.angle_range, not args.full_field, args.photons, args.readout_noise,
@@ -227,6 +242,7 @@ def recon(args) -> dict:
                   "lr": args.lr, "output": args.output, "fbp_filter": args.fbp_filter,
                   "sart_iterations": args.sart_iterations, "tv_weight": args.tv_weight,
                   "tv_iterations": args.tv_iterations, "seed": args.seed, "device": str(device),
+                  "threads": torch.get_num_threads(),
                   "versions": _versions()}
         summary = {"note": "standard PSNR 10 log10(1/MSE) and scikit-image SSIM, data_range 1, on the FINAL "
                            "iterate; reconstructions clipped to [0, 1] before scoring",
