@@ -17,6 +17,14 @@ def _model_arg(s: str):
         return key, val   # a bare string such as norm=none
 
 
+def _threads(s: str):
+    if s == "auto":
+        return s
+    if not s.isdigit() or int(s) < 1:
+        raise argparse.ArgumentTypeError(f"--threads must be a positive integer or auto, got {s!r}")
+    return int(s)
+
+
 def _floats(s: str):
     try:
         return tuple(float(v) for v in s.split(",") if v.strip())
@@ -79,8 +87,9 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--target", type=_floats, default=(), help="test accuracies to time, e.g. 0.8,0.9")
     t.add_argument("--noise-peak", type=float, default=None, help="also report Poisson-noise accuracy at the end")
     t.add_argument("--eval-batch-size", type=int, default=256)
-    t.add_argument("--threads", type=int, default=None,
-                   help="CPU threads per process (default: torch's; 1 is fastest on an oversubscribed machine)")
+    t.add_argument("--threads", type=_threads, default="auto",
+                   help="CPU threads per process, or auto (default): 1 when the load average already reaches "
+                        "the CPU count (extra threads then only wait), else torch's default")
     t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     t.add_argument("--quiet", action="store_true")
 

@@ -66,7 +66,7 @@ class TrainArgs:
     targets: tuple = ()                  # test accuracies (0..1) whose first crossing is timed
     noise_peak: float | None = None      # also report Poisson-noise accuracy at the end
     eval_batch_size: int = 256
-    threads: int | None = None           # CPU intra-op threads (None: torch's default)
+    threads: int | str | None = "auto"   # CPU intra-op threads; auto: 1 when the machine is already loaded
     resume: bool = False
     quiet: bool = False
     model_args: dict = field(default_factory=dict)
@@ -257,8 +257,10 @@ def plot_curves(history: list[dict], path: str) -> None:
 def train(a: TrainArgs) -> dict:
     """Train ``a.model`` on ``a.data``; returns the final metrics dict (also in ``a.out/metrics.json``)."""
     a = resolve_args(a)
-    if a.threads:
-        torch.set_num_threads(a.threads)
+    from inr.cli import resolve_threads
+    threads = resolve_threads(a.threads)
+    if threads:
+        torch.set_num_threads(threads)
     d, device = init_distributed(a.device)
     if a.batch_size % d.world:
         raise ValueError(f"--batch-size {a.batch_size} must be divisible by the number of processes ({d.world})")
