@@ -1,0 +1,23 @@
+"""The image and audio fitting benchmarks run end to end at their tiny settings."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("script,plot", [("image_fit.py", "psnr_vs_time.png"), ("audio_fit.py", "mse_vs_time.png")])
+def test_benchmark_quick(script, plot, tmp_path):
+    out = tmp_path / "res"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--quick", "--threads", "1",
+                           "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((out / "metrics.json").read_text())["summary"]
+    assert [r["model"] for r in summary] == ["siren", "lrnn-spder"]
+    for row in summary:
+        assert row["runs"] == 1 and row["failed"] == 0 and row["s_per_step"] > 0
+    assert (out / "table.md").read_text().count("\n|") >= 3
+    assert (out / plot).stat().st_size > 0
