@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+
+import torch
 
 from . import models, problems
 from .solve import DEFAULT_LR, DTYPES, SolveConfig, solve, write_run
@@ -44,6 +47,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default="auto", help="auto, cpu or cuda")
     s.add_argument("--dtype", default="float32", choices=tuple(DTYPES))
+    s.add_argument("--threads", default="auto",
+                   help="torch CPU threads: a number, or auto (1 when the load average already fills the CPUs, "
+                        "where more threads spin-wait and run many times slower; else torch's default)")
     s.add_argument("--eval-res", type=int, default=None, help="evaluation grid points per axis (2-D 256, 1-D 8193)")
     s.add_argument("--eval-every", type=int, default=0, help="log the relative L2 error every N steps (0: end only)")
     s.add_argument("--out", default=None, help="run folder (metrics.json, history.csv, solution.png, model.pt)")
@@ -67,6 +73,24 @@ def config_from_args(a: argparse.Namespace) -> SolveConfig:
                        eval_every=a.eval_every, quiet=a.quiet)
 
 
+def set_threads(spec: str) -> None:
+    if spec == "auto":
+        try:
+            busy = os.getloadavg()[0] >= (os.cpu_count() or 1)
+        except OSError:
+            busy = False
+        if busy:
+            torch.set_num_threads(1)
+        return
+    try:
+        k = int(spec)
+    except ValueError:
+        k = 0
+    if k < 1:
+        raise ValueError(f"--threads must be a positive integer or 'auto', got {spec!r}")
+    torch.set_num_threads(k)
+
+
 def main(argv=None) -> int:
     a = _parser().parse_args(argv)
     if a.command == "list":
@@ -78,6 +102,7 @@ def main(argv=None) -> int:
             raise ValueError(f"--params must be >= 0, got {a.params}")
         cfg = config_from_args(a)
         cfg.validate()
+        set_threads(a.threads)
         sol = solve(cfg)
         if a.out:
             write_run(sol, a.out)

@@ -45,20 +45,22 @@ def pde_defaults(name: str, n: int, dim: int) -> dict:
     """Per-model hyper-parameters for a problem whose solution oscillates like sin(n pi x), x in [0, 1].
 
     The network reads t = 2x - 1, where the solution's angular frequency is n pi / 2 per axis.
-    SIREN: first-layer frequencies are U(-w0_first/d, w0_first/d) per axis, so
-    ``w0_first = 2 pi n`` (x d / 2) puts the target frequency well inside the initial band without
-    the high-frequency noise w0 = 30 gives at small n (a Laplacian amplifies frequency squared).
-    LRNN: component frequencies w0 * a with a ~ U(-1, 1) act on z = P t + p with |P| ~ 2 for d = 2;
-    a product of dbar components sums their frequencies, so ``w0 = pi n / 2`` suffices.
-    Hidden layers keep w0 = 30 (SIREN) as their init compensates for it.
-    These were chosen by the short sweeps reported in the README; override any of them.
+    A Laplacian amplifies frequency squared, so too high an initial band (w0 = 30 is an image
+    default) gives a huge, noisy residual.  Chosen by short sweeps on poisson2d n = 4 (300 steps,
+    1024 points, exact boundary; see the README):
+    SIREN (132k): ``w0_first = 1.5 n`` (tried 6, 12, 25 at n = 4: rel. L2 0.67, 0.74, 0.94), hidden
+    w0 = 30 (its init divides by w0, so it only scales the effective learning rate).
+    LRNN (16k): ``w0 = max(1, 3 n / 8)`` (at n = 4: w0 1 / lr 5e-3: 0.030; 1.5 / 1e-2: 0.012;
+    3 / 1e-2: 0.029; 6.3 and 12 / 2e-3: 0.93, 1.05); a product of dbar components sums their frequencies, so a
+    low w0 still reaches n.
+    Override any of them.
     """
     if name in ("siren", "spder"):
-        return {"w0_first": math.pi * n * dim / 2.0 * 2.0, "w0": 30.0}
+        return {"w0_first": 1.5 * n, "w0": 30.0}
     if name in ("lrnn-siren", "lrnn-spder"):
         # memory_efficient=False: plain autograd is ~1.6x faster for the Laplacian's double backward
         # at PINN batch sizes, where the memory it saves does not matter
-        return {"w0": max(1.0, math.pi * n / 2.0), "depth": 2, "dbar": 2, "width": 4, "memory_efficient": False}
+        return {"w0": max(1.0, 3.0 * n / 8.0), "depth": 2, "dbar": 2, "width": 4, "memory_efficient": False}
     if name == "mlp-tanh":
         return {"hidden_layers": 3}
     if name == "kan":
