@@ -1,0 +1,97 @@
+"""LRNN training cost vs SIREN/SPDER: seconds per Adam step and activation memory at the same batch.
+
+    python benchmarks/lrnn_cost.py                 # 256x256-image-sized batches, ~200k-parameter models
+    python benchmarks/lrnn_cost.py --batch 65536 --repeats 5
+    python benchmarks/lrnn_cost.py --quick
+
+Rows: SIREN, SPDER, the default LRNN-SPDER (fused ProductFn), the same LRNN on plain autograd
+(`memory_efficient=False`), and the issue's naive configuration (r=128, dbar=8, m=8) fused and plain.
+Steps of all models are interleaved and the median over repeats is reported, so the ratios hold on a
+shared machine.  Memory = bytes of the tensors autograd saves for backward in one step (deduplicated by
+storage), which is what differs between the models; parameters and optimizer state are ~2.4 MB for all.
+Writes results/lrnn_cost/table.md and metrics.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+from inr.models import build, count_params  # noqa: E402
+
+
+def saved_bytes(model, x, y) -> int:
+    seen = {}
+
+    def pack(t):
+        s = t.untyped_storage()
+        seen[s.data_ptr()] = s.nbytes()
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        ((model(x) - y) ** 2).mean()
+    return sum(seen.values())
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batch", type=int, default=16384)
+    p.add_argument("--params", type=int, default=200_000)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--no-naive", action="store_true", help="skip the r=128, dbar=8, m=8 rows")
+    p.add_argument("--out", default="results/lrnn_cost")
+    p.add_argument("--quick", action="store_true")
+    a = p.parse_args(argv)
+    if a.quick:
+        a.batch, a.params, a.repeats, a.no_naive = 256, 5000, 2, True
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    x, y = torch.rand(a.batch, 2) * 2 - 1, torch.rand(a.batch, 1)
+    models = {
+        "siren": build("siren", 2, 1, params=a.params),
+        "spder": build("spder", 2, 1, params=a.params),
+        "lrnn-spder (fused)": build("lrnn-spder", 2, 1, params=a.params),
+        "lrnn-spder (plain autograd)": build("lrnn-spder", 2, 1, params=a.params, memory_efficient=False),
+    }
+    if not a.no_naive:
+        models["lrnn-spder r128 d8 m8 (fused)"] = build("lrnn-spder", 2, 1, rank=128, dbar=8, width=8)
+        models["lrnn-spder r128 d8 m8 (plain autograd)"] = build("lrnn-spder", 2, 1, rank=128, dbar=8, width=8,
+                                                                 memory_efficient=False)
+    opts = {k: torch.optim.Adam(m.parameters(), 1e-4) for k, m in models.items()}
+    times = {k: [] for k in models}
+    for rep in range(a.repeats + 1):  # the first round is warm-up
+        for k, m in models.items():
+            t0 = time.perf_counter()
+            opts[k].zero_grad()
+            ((m(x) - y) ** 2).mean().backward()
+            opts[k].step()
+            if rep:
+                times[k].append(time.perf_counter() - t0)
+        print(f"round {rep}/{a.repeats}", file=sys.stderr, flush=True)
+    base_t = statistics.median(times["siren"])
+    base_m = saved_bytes(models["siren"], x, y)
+    rows = []
+    for k, m in models.items():
+        t, mem = statistics.median(times[k]), saved_bytes(m, x, y)
+        rows.append({"model": k, "params": count_params(m), "s_per_step": t, "x_siren_time": t / base_t,
+                     "saved_MB": mem / 2**20, "x_siren_memory": mem / base_m})
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    lines = [f"batch {a.batch}, {a.threads} threads, median of {a.repeats} interleaved steps\n",
+             "| model | params | s/step | x SIREN time | saved MB | x SIREN memory |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['model']} | {r['params']} | {r['s_per_step']:.3f} | {r['x_siren_time']:.2f} | "
+              f"{r['saved_MB']:.0f} | {r['x_siren_memory']:.2f} |" for r in rows]
+    (out / "table.md").write_text("\n".join(lines) + "\n")
+    (out / "metrics.json").write_text(json.dumps({"rows": rows, "settings": vars(a)}, indent=2))
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
