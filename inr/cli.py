@@ -27,7 +27,7 @@ _HYPER = {
     "dbar": (int, "LRNN components per product (default 2)"),
     "width": (int, "LRNN component MLP width m (default 4)"),
     "w0": (float, "frequency factor (siren/spder/lrnn default 30, wire 20)"),
-    "w0_first": (float, "first-layer frequency factor (audio default 3000 for siren/spder/lrnn)"),
+    "w0_first": (float, "first-layer frequency factor (audio defaults: siren/spder 3000, lrnn 300)"),
     "activation": (str, "sin, spder or spder-atan (siren/spder/lrnn families)"),
     "scale": (float, "Gauss scale s (default 10)"),
     "s0": (float, "WIRE Gaussian width s0 (default 10)"),

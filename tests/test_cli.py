@@ -82,7 +82,7 @@ def test_fit_audio(tmp_path, tiny_wav):
     assert {"mse", "rho_ag"} <= set(m) and "psnr" not in m
     assert m["time_to_target"]["10.0"]["step"] == 1  # the first batch MSE is far below 10
     config = json.loads((out / "config.json").read_text())
-    assert config["model"]["activation"] == "spder-atan" and config["model"]["w0_first"] == 3000
+    assert config["model"]["activation"] == "spder-atan" and config["model"]["w0_first"] == 300
     info = sf.info(out / "reconstruction.wav")
     assert (info.samplerate, info.channels, info.subtype, info.frames) == (8000, 1, "PCM_16", len(ints))
 
