@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 import platform
 import resource
 import shutil
@@ -418,7 +419,7 @@ def load_run(run_dir: str | os.PathLike, device: str = "cpu"):
         net = from_config(config["model"], device=resolve_device(device))
         state = torch.load(d / "model.pt", map_location=resolve_device(device), weights_only=True)
         net.load_state_dict(state)
-    except (json.JSONDecodeError, KeyError, RuntimeError, EOFError, OSError) as e:
+    except (ValueError, KeyError, TypeError, RuntimeError, EOFError, OSError, pickle.UnpicklingError) as e:
         raise RunError(f"{d}: corrupt run folder ({' '.join(str(e).split())[:300]})") from None
     return net, config
 

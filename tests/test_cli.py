@@ -146,6 +146,18 @@ def test_params_budget_picks_the_width(tmp_path, tiny_png):
     assert abs(m["params"] - 3000) < 300
 
 
+def test_eval_refuses_a_changed_source_or_a_corrupt_run(tmp_path, tiny_png, capsys):
+    path, a = tiny_png
+    out = tmp_path / "r"
+    fitting.fit_signal(path, model="siren", model_options={"hidden": 8}, steps=1, out=out, quiet=True)
+    Image.fromarray(255 - a).save(path)
+    assert main(["eval", str(out)]) == 2 and "has changed" in capsys.readouterr().err
+    Image.fromarray(a).save(path)
+    assert main(["eval", str(out)]) == 0
+    (out / "model.pt").write_bytes(b"garbage")
+    assert main(["eval", str(out)]) == 2 and "corrupt run folder" in capsys.readouterr().err
+
+
 def _interrupt_at(monkeypatch, at_step):
     real = fitting.make_loss
     state = {"armed": True}
