@@ -99,8 +99,10 @@ def table(results: dict, complete: bool, args) -> str:
     lines = ["# Sparse-view CT (standard PSNR, data_range 1, final iterate; SSIM from scikit-image)", "",
              f"Status: {'complete' if complete else 'INCOMPLETE (partial results)'}.  Command: "
              f"`python benchmarks/ct.py {' '.join(sys.argv[1:])}`", "",
-             f"Machine: {results['machine']}.  INR budget per model: {args.steps} steps"
-             f"{f' or {args.seconds:g} s wall' if args.seconds else ''}, params ~{args.params}.", "",
+             f"Machine: {results['machine']}.  " + (f"INR budget per model: {args.steps} steps"
+             f"{f' or {args.seconds:g} s wall' if args.seconds else ''} (whichever comes first), params "
+             f"~{args.params}; Adam, lr per model decayed exponentially to 0.1x." if results["inr_models"]
+                                                     else "No INR models in this run."), "",
              "| image | size | views | method | params | PSNR (dB) | SSIM | seconds | steps |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in results["rows"]:
@@ -140,6 +142,7 @@ def main(argv=None) -> int:
     p.add_argument("--tv-weight", type=float, default=3e-4)
     p.add_argument("--timing-repeats", type=int, default=7)
     p.add_argument("--no-timing", action="store_true")
+    p.add_argument("--timing-only", action="store_true", help="only the projector timing")
     p.add_argument("--threads", default="auto",
                    help="torch threads; auto: 1 when the load average already fills the CPUs (OpenMP workers "
                         "then wait on descheduled peers: a 2000-parameter LRNN step took 1.1 s with 2 threads "
@@ -163,7 +166,8 @@ def main(argv=None) -> int:
     os.makedirs(a.out, exist_ok=True)
     loadavg = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     results = {"machine": f"{os.cpu_count()} CPU cores shared with other jobs (load average {loadavg:.1f} at start), "
-                          f"{torch.get_num_threads()} torch thread(s), torch {torch.__version__}, device {a.device}", "config": vars(a), "versions": _versions(), "rows": []}
+                          f"{torch.get_num_threads()} torch thread(s), torch {torch.__version__}, device {a.device}", "config": vars(a), "versions": _versions(), "rows": [],
+               "inr_models": models}
     if not a.no_timing:
         results["projector_timing"] = projector_timing(32 if a.quick else 256, 10 if a.quick else 100,
                                                        a.timing_repeats)
@@ -171,7 +175,7 @@ def main(argv=None) -> int:
     save = lambda done: (_atomic_write(os.path.join(a.out, "metrics.json"), json.dumps(results, indent=2)),
                          _atomic_write(os.path.join(a.out, "table.md"), table(results, done, a)))
     save(False)
-    for image in a.images:
+    for image in ([] if a.timing_only else a.images):
         truth = load(image, a.size)
         circle = zero_outside_circle(truth)
         for views in a.views:
