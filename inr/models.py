@@ -144,12 +144,11 @@ def build(name: str, in_features: int, out_features: int, *, params: int | None 
     """
     if name not in _REGISTRY:
         raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(_REGISTRY)}")
-    if params is not None:
-        if params < 1:
-            raise ValueError(f"params must be positive, got {params}")
-        _, arg = _REGISTRY[name]
-        hyper[arg] = solve_width(name, in_features, out_features, params, **hyper)
+    if params is not None and params < 1:
+        raise ValueError(f"params must be positive, got {params}")
     try:
+        if params is not None:
+            hyper[_REGISTRY[name][1]] = solve_width(name, in_features, out_features, params, **hyper)
         return _make(name, in_features, out_features, hyper, device=device, dtype=dtype)
     except TypeError as e:  # an option the family does not take
         raise ValueError(f"bad option for model {name!r}: {e}") from None

@@ -49,3 +49,8 @@ def test_errors_name_the_problem():
         build("siren", 2, 1, rank=4)
     with pytest.raises(ValueError, match="params"):
         build("siren", 2, 1, params=0)
+
+
+def test_unknown_option_with_budget_is_a_value_error():
+    with pytest.raises(ValueError, match="bad option"):
+        build("siren", 2, 1, params=5000, rank=4)
