@@ -253,7 +253,7 @@ def _csv(s):
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--study", choices=("success", "throughput", "both"), default="both")
-    p.add_argument("--quick", action="store_true", help="tiny setting (CI): 3 images of 16x16, 1 seed, 30 steps")
+    p.add_argument("--quick", action="store_true", help="tiny setting (CI): 2 images of 12x12, 1 seed, 20 steps, 1,500 params")
     p.add_argument("--images", type=int, default=24, help="K images (default: %(default)s)")
     p.add_argument("--size", type=int, default=256, help="image side (default: %(default)s)")
     p.add_argument("--folder", default=None, help="use the images in this folder instead of scikit-image's")
@@ -277,9 +277,9 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="results", help="results root (default: %(default)s)")
     a = p.parse_args(argv)
     if a.quick:
-        a.images, a.size, a.seeds, a.steps, a.seconds, a.params = 3, 16, 1, 30, 20.0, 3000
-        a.models, a.batch, a.throughput_sizes = ["siren", "lrnn-spder"], None, [(16, 3)]
-        a.throughput_models, a.throughput_steps, a.repeats = ["siren"], 20, 1
+        a.images, a.size, a.seeds, a.steps, a.seconds, a.params = 2, 12, 1, 20, 20.0, 1500
+        a.models, a.batch, a.throughput_sizes = ["siren", "lrnn-spder"], None, [(12, 2)]
+        a.throughput_models, a.throughput_steps, a.repeats = ["siren"], 10, 1
     import torch
 
     from inr import batched, fitting

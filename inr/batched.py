@@ -42,6 +42,7 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from . import fitting as F
+from .layers.lrnn import LRNNLayer, ProductFn
 from .models import count_params
 from .signals import AUDIO_SUFFIXES, IMAGE_SUFFIXES, Signal, SignalError, load
 from .train import DivergenceError, FitResult, TrainConfig, fit, resolve_device, seed_everything
@@ -70,11 +71,16 @@ class StackedINR(nn.Module):
             self.register_buffer(_attr(k), v.detach().clone())
         # A shape-only template; a list keeps it out of this module's parameters and state dict.
         self._template = [copy.deepcopy(nets[0]).to("meta")]
+        # LRNN bodies run as one wide layer through the fused ProductFn (vmap would fall back to
+        # the plain graph, which keeps m times the activations).
+        self.fused = _fusable_lrnn(nets[0])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         p = {k: getattr(self, _attr(k)) for k in self._pnames}
         b = {k: getattr(self, _attr(k)) for k in self._bnames}
         base = self._template[0]
+        if self.fused:
+            return _lrnn_stacked_forward(base, p, x)
 
         def one(p, b, x):
             return functional_call(base, (p, b), (x,))
@@ -87,6 +93,38 @@ class StackedINR(nn.Module):
 
 def _attr(name: str) -> str:
     return name.replace(".", "__")
+
+
+def _fusable_lrnn(net: nn.Module) -> bool:
+    body, head = getattr(net, "body", None), getattr(net, "head", None)
+    return (isinstance(body, nn.Sequential) and len(body) > 0 and isinstance(head, nn.Linear)
+            and not getattr(net, "complex_out", False)
+            and all(isinstance(m, LRNNLayer) and m.memory_efficient for m in body))
+
+
+def _lrnn_stacked_forward(base: nn.Module, p: dict, x: torch.Tensor) -> torch.Tensor:
+    """N stacked LRNN INRs on ``x`` ((N, B, d) or (B, d)) -> (N, B, out).
+
+    Model n's rank-r layer is rows n*r ... n*r + r - 1 of one layer of rank N*r, so a single
+    :class:`ProductFn` call evaluates every model's components with the fused, recomputing backward.
+    """
+    N = p["head.weight"].shape[0]
+    h = x if x.dim() == 3 else x.expand(N, *x.shape)
+    for i, layer in enumerate(base.body):
+        q = lambda k: p[f"body.{i}.{k}"]
+        r, dbar = layer.rank, layer.dbar
+        z = torch.baddbmm(q("proj.bias").unsqueeze(1), h, q("proj.weight").transpose(1, 2))   # (N, B, r*dbar)
+        B_ = z.shape[1]
+        z = z.view(N, B_, r, dbar).transpose(0, 1).reshape(B_, N * r, dbar)
+        comp = [q(k) for k in ("a", "b", "c", "c0")]
+        comp = [t.expand(N, r, *t.shape[2:]).reshape(N * r, *t.shape[2:]) for t in comp]
+        phi = ProductFn.apply(z, *comp, layer.w0, layer.activation, layer.gamma)             # (B, N*r)
+        h = phi.view(B_, N, r).transpose(0, 1)
+        if layer.norm is not None:
+            h = torch.nn.functional.layer_norm(h, (r,), eps=layer.norm.eps)
+            if layer.norm.elementwise_affine:
+                h = torch.addcmul(q("norm.bias").unsqueeze(1), h, q("norm.weight").unsqueeze(1))
+    return torch.baddbmm(p["head.bias"].unsqueeze(1), h, p["head.weight"].transpose(1, 2))
 
 
 # ----------------------------------------------------------------------------------------------
