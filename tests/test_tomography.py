@@ -168,12 +168,15 @@ def _cli(*argv):
 def test_cli_runs_and_writes_run_folder(tmp_path):
     out = tmp_path / "run"
     assert _cli("recon", "--phantom", "--size", "16", "--views", "8", "--model", "siren", "--params", "800",
-                "--steps", "5", "--tv-iterations", "5", "--sart-iterations", "1", "--out", str(out), "--quiet") == 0
+                "--steps", "5", "--tv-iterations", "5", "--sart-iterations", "1", "--photons", "1e4",
+                "--readout-noise", "2", "--out", str(out), "--quiet") == 0
     for f in ("reconstruction.png", "sinogram.png", "comparison.png", "metrics.json", "config.json", "history.csv"):
         assert (out / f).is_file()
     m = json.loads((out / "metrics.json").read_text())
     assert set(m["metrics"]) == {"fbp", "sart", "tv", "siren"}
     assert m["seed"] == 0 and "torch" in m["versions"]
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["photons"] == 1e4 and cfg["mu"] > 0 and cfg["model"]["name"] == "siren"
     assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
 
 
