@@ -3,17 +3,20 @@
 ``fit_many(files, model="siren", ...)`` loads every file, groups the signals by kind, grid shape and
 channel count, cuts each group into chunks of at most ``group_size`` signals, and trains each chunk
 as one :class:`StackedINR`: the chunk's N models have their parameters stacked along a new leading
-axis and run with ``torch.func.vmap`` over ``functional_call``, so one optimizer step is a handful
-of batched matrix products instead of N small ones.  The loss is the *sum* of the per-signal MSEs,
+axis and run with ``torch.func.vmap`` over ``functional_call`` (LRNN bodies: one wide fused layer), so
+one optimizer step is a handful of batched matrix products instead of N small ones; or, the CPU
+default, as a :class:`LoopINR` that runs the N models one after another inside each step, which
+keeps every tensor cache-sized (on this project's CPU the stacked products ran up to ~1.8x slower
+than the loop).  ``engine`` picks; both give the same results.  The loss is the *sum* of the per-signal MSEs,
 so each model receives exactly the gradient it would get alone, and Adam (element-wise) on a
 stacked tensor is Adam on each slice.
 
 Same seed, same result: model i is built right after ``seed_everything(seed_i)`` (exactly as
 :func:`inr.fitting.fit_signal` does) and its random point sampler is a private generator started
 from the global state at that moment, so signal i gets the init and the point stream it would get
-alone; results agree with one-at-a-time fits up to float rounding.  Exceptions, both documented in
-the run's summary: the wall budget ``seconds`` and the divergence guard act on the whole chunk
-(a non-finite loss in one model restores and slows down all models of its chunk).
+alone; results agree with one-at-a-time fits up to float rounding.  Exceptions: the wall budget
+(``seconds`` per signal, so ``N x seconds`` for a chunk of N) and the divergence guard act on the
+whole chunk (a non-finite loss in one model restores and slows down every model of its chunk).
 
 Run folder (``out``): one subfolder per signal with the files of a single ``fit_signal`` run
 (reconstruction, error map, metrics.json, history.csv, curves.png, model.pt, config.json), plus
@@ -89,6 +92,35 @@ class StackedINR(nn.Module):
 
     def state_for(self, i: int) -> dict:
         return {k: getattr(self, _attr(k))[i].detach() for k in self._pnames + self._bnames}
+
+
+class LoopINR(nn.Module):
+    """The same interface as :class:`StackedINR` over the models themselves, run one after another
+    inside each step (one optimizer for all).  Small per-model tensors stay in cache: on the CPU
+    this beats stacked batched products (measured ~1.8x at 4096 points x 256 hidden, 16 models)."""
+
+    def __init__(self, nets: list[nn.Module]):
+        super().__init__()
+        self.nets = nn.ModuleList(nets)
+        self.n = len(nets)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([net(x[i] if x.dim() == 3 else x) for i, net in enumerate(self.nets)])
+
+    def state_for(self, i: int) -> dict:
+        return {k: v.detach() for k, v in self.nets[i].state_dict().items()}
+
+
+ENGINES = ("auto", "stacked", "loop")
+
+
+def pick_engine(engine: str, device: torch.device) -> str:
+    """``auto``: stacked weights on CUDA (few large kernels), a loop on the CPU (cache-sized work)."""
+    if engine not in ENGINES:
+        raise F.RunError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if engine == "auto":
+        return "stacked" if device.type == "cuda" else "loop"
+    return engine
 
 
 def _attr(name: str) -> str:
@@ -191,12 +223,13 @@ def _time_to_target(history: list, key: str, targets, mode: str) -> dict:
 
 def fit_group(signals: list[Signal], seeds: list[int], model: str, *, params=200_000, steps=2000,
               seconds=None, lr=None, batch=None, targets=(), device="cpu", model_options=None,
-              schedule="cosine", lr_final=0.1, quiet=True, desc=None):
+              schedule="cosine", lr_final=0.1, quiet=True, desc=None, engine="auto"):
     """Train one model per signal (same kind, shape and channels) together.
 
     Returns ``(nets, results, info)``: the trained per-signal models (on ``device``), a
     :class:`~inr.train.FitResult` per signal (history and time to target of that signal; steps,
     seconds and divergence events are the chunk's), and a dict with the chunk's saved-tensor bytes.
+    ``engine``: ``stacked`` (:class:`StackedINR`), ``loop`` (:class:`LoopINR`) or ``auto`` (:func:`pick_engine`).
     """
     s0 = signals[0]
     if any((s.kind, s.shape, s.channels) != (s0.kind, s0.shape, s0.channels) for s in signals):
@@ -210,7 +243,8 @@ def fit_group(signals: list[Signal], seeds: list[int], model: str, *, params=200
         g = torch.Generator()
         g.set_state(torch.get_rng_state())   # the stream fit_signal's sampler would draw from
         gens.append(g)
-    stacked = StackedINR(nets)
+    engine = pick_engine(engine, dev)
+    stacked = StackedINR(nets) if engine == "stacked" else LoopINR(nets)
     coords = s0.coords(device=dev)
     Y = F.to_network(torch.stack([s.targets(device=dev) for s in signals]), s0.kind)   # (N, n, C)
     N, n = Y.shape[0], Y.shape[1]
@@ -257,7 +291,7 @@ def fit_group(signals: list[Signal], seeds: list[int], model: str, *, params=200
                                  final_loss=hist[-1]["loss"] if hist else float("nan"), history=hist,
                                  time_to_target=_time_to_target(hist, key, targets, "max" if key == "psnr" else "min"),
                                  events=res.events, seconds_per_step=res.seconds_per_step, stopped_by=res.stopped_by))
-    return nets, results, {"saved_tensors_bytes": saved}
+    return nets, results, {"saved_tensors_bytes": saved, "engine": engine}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -268,15 +302,18 @@ def fit_many(files, model: str = "lrnn-spder", params: int | None = 200_000, ste
              seconds: float | None = None, lr: float | None = None, batch: int | str | None = "auto",
              target_psnr=(30, 40), target_mse=(1e-3, 1e-4), device: str = "auto", seed: int = 0,
              out=None, quiet: bool = False, model_options: dict | None = None, group_size: int = 16,
-             schedule: str = "cosine", lr_final: float = 0.1, shard: tuple = (0, 1), merge: bool = True) -> dict:
+             schedule: str = "cosine", lr_final: float = 0.1, shard: tuple = (0, 1), merge: bool = True,
+             engine: str = "auto") -> dict:
     """Fit ``model`` to every file (see :func:`list_signal_files`) and write one run folder.
 
     Args are those of :func:`inr.fitting.fit_signal`, plus:
         group_size: at most this many signals train together (bounds memory: ``group_size x batch``
             points per step); signals of different kind / shape / channels never share a chunk.
-        seconds: wall budget of each chunk (not of each signal).
+        seconds: wall budget per signal: a chunk of N signals trained together may run N x seconds.
         shard: ``(rank, world)``: fit only the files ``rank, rank + world, ...`` of the sorted list,
             writing into the shared staging folder (see :mod:`inr.shard`).
+        engine: how a chunk runs (:func:`pick_engine`): ``stacked`` weights, a ``loop`` over the models,
+            or ``auto`` (stacked on CUDA, loop on the CPU).  Results are the same either way.
         merge: write the summary and rename the staging folder to ``out`` at the end (a sharded run
             leaves this to rank 0 after every rank has finished).
 
@@ -299,6 +336,7 @@ def fit_many(files, model: str = "lrnn-spder", params: int | None = 200_000, ste
     lr = F.default_lr(model) if lr is None else float(lr)
     if not lr > 0:
         raise F.RunError(f"--lr must be > 0, got {lr}")
+    pick_engine(engine, dev)
     out = Path(out) if out is not None else Path("runs") / f"batch-{model}-{time.strftime('%Y%m%d-%H%M%S')}"
     rank, world = shard
     stage = F.staging_dir(out)
@@ -315,6 +353,7 @@ def fit_many(files, model: str = "lrnn-spder", params: int | None = 200_000, ste
     fit_options = {"model": model, "params_budget": params, "steps": int(steps), "seconds": seconds, "lr": lr,
                    "lr_final": lr_final, "schedule": schedule, "batch": batch, "device": str(dev), "seed": seed,
                    "model_options": model_options or {}, "group_size": group_size, "world_size": world,
+                   "engine": engine,
                    "files": [str(f) for f in files]}
     results, failures, signals, sig_files = [], [], [], []
     for f in mine:
@@ -327,11 +366,12 @@ def fit_many(files, model: str = "lrnn-spder", params: int | None = 200_000, ste
         sigs = [signals[i] for i in chunk]
         cfiles = [sig_files[i] for i in chunk]
         targets = tuple(float(t) for t in ((target_psnr if sigs[0].kind == "image" else target_mse) or ()))
+        budget = None if seconds is None else seconds * len(sigs)
         try:
             nets, fits, info = fit_group(sigs, [seed] * len(sigs), model, params=params, steps=steps,
-                                         seconds=seconds, lr=lr, batch=batch, targets=targets, device=str(dev),
+                                         seconds=budget, lr=lr, batch=batch, targets=targets, device=str(dev),
                                          model_options=model_options, schedule=schedule, lr_final=lr_final,
-                                         quiet=quiet)
+                                         quiet=quiet, engine=engine)
         except (DivergenceError, F.RunError, ValueError, RuntimeError) as e:
             failures += [{"file": str(f), "stage": "fit", "error": " ".join(str(e).split())[:500]} for f in cfiles]
             continue

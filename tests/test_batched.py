@@ -31,12 +31,12 @@ def _state(path):
     return torch.load(path, weights_only=True)
 
 
-@pytest.mark.parametrize("model", ["siren", "lrnn-spder"])
-def test_batched_run_matches_fitting_each_file_alone(tmp_path, torch_one_thread, model):
+@pytest.mark.parametrize("model,engine", [("siren", "stacked"), ("lrnn-spder", "stacked"), ("siren", "loop")])
+def test_batched_run_matches_fitting_each_file_alone(tmp_path, torch_one_thread, model, engine):
     paths = _images(tmp_path / "in", [(12, 12)] * 2)
     kw = dict(model=model, params=None, steps=8, batch=50, device="cpu", quiet=True, model_options=TINY[model],
               seed=3)
-    s = B.fit_many([tmp_path / "in"], out=tmp_path / "batch", **kw)
+    s = B.fit_many([tmp_path / "in"], out=tmp_path / "batch", engine=engine, **kw)
     assert s["n_ok"] == 2 and s["n_failed"] == 0
     for p in paths:
         alone = F.fit_signal(str(p), out=tmp_path / f"alone-{p.stem}", **kw)
@@ -57,8 +57,9 @@ def test_different_seeds_in_one_group_match_their_own_runs(tmp_path, torch_one_t
     paths = _images(tmp_path / "in", [(10, 10)] * 2)
     sigs = [load(p) for p in paths]
     seeds = [5, 11]
-    nets, fits, _ = B.fit_group(sigs, seeds, "siren", params=None, steps=6, batch=40, device="cpu",
-                                model_options=TINY["siren"], targets=(5.0,))
+    nets, fits, info = B.fit_group(sigs, seeds, "siren", params=None, steps=6, batch=40, device="cpu",
+                                   model_options=TINY["siren"], targets=(5.0,), engine="stacked")
+    assert info["engine"] == "stacked"
     for p, seed, net, res in zip(paths, seeds, nets, fits):
         alone = F.fit_signal(str(p), model="siren", params=None, steps=6, batch=40, device="cpu", seed=seed,
                              quiet=True, model_options=TINY["siren"], out=tmp_path / f"a{seed}", target_psnr=(5.0,))
@@ -170,5 +171,6 @@ def test_success_rate_benchmark_quick(tmp_path, torch_one_thread):
     assert "| siren |" in (tmp_path / "success_rate" / "table.md").read_text()
     t = json.loads((tmp_path / "batched_throughput" / "metrics.json").read_text())["results"]
     r = t["12x12/siren"]
-    assert r["speedup_batched_over_sequential"] == pytest.approx(
-        r["median_seconds"]["sequential"] / r["median_seconds"]["batched"])
+    for mode in ("batched-stacked", "batched-loop"):
+        assert r["speedup_over_sequential"][mode] == pytest.approx(
+            r["median_seconds"]["sequential"] / r["median_seconds"][mode])
