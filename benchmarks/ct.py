@@ -152,7 +152,7 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="tiny setting for the test")
     p.add_argument("--quiet", action="store_true")
     a = p.parse_args(argv)
-    models = [] if a.models == ["none"] else a.models
+    models = [] if a.models == ["none"] or a.timing_only else a.models
     for m in models:
         if m not in MODELS:
             p.error(f"unknown model {m!r}; choose from {', '.join(MODELS)} or 'none'")
