@@ -88,7 +88,9 @@ def table(runs: list[dict], a) -> str:
     lines = [f"Poisson -Laplace(u) = f on [0,1]^2, u* = sin(n pi x) sin(n pi y), {a.boundary} boundary, "
              f"{a.points} collocation points, {a.seconds:g} s wall budget per run (step cap {a.steps}), "
              f"seed {a.seed}. Relative L2 on a {a.eval_res}x{a.eval_res} grid (final iterate); "
-             "params = trainable count; steps done in the budget.", "",
+             "params = trainable count; steps done in the budget.",
+             f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, {a.threads} torch thread(s), device {a.device}; "
+             "the CPUs may be shared with other jobs, so steps per budget vary between runs.", "",
              "| n | model | budget | params | rel. L2 | max error | steps | seconds |",
              "|---|---|---|---|---|---|---|---|"]
     for r in runs:
