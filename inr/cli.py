@@ -1,4 +1,6 @@
-"""``inr fit [FILE]`` and ``inr eval RUN_DIR``.
+"""``inr fit [FILE]``, ``inr fit FILE FILE ... | FOLDER/`` (batched, :mod:`inr.batched`; under
+torchrun the files are sharded over the ranks, :mod:`inr.shard`), ``inr merge RUN_DIR`` and
+``inr eval RUN_DIR``.
 
 Errors a user can cause (missing or corrupt file, bad option, unusable --out) print one line on
 stderr and exit with code 2; nothing is left behind that looks like a finished run.
@@ -122,15 +124,20 @@ def _key_value(s):
 def make_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="inr", description="Fit implicit neural representations (SIREN, SPDER, WIRE, Gauss, "
                                         "ReLU+PE, LRNN) to images and audio.")
-    sub = p.add_subparsers(dest="command", metavar="{fit,eval}", parser_class=_Parser)
+    sub = p.add_subparsers(dest="command", metavar="{fit,eval,merge}", parser_class=_Parser)
     sub.required = True
 
     f = sub.add_parser("fit", help="fit a model to an image or WAV file (default: the cameraman image)",
                        description="Fit a model to an image (PNG/JPEG/TIFF/BMP) or a WAV file and write a run "
                                    "folder: reconstruction, error map, metrics.json, history.csv, curves.png, "
                                    "model.pt, config.json.")
-    f.add_argument("file", nargs="?", default=None,
-                   help="image or WAV file; omitted: scikit-image's 512x512 cameraman")
+    f.add_argument("file", nargs="*", default=[],
+                   help="image or WAV file; omitted: scikit-image's 512x512 cameraman.  Several files or a "
+                        "folder: one model per signal, trained together (same result as fitting each alone "
+                        "with the same --seed); the run folder gets one subfolder per signal and "
+                        "summary.json/.md/.csv; files that fail are reported and skipped (exit code 0 with a "
+                        "warning line per failed file, 1 if none could be fitted).  Under torchrun the sorted "
+                        "files are split over the ranks (rank r fits files r, r+W, ...) and --out is required")
     # SPDER is the default because on a CPU it reached the highest PSNR within a fixed wall budget of every
     # registry model (benchmarks/image_fit.py, README); LRNN costs ~4.8x SIREN's time per step there.
     f.add_argument("--model", default="spder", choices=MODELS,
@@ -167,6 +174,13 @@ def make_parser() -> argparse.ArgumentParser:
                    help="CPU threads for torch; 'auto' = torch's choice, or 1 when the machine is already "
                         "busy (load average >= CPU count), where extra threads spin-wait and run many times "
                         "slower (default: %(default)s)")
+    f.add_argument("--group-size", type=_positive_int("--group-size"), default=16,
+                   help="several files: at most this many same-shape signals train together; memory per step "
+                        "grows with group size x --batch (default: %(default)s)")
+    f.add_argument("--engine", choices=("auto", "stacked", "loop"), default="auto",
+                   help="several files: 'stacked' weights (few large kernels), 'loop' over the models inside "
+                        "each step (cache-friendly), 'auto' = stacked on CUDA, loop on the CPU (default: "
+                        "%(default)s)")
     g = f.add_argument_group("model hyper-parameters (passed to the model; see inr.models)")
     for name, (typ, text) in _HYPER.items():
         g.add_argument("--" + name.replace("_", "-"), dest="hp_" + name, type=typ, default=None,
@@ -181,6 +195,14 @@ def make_parser() -> argparse.ArgumentParser:
     e.add_argument("run_dir", help="a run folder written by 'inr fit'")
     e.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
     e.add_argument("--json", action="store_true", help="print the metrics as JSON")
+
+    m = sub.add_parser("merge", help="finish a sharded batch run whose ranks ran as separate jobs",
+                       description="Combine the per-rank records of a sharded 'inr fit FILES/FOLDER' run (in "
+                                   "the hidden .RUN_DIR.partial folder) into summary.json/.md/.csv and move the "
+                                   "folder to RUN_DIR.  Under torchrun rank 0 does this by itself.")
+    m.add_argument("run_dir", help="the --out folder of the sharded run")
+    m.add_argument("--world-size", type=_positive_int("--world-size"), default=None,
+                   help="number of ranks expected (default: as recorded by the ranks)")
     return p
 
 
@@ -202,6 +224,12 @@ def _fmt_metrics(m: dict) -> str:
 
 
 def _cmd_fit(a) -> int:
+    from .shard import dist_env
+
+    env = dist_env()
+    if len(a.file) > 1 or any(Path(f).is_dir() for f in a.file) or (env and env[1] > 1):
+        return _cmd_fit_many(a, env)
+    a.file = a.file[0] if a.file else None
     if a.resume and a.out is None:
         raise RunError("--resume needs --out: the folder of the interrupted run")
     threads = resolve_threads(a.threads)
@@ -222,6 +250,47 @@ def _cmd_fit(a) -> int:
               f"stopped by {m['stopped_by']}); targets: {reached or 'none'}")
         print(f"run folder: {m['run_dir']}")
     return 0
+
+
+def _cmd_fit_many(a, env) -> int:
+    if a.resume or a.checkpoint_every:
+        raise RunError("--resume and --checkpoint-every apply to a single file, not to several files or a folder")
+    threads = resolve_threads(a.threads)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    from .shard import fit_sharded
+
+    s = fit_sharded(a.file, a.out, model=a.model, params=a.params, steps=a.steps, seconds=a.seconds, lr=a.lr,
+                    batch=None if a.batch == "full" else a.batch,
+                    target_psnr=_flat(a.target_psnr, (30.0, 40.0)), target_mse=_flat(a.target_mse, (1e-3, 1e-4)),
+                    device=a.device, seed=a.seed, quiet=a.quiet, model_options=_model_options(a),
+                    group_size=a.group_size, engine=a.engine)
+    if env and env[1] > 1 and env[0] != 0:
+        return 0   # this rank's share is written; rank 0 merged and reports
+    return _report_many(s, a.quiet)
+
+
+def _report_many(s: dict, quiet: bool) -> int:
+    if not quiet:
+        for r in s["results"]:
+            print(f"{r['folder']}: {_fmt_metrics(r)}")
+        print(f"{s['n_ok']} of {s['n_files']} signals fitted ({s['model']}); run folder: {s['run_dir']}")
+    for x in s["failures"]:
+        print(f"inr fit: warning: skipped {' '.join(x['error'].split())}"
+              + ("" if x["file"] in x["error"] else f" ({x['file']})"), file=sys.stderr)
+    if s["n_ok"] == 0:
+        print(f"inr fit: error: none of the {s['n_files']} files could be fitted (see "
+              f"{Path(s['run_dir']) / 'summary.md'})", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_merge(a) -> int:
+    from .batched import merge_run
+
+    return _report_many(merge_run(a.run_dir, world_size=a.world_size), False)
 
 
 def _cmd_eval(a) -> int:
@@ -249,7 +318,7 @@ def main(argv=None) -> int:
     except SystemExit as e:  # --help, or a usage error already reported in one line
         return e.code if isinstance(e.code, int) else EXIT_USAGE
     try:
-        return _cmd_fit(a) if a.command == "fit" else _cmd_eval(a)
+        return {"fit": _cmd_fit, "eval": _cmd_eval, "merge": _cmd_merge}[a.command](a)
     except (SignalError, RunError, DivergenceError, ValueError) as e:
         print(f"inr {a.command}: error: {' '.join(str(e).split())}", file=sys.stderr)
     except OSError as e:

@@ -174,3 +174,31 @@ def test_success_rate_benchmark_quick(tmp_path, torch_one_thread):
     for mode in ("batched-stacked", "batched-loop"):
         assert r["speedup_over_sequential"][mode] == pytest.approx(
             r["median_seconds"]["sequential"] / r["median_seconds"][mode])
+
+
+def test_cli_folder_runs_batched_with_warnings_and_exit_codes(tmp_path, torch_one_thread, capsys):
+    from inr.cli import main
+
+    _images(tmp_path / "in", [(8, 8), (8, 8)])
+    (tmp_path / "in" / "bad.png").write_bytes(b"nope")
+    tiny = ["--model", "siren", "--hidden", "8", "--hidden-layers", "1", "--steps", "3", "--batch", "full",
+            "--seconds", "none"]
+    assert main(["fit", str(tmp_path / "in"), *tiny, "--out", str(tmp_path / "run")]) == 0
+    cap = capsys.readouterr()
+    assert "2 of 3 signals fitted" in cap.out and "im0: PSNR" in cap.out
+    assert cap.err.count("warning") == 1 and "bad.png" in cap.err
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["n_ok"] == 2
+    # two files named on the command line, explicit engine and group size
+    files = [str(tmp_path / "in" / "im0.png"), str(tmp_path / "in" / "im1.png")]
+    assert main(["fit", *files, *tiny, "--quiet", "--engine", "stacked", "--group-size", "1",
+                 "--out", str(tmp_path / "run2")]) == 0
+    assert {r["group_size"] for r in json.loads((tmp_path / "run2" / "summary.json").read_text())["results"]} == {1}
+    # every file bad: exit 1; options that only make sense for one file: exit 2
+    (tmp_path / "bad2.png").write_bytes(b"nope")
+    assert main(["fit", str(tmp_path / "in" / "bad.png"), str(tmp_path / "bad2.png"), *tiny, "--quiet",
+                 "--out", str(tmp_path / "run3")]) == 1
+    assert "none of the 2 files" in capsys.readouterr().err
+    assert main(["fit", str(tmp_path / "in"), "--resume", "--out", str(tmp_path / "r4")]) == 2
+    assert main(["merge", str(tmp_path / "nothing")]) == 2
+    assert "no run in progress" in capsys.readouterr().err
+    assert not (tmp_path / "r4").exists()
