@@ -22,7 +22,6 @@ PSNR is the standard 10 log10(1 / MSE) on [0, 1] (not SPDER's code's variant; me
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -259,7 +258,8 @@ def _csv(s):
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--study", choices=("success", "throughput", "both"), default="both")
-    p.add_argument("--quick", action="store_true", help="tiny setting (CI): 2 images of 12x12, 1 seed, 20 steps, 1,500 params")
+    p.add_argument("--quick", action="store_true",
+                   help="tiny setting (CI): 2 images of 12x12, 1 seed, 20 steps, 1,500 params")
     p.add_argument("--images", type=int, default=24, help="K images (default: %(default)s)")
     p.add_argument("--size", type=int, default=256, help="image side (default: %(default)s)")
     p.add_argument("--folder", default=None, help="use the images in this folder instead of scikit-image's")

@@ -511,7 +511,8 @@ def summary_markdown(s: dict) -> str:
         for r in s["results"]:
             a, b = ((_fmt(r["psnr"], ".2f"), _fmt(r["ssim"], ".4f")) if r["kind"] == "image"
                     else (_fmt(r["mse"], ".3e"), _fmt(r["rho_ag"], ".5f")))
-            tt = ", ".join(f"{k}: {'-' if v is None else '%.1f' % v['seconds']}" for k, v in r["time_to_target"].items())
+            tt = ", ".join(f"{k}: {'-' if v is None else '%.1f' % v['seconds']}"
+                           for k, v in r["time_to_target"].items())
             lines.append(f"| {r['folder']} | {r['kind']} | {a} | {b} | {tt} | {r['steps']} | {r['group_size']} |")
         lines += ["", "Times are wall seconds of the chunk of signals trained together (PSNR: standard "
                       "10 log10(1/MSE) on [0, 1], prediction clamped)."]
