@@ -155,7 +155,7 @@ def make_parser() -> argparse.ArgumentParser:
                    help="Adam learning rate (default per model: "
                         + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items()) + ")")
     f.add_argument("--batch", type=_batch, default="auto",
-                   help="random points per step, 'full' for every point; 'auto' = full on CUDA, 8192 on "
+                   help="random points per step, 'full' for every point; 'auto' = full on CUDA, 4096 on "
                         "the CPU (default: %(default)s)")
     f.add_argument("--target-psnr", type=_floats("--target-psnr"), action="append", default=None,
                    metavar="DB[,DB...]", help="PSNR targets to time (images; repeatable; default: 30,40)")
