@@ -348,7 +348,7 @@ def fit_many(files, model: str = "lrnn-spder", params: int | None = 200_000, ste
         raise F.RunError(f"--group-size must be >= 1, got {group_size}")
     dev = resolve_device(device)
     if batch == "auto":
-        batch = None if dev.type == "cuda" else 8192
+        batch = None if dev.type == "cuda" else F.CPU_BATCH   # as fit_signal
     if batch is not None and (not isinstance(batch, int) or batch <= 0):
         raise F.RunError(f"--batch must be a positive integer, 'auto' or None (full batch), got {batch!r}")
     if steps is None or steps <= 0:
