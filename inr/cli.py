@@ -138,9 +138,9 @@ def make_parser() -> argparse.ArgumentParser:
                         "summary.json/.md/.csv; files that fail are reported and skipped (exit code 0 with a "
                         "warning line per failed file, 1 if none could be fitted).  Under torchrun the sorted "
                         "files are split over the ranks (rank r fits files r, r+W, ...) and --out is required")
-    # SPDER is the default because on a CPU it reached the highest PSNR within a fixed wall budget of every
-    # registry model (benchmarks/image_fit.py, README); LRNN costs ~4.8x SIREN's time per step there.
-    f.add_argument("--model", default="spder", choices=MODELS,
+    # SIREN is the default because on a CPU it reached the highest PSNR within a fixed wall budget over the
+    # benchmark images (benchmarks/image_fit.py, README); LRNN costs ~4.4x SIREN's time per step there.
+    f.add_argument("--model", default="siren", choices=MODELS,
                    help="model family (default: %(default)s, the best within a wall budget on CPU in our "
                         "benchmark; try lrnn-spder on a GPU)")
     f.add_argument("--params", type=_positive_int("--params"), default=200_000,
