@@ -12,7 +12,6 @@ results/audio_fit/: table.md, metrics.json, mse_vs_time.png and the run folders 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -62,19 +61,12 @@ def main(argv=None) -> int:
                               "steps": a.steps, "lr": lrs.get(model, SETTINGS.get(model, 1e-3)), "batch": a.batch,
                               "targets": list(targets), "seed": seed, "threads": a.threads,
                               "out": str(out / "runs" / f"{i}-{stem}-{model}-s{seed}")})
-    results = fitbench.run_all(specs, out)
-    rows = fitbench.summarise(results, targets, "audio")
-    table = fitbench.markdown_table(rows)
     names = ", ".join(Path(s["path"]).name if "path" in s else f"generated clip {a.clip_seconds:g} s at {a.rate} Hz"
                       for s in signals)
     header = (f"Audio: {names}; {a.params} parameters; {a.seconds:g} s wall budget per run; seeds {a.seeds}; "
               f"{a.threads} threads. MSE on the [-1, 1] amplitude scale (x 1e-4), final iterate; success = share "
               f"of runs whose training MSE reached the target (1e-3, 1e-4).\n\n")
-    (out / "table.md").write_text(header + table)
-    (out / "metrics.json").write_text(json.dumps({"summary": rows, "runs": results, "settings": vars(a)},
-                                                 indent=2, default=str))
-    fitbench.plot_curves(results, out, "audio", out / "mse_vs_time.png")
-    print(header + table)
+    fitbench.report(specs, targets, "audio", header, out, vars(a), "mse_vs_time.png")
     return 0
 
 

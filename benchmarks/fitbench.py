@@ -161,6 +161,18 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def report(specs: list[dict], targets, kind: str, header: str, out: Path, settings: dict, plot_name: str) -> None:
+    """Run the specs, then write table.md, metrics.json and the curve plot of one study into ``out``."""
+    results = run_all(specs, out)
+    rows = summarise(results, targets, kind)
+    table = markdown_table(rows)
+    (out / "table.md").write_text(header + table)
+    (out / "metrics.json").write_text(json.dumps({"summary": rows, "runs": results, "settings": settings},
+                                                 indent=2, default=str))
+    plot_curves(results, out, kind, out / plot_name)
+    print(header + table)
+
+
 def plot_curves(results: list[dict], out_dir: Path, kind: str, path: Path) -> None:
     """Training-signal PSNR (or MSE) vs wall seconds, one line per run, one colour per model."""
     import csv

@@ -11,7 +11,6 @@ folders (reconstructions, error maps).  PSNR is the standard 10 log10(1 / MSE) o
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -59,17 +58,10 @@ def main(argv=None) -> int:
                               "seconds": a.seconds, "steps": a.steps, "lr": lrs.get(model, lr),
                               "batch": a.batch or batch, "targets": list(targets), "seed": seed,
                               "threads": a.threads, "out": str(out / "runs" / f"{image}-{model}-s{seed}")})
-    results = fitbench.run_all(specs, out)
-    rows = fitbench.summarise(results, targets, "image")
-    table = fitbench.markdown_table(rows)
     header = (f"Images: {a.images} ({a.size}x{a.size}, gray); {a.params} parameters; {a.seconds:g} s wall budget "
               f"per run; seeds {a.seeds}; {a.threads} threads. PSNR = 10 log10(1/MSE) on [0, 1] (final iterate, "
               f"whole image); success = share of runs whose training-batch PSNR reached the target.\n\n")
-    (out / "table.md").write_text(header + table)
-    (out / "metrics.json").write_text(json.dumps({"summary": rows, "runs": results, "settings": vars(a)},
-                                                 indent=2, default=str))
-    fitbench.plot_curves(results, out, "image", out / "psnr_vs_time.png")
-    print(header + table)
+    fitbench.report(specs, targets, "image", header, out, vars(a), "psnr_vs_time.png")
     return 0
 
 
