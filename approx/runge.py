@@ -14,13 +14,11 @@ Strategies (all full-batch Adam through :func:`inr.train.fit`):
 """
 from __future__ import annotations
 
-import json
 import math
 import os
-import platform
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +27,7 @@ import torch
 from approx import nets, pieces
 from approx.relinear import ShrinkQuadratic, relinear_groups
 from approx.target import parse_target
+from inr.runfiles import versions
 from inr.train import DivergenceError, TrainConfig, fit, resolve_device, seed_everything
 
 STRATEGIES = ("regular", "relinear-sg", "relinear-sw-l1", "relinear-sw-l2", "mlp")
@@ -149,13 +148,6 @@ def classical_references(f, x_train: np.ndarray, x_test: np.ndarray) -> dict:
             for name, fn in fits.items()}
 
 
-def _versions() -> dict:
-    import scipy
-    import sympy
-    return {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
-            "scipy": scipy.__version__, "sympy": sympy.__version__}
-
-
 def _stats(v) -> dict:
     a = np.asarray(v, dtype=float)
     ok = a[np.isfinite(a)]
@@ -220,7 +212,7 @@ def run_study(cfg: RungeConfig, out: str | os.PathLike) -> dict:
         "references": {k: {"test_rmse": v["test_rmse"]} for k, v in refs.items()},
         "runs": [{k: v for k, v in r.items() if k not in ("net", "pw", "history")} for r in runs],
         "paper_table_ii_rmse": {"relinear-sw-l1": 0.0656, "relinear-sw-l2": 0.0426, "relinear-sg": 0.0205},
-        "device": str(resolve_device(cfg.device)), "versions": _versions(), "seconds": time.time() - t0,
+        "device": str(resolve_device(cfg.device)), "versions": versions("scipy", "sympy"), "seconds": time.time() - t0,
         "pieces_all_within_tol": all(r.get("pieces", {}).get("within_tol", False) for r in runs),
     }
     report.write_all(out, metrics, runs, refs, data, f)

@@ -28,7 +28,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from inr.cli import resolve_threads  # noqa: E402
 from inr.metrics import psnr, ssim  # noqa: E402
 from inr.models import MODELS, count_params  # noqa: E402
-from tomography.cli import _versions, comparison_figure, run_baselines  # noqa: E402
+from inr.runfiles import versions  # noqa: E402
+from tomography.cli import comparison_figure, run_baselines  # noqa: E402
 from tomography.radon import Projector, rotate_sum_radon, uniform_angles  # noqa: E402
 from tomography.recon import phantom, reconstruct_inr, simulate  # noqa: E402
 
@@ -166,7 +167,7 @@ def main(argv=None) -> int:
     os.makedirs(a.out, exist_ok=True)
     loadavg = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     results = {"machine": f"{os.cpu_count()} CPU cores shared with other jobs (load average {loadavg:.1f} at start), "
-                          f"{torch.get_num_threads()} torch thread(s), torch {torch.__version__}, device {a.device}", "config": vars(a), "versions": _versions(), "rows": [],
+                          f"{torch.get_num_threads()} torch thread(s), torch {torch.__version__}, device {a.device}", "config": vars(a), "versions": versions("scipy", "scikit-image"), "rows": [],
                "inr_models": models}
     if not a.no_timing:
         results["projector_timing"] = projector_timing(32 if a.quick else 256, 10 if a.quick else 100,

@@ -6,7 +6,6 @@ one crashing run cannot take the study down.  Registry models go through ``inr.f
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -28,7 +27,6 @@ def _set_threads(threads: int) -> None:
 
 def run_peer(sig, seconds, steps, lr, batch, targets, seed, out: Path) -> dict:
     """siren-pytorch as documented: SirenNet(dim_hidden=256, num_layers=5, w0_initial=30), trained by inr.train."""
-    import torch
     from siren_pytorch import SirenNet
 
     from inr import fitting as F

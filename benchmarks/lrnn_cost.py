@@ -23,19 +23,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+from inr.fitting import saved_tensor_bytes  # noqa: E402
 from inr.models import build, count_params  # noqa: E402
 
 
 def saved_bytes(model, x, y) -> int:
-    seen = {}
-
-    def pack(t):
-        s = t.untyped_storage()
-        seen[s.data_ptr()] = s.nbytes()
-        return t
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        ((model(x) - y) ** 2).mean()
-    return sum(seen.values())
+    return saved_tensor_bytes(lambda step: ((model(x) - y) ** 2).mean())
 
 
 def main(argv=None) -> int:

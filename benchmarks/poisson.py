@@ -24,7 +24,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from pde import kan as kan_mod  # noqa: E402
 from pde import models  # noqa: E402
-from pde.solve import SolveConfig, solve, versions, write_run  # noqa: E402
+from inr.runfiles import versions  # noqa: E402
+from pde.solve import SolveConfig, solve, write_run  # noqa: E402
 
 
 def _ints(s: str) -> list[int]:

@@ -290,11 +290,11 @@ def main(argv=None) -> int:
         a.throughput_models, a.throughput_steps, a.repeats = ["siren"], 10, 1
     import torch
 
-    from inr import batched, fitting
+    from inr import batched, runfiles
 
     torch.set_num_threads(a.threads)
     machine = {"device": a.device, "threads": a.threads, "cpus": os.cpu_count(),
-               "load_average_at_start": os.getloadavg(), "versions": fitting.versions()}
+               "load_average_at_start": os.getloadavg(), "versions": runfiles.versions()}
     with tempfile.TemporaryDirectory(prefix="success-rate-") as tmp:
         tmp = Path(tmp)
         if a.study in ("success", "both"):
@@ -308,7 +308,7 @@ def main(argv=None) -> int:
             res = success_study(a, paths, root)
             table = success_table(res, a)
             success_plot(res, root / "success_rate.png")
-            fitting._write_json({"config": vars(a), "machine": machine,
+            runfiles.write_json({"config": vars(a), "machine": machine,
                                  "models": {m: r["aggregate"] for m, r in res.items()},
                                  "fits": {m: r["fits"] for m, r in res.items()}}, root / "metrics.json")
             (root / "table.md").write_text(table)
@@ -318,7 +318,7 @@ def main(argv=None) -> int:
             root.mkdir(parents=True, exist_ok=True)
             res = throughput_study(a, tmp)
             table = throughput_table(res, a)
-            fitting._write_json({"config": vars(a), "machine": machine, "results": res}, root / "metrics.json")
+            runfiles.write_json({"config": vars(a), "machine": machine, "results": res}, root / "metrics.json")
             (root / "table.md").write_text(table)
             print(table)
     return 0

@@ -27,6 +27,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from inr.runfiles import save_torch, versions, write_json
 from inr.train import resolve_device, seed_everything
 
 from . import data as D
@@ -111,29 +112,6 @@ def _all_sum(t: torch.Tensor, d: Dist) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- small utilities
-def _atomic_json(obj, path: str) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
-
-
-def _atomic_torch(obj, path: str) -> None:
-    tmp = f"{path}.tmp"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def versions() -> dict:
-    import importlib.metadata as md
-    v = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__}
-    try:
-        v["mulneurons"] = md.version("mulneurons")
-    except md.PackageNotFoundError:
-        v["mulneurons"] = "not installed (source tree)"
-    return v
-
-
 def lr_factor(epoch: float, a: TrainArgs, milestones) -> float:
     """Learning-rate multiplier at fractional ``epoch`` (linear warm-up, then step/cosine/constant)."""
     if a.warmup_epochs and epoch < a.warmup_epochs:
@@ -314,7 +292,7 @@ def train(a: TrainArgs) -> dict:
                        "image_size": list(size or bundle.image_size), "classes": bundle.classes},
               "normalization": {"mean": mean, "std": std}}
     if d.main:
-        _atomic_json(config, os.path.join(a.out, "config.json"))
+        write_json(config, os.path.join(a.out, "config.json"))
 
     sampler = torch.utils.data.DistributedSampler(bundle.train, num_replicas=d.world, rank=d.rank, shuffle=True,
                                                   seed=a.seed, drop_last=False)
@@ -379,10 +357,10 @@ def train(a: TrainArgs) -> dict:
                "epoch_seconds": epoch_s, "images_per_s": stats[2].item() / epoch_s, "train_seconds": train_seconds}
         history.append(rec)
         if d.main:
-            _atomic_torch({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1,
+            save_torch({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1,
                            "history": history, "train_seconds": train_seconds, "reached": reached,
                            "model_config": model.config}, ckpt_path)
-            _atomic_json(_summary(history, reached, a, n_params, device), os.path.join(a.out, "metrics.json"))
+            write_json(_summary(history, reached, a, n_params, device), os.path.join(a.out, "metrics.json"))
             if not a.quiet:
                 print(f"epoch {epoch + 1}/{a.epochs}  loss {train_loss:.4f}  train acc {rec['train_acc']:.4f}  "
                       f"test acc {ev['acc']:.4f}  {rec['images_per_s']:.0f} img/s", file=sys.stderr)
@@ -396,8 +374,8 @@ def train(a: TrainArgs) -> dict:
         summary["noise"] = {"peak": a.noise_peak, "acc_clean": cl["acc"], "acc_noisy": nz["acc"],
                             "delta_noise_percent": delta_noise(cl["acc"], nz["acc"])}
     if d.main:
-        _atomic_torch(model.state_dict(), os.path.join(a.out, "model.pt"))
-        _atomic_json(summary, os.path.join(a.out, "metrics.json"))
+        save_torch(model.state_dict(), os.path.join(a.out, "model.pt"))
+        write_json(summary, os.path.join(a.out, "metrics.json"))
         if history:
             plot_curves(history, os.path.join(a.out, "curves.png"))
     _finish(d)
@@ -451,6 +429,6 @@ def evaluate_run(run_dir: str, *, noise_peak: float = 10.0, device: str = "auto"
            "loss_clean": cl["loss"], "loss_noisy": nz["loss"], "noise_peak": noise_peak, "noise_seed": seed,
            "delta_noise_percent": delta_noise(cl["acc"], nz["acc"])}
     if d.main:
-        _atomic_json(out, os.path.join(run_dir, "eval.json"))
+        write_json(out, os.path.join(run_dir, "eval.json"))
     _finish(d)
     return out

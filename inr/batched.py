@@ -46,6 +46,7 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from . import fitting as F
+from .runfiles import versions, write_json
 from .layers.lrnn import LRNNLayer, ProductFn
 from .models import count_params
 from .signals import AUDIO_SUFFIXES, IMAGE_SUFFIXES, Signal, SignalError, load
@@ -402,7 +403,7 @@ def fit_many(files, model: str = "lrnn-spder", params: int | None = 200_000, ste
             m = _write_signal_run(stage, folder, sig, f, net, res, info, len(sigs), fit_options, dev)
             results.append(m)
     part = {"rank": rank, "world_size": world, "results": results, "failures": failures}
-    F._write_json(part, stage / f".shard-{rank}-of-{world}.json")
+    write_json(part, stage / f".shard-{rank}-of-{world}.json")
     if not merge:
         return part
     return merge_run(out)
@@ -420,7 +421,7 @@ def _write_signal_run(stage: Path, folder: str, sig, f, net, res, info, group_n,
          "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",
          "group_size": group_n, "seconds_are": "wall time of the whole chunk of signals trained together",
          "memory": {**info, "peak_rss_bytes": F.peak_rss_bytes()}, "seed": fit_options["seed"],
-         "versions": F.versions(), "config": {"fit": fit_options, "model": net.config}}
+         "versions": versions(), "config": {"fit": fit_options, "model": net.config}}
     config = {"model": net.config, "fit": fit_options, "signal": sig.describe()}
     tmp, dst = stage / f".{folder}.tmp", stage / folder
     if tmp.exists():
@@ -468,7 +469,7 @@ def merge_run(out, world_size: int | None = None) -> dict:
     failures = sorted((x for d in parts.values() for x in d["failures"]), key=lambda x: x["file"])
     summary = summarize(results, failures)
     summary["world_size"] = world
-    F._write_json(summary, stage / "summary.json")
+    write_json(summary, stage / "summary.json")
     _write_text(summary_markdown(summary), stage / "summary.md")
     _write_text(summary_csv(summary), stage / "summary.csv")
     for p in stage.glob(".shard-*-of-*.json"):

@@ -40,9 +40,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import __version__, metrics as M
+from . import metrics as M
 from .models import build, count_params, from_config
 from .signals import Signal, SignalError, load
+from .runfiles import versions, write_json
 from .train import TrainConfig, fit, resolve_device, seed_everything
 
 # Adam learning rates.  SIREN/SPDER/LRNN: from a sweep on the cameraman at small scale (64^2 image,
@@ -198,11 +199,6 @@ def peak_rss_bytes() -> int:
     return int(r if sys.platform == "darwin" else r * 1024)
 
 
-def versions() -> dict:
-    return {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
-            "mulneurons": __version__, "platform": platform.platform()}
-
-
 # ----------------------------------------------------------------------------------------------
 # Run folder
 
@@ -210,22 +206,6 @@ def versions() -> dict:
 def default_out(signal: Signal, model: str, root: str | os.PathLike = "runs") -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     return Path(root) / f"{signal.name}-{model}-{stamp}"
-
-
-def _write_json(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=_json_default) + "\n")
-    os.replace(tmp, path)
-
-
-def _json_default(o):
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    if isinstance(o, (tuple, set)):
-        return list(o)
-    if isinstance(o, Path):
-        return str(o)
-    return str(o)
 
 
 def write_error_map(signal: Signal, pred, path: Path) -> float:
@@ -405,8 +385,8 @@ def write_run(folder: Path, sig: Signal, net, pred, metrics: dict, config: dict,
     tmp = folder / ".model.pt.tmp"
     torch.save(state, tmp)
     os.replace(tmp, folder / "model.pt")
-    _write_json(config, folder / "config.json")
-    _write_json(metrics, folder / "metrics.json")
+    write_json(config, folder / "config.json")
+    write_json(metrics, folder / "metrics.json")
 
 
 def load_run(run_dir: str | os.PathLike, device: str = "cpu"):
@@ -439,7 +419,7 @@ def evaluate_run(run_dir: str | os.PathLike, device: str = "auto", write: bool =
     m = {"signal": sig.name, "kind": sig.kind, "model": config["model"]["name"], "params": count_params(net),
          **signal_metrics(sig, pred), "device": str(dev), "run_dir": str(d)}
     if write:
-        _write_json(m, d / "eval.json")
+        write_json(m, d / "eval.json")
     return m
 
 

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .runfiles import save_torch
+
 
 class DivergenceError(RuntimeError):
     """Training kept producing non-finite losses after repeated learning-rate cuts."""
@@ -144,12 +146,6 @@ def _progress_bar(cfg: TrainConfig, initial: int):
     return tqdm(total=cfg.steps, initial=initial, desc=cfg.desc, disable=quiet, dynamic_ncols=True, leave=False)
 
 
-def _atomic_save(obj, path: str) -> None:
-    tmp = f"{path}.tmp"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def fit(model: nn.Module, loss_fn: Callable, cfg: TrainConfig, *, param_groups: Iterable | None = None,
         optimizer: torch.optim.Optimizer | None = None, evaluate: Callable | None = None,
         eval_every: int = 0, post_step: Callable | None = None) -> FitResult:
@@ -253,7 +249,7 @@ def fit(model: nn.Module, loss_fn: Callable, cfg: TrainConfig, *, param_groups: 
             record_targets(ev, now, step)
             history.append({"step": step, "seconds": round(now, 4), **{f"eval_{k}": v for k, v in ev.items()}})
         if ckpt and cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
-            _atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+            save_torch({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
                           "elapsed": time.perf_counter() - t0, "lr_scale": lr_scale, "history": history,
                           "events": events, "reached": reached, "torch_rng": torch.get_rng_state(),
                           "numpy_rng": np.random.get_state(), "python_rng": random.getstate()}, ckpt)

@@ -7,16 +7,14 @@ measured on a dense uniform grid (boundary included), which random training poin
 """
 from __future__ import annotations
 
-import json
 import math
 import os
-import platform
-import sys
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
 
+from inr.runfiles import versions, write_json
 from inr.train import FitResult, TrainConfig, fit, resolve_device, seed_everything
 
 from . import models, problems
@@ -172,36 +170,22 @@ def solve(cfg: SolveConfig) -> Solution:
         "seconds_per_step": result.seconds_per_step, "stopped_by": result.stopped_by,
         "time_to_rel_l2": result.time_to_target, "divergence_events": result.events, "lr": lr,
         "seed": cfg.seed, "device": str(device), "dtype": cfg.dtype, "config": asdict(cfg),
-        "model_config": model_config, "versions": versions(),
+        "model_config": model_config, "versions": {**versions(), "threads": torch.get_num_threads()},
     }
     return Solution(ansatz, problem, cfg, model_config, metrics, result, grid.cpu(), pred, truth)
-
-
-def versions() -> dict:
-    from inr import __version__
-
-    return {"mulneurons": __version__, "torch": torch.__version__, "numpy": np.__version__,
-            "python": platform.python_version(), "threads": torch.get_num_threads()}
-
-
-def _atomic_json(obj, path: str) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, default=str)
-    os.replace(tmp, path)
 
 
 def write_run(sol: Solution, out: str) -> None:
     """Run folder: config.json, model.pt, history.csv, solution.png, metrics.json (written last, so
     its presence means the folder is complete).  Every file goes to a temporary name first."""
     os.makedirs(out, exist_ok=True)
-    _atomic_json({"solve": asdict(sol.config), "model": sol.model_config}, os.path.join(out, "config.json"))
+    write_json({"solve": asdict(sol.config), "model": sol.model_config}, os.path.join(out, "config.json"))
     tmp = os.path.join(out, "model.pt.tmp")
     torch.save(sol.ansatz.net.state_dict(), tmp)
     os.replace(tmp, os.path.join(out, "model.pt"))
     sol.fit.write_history(os.path.join(out, "history.csv"))
     plot_solution(sol, os.path.join(out, "solution.png"))
-    _atomic_json(sol.metrics, os.path.join(out, "metrics.json"))
+    write_json(sol.metrics, os.path.join(out, "metrics.json"))
 
 
 def plot_solution(sol: Solution, path: str) -> None:

@@ -8,13 +8,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import sys
 import tempfile
 import time
 
 import numpy as np
+
+from inr.runfiles import versions
 
 EXIT_USAGE = 2
 
@@ -99,15 +100,6 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", default=None, help="run folder (default runs/ct-<image>-<model>-<views>v)")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
-
-
-def _versions() -> dict:
-    import scipy
-    import skimage
-    import torch
-
-    return {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
-            "scipy": scipy.__version__, "scikit-image": skimage.__version__, "platform": platform.platform()}
 
 
 def save_png(path, array, cmap="gray", vmin=0.0, vmax=1.0) -> None:
@@ -243,7 +235,7 @@ def recon(args) -> dict:
                   "sart_iterations": args.sart_iterations, "tv_weight": args.tv_weight,
                   "tv_iterations": args.tv_iterations, "seed": args.seed, "device": str(device),
                   "threads": torch.get_num_threads(),
-                  "versions": _versions()}
+                  "versions": versions("scipy", "scikit-image")}
         summary = {"note": "standard PSNR 10 log10(1/MSE) and scikit-image SSIM, data_range 1, on the FINAL "
                            "iterate; reconstructions clipped to [0, 1] before scoring",
                    "metrics": metrics, "fit": result.summary(), "seed": args.seed, "device": str(device),
