@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from inr.cli import resolve_threads  # noqa: E402
+from inr.train import resolve_threads  # noqa: E402
 from inr.metrics import psnr, ssim  # noqa: E402
 from inr.models import MODELS, count_params  # noqa: E402
 from inr.runfiles import versions  # noqa: E402

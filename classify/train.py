@@ -235,7 +235,7 @@ def plot_curves(history: list[dict], path: str) -> None:
 def train(a: TrainArgs) -> dict:
     """Train ``a.model`` on ``a.data``; returns the final metrics dict (also in ``a.out/metrics.json``)."""
     a = resolve_args(a)
-    from inr.cli import resolve_threads
+    from inr.train import resolve_threads
     threads = resolve_threads(a.threads)
     if threads:
         torch.set_num_threads(threads)

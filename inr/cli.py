@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
 from .fitting import DEFAULT_LR, RunError, evaluate_run, fit_signal
 from .models import MODELS
 from .signals import SignalError
-from .train import DivergenceError
+from .train import DivergenceError, resolve_threads
 
 EXIT_USAGE = 2
 
@@ -70,18 +69,6 @@ def _seconds(s):
 
 def _threads(s):
     return "auto" if s == "auto" else _positive_int("--threads")(s)
-
-
-def resolve_threads(threads) -> int | None:
-    """Thread count to set (None: leave torch's default).  On a machine whose load average already
-    reaches its CPU count, one thread: torch's worker threads then wait on descheduled peers."""
-    if threads != "auto":
-        return threads
-    try:
-        busy = os.getloadavg()[0] >= (os.cpu_count() or 1)
-    except OSError:  # no load average on this platform
-        busy = False
-    return 1 if busy else None
 
 
 def _batch(s):

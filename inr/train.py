@@ -46,6 +46,18 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return torch.device(device)
 
 
+def resolve_threads(threads) -> int | None:
+    """Thread count to set (None: leave torch's default).  On a machine whose load average already
+    reaches its CPU count, one thread: torch's worker threads then wait on descheduled peers."""
+    if threads != "auto":
+        return threads
+    try:
+        busy = os.getloadavg()[0] >= (os.cpu_count() or 1)
+    except OSError:  # no load average on this platform
+        busy = False
+    return 1 if busy else None
+
+
 @dataclass
 class TrainConfig:
     steps: int = 1000

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
 import torch
+
+from inr.train import resolve_threads
 
 from . import models, problems
 from .solve import DEFAULT_LR, DTYPES, SolveConfig, solve, write_run
@@ -75,12 +76,9 @@ def config_from_args(a: argparse.Namespace) -> SolveConfig:
 
 def set_threads(spec: str) -> None:
     if spec == "auto":
-        try:
-            busy = os.getloadavg()[0] >= (os.cpu_count() or 1)
-        except OSError:
-            busy = False
-        if busy:
-            torch.set_num_threads(1)
+        k = resolve_threads("auto")
+        if k:
+            torch.set_num_threads(k)
         return
     try:
         k = int(spec)

@@ -208,7 +208,7 @@ def recon(args) -> dict:
         if threads < 1:
             raise ValueError(f"--threads must be a positive integer or auto, got {args.threads!r}")
     else:
-        from inr.cli import resolve_threads
+        from inr.train import resolve_threads
         threads = resolve_threads("auto")
     if threads:
         torch.set_num_threads(threads)
