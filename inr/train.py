@@ -66,7 +66,7 @@ class TrainConfig:
     lr_final: float = 0.1             # learning rate at the end, as a fraction of lr
     schedule: str = "cosine"          # cosine | exponential | constant
     warmup: int = 0
-    optimizer: str = "adam"           # adam | sgd | lbfgs-free is not offered: Adam or SGD
+    optimizer: str = "adam"           # adam | sgd
     weight_decay: float = 0.0
     momentum: float = 0.9
     grad_clip: float | None = None
