@@ -5,7 +5,9 @@
     python benchmarks/lrnn_cost.py --quick
 
 Rows: SIREN, SPDER, the default LRNN-SPDER (fused ProductFn), the same LRNN on plain autograd
-(`memory_efficient=False`), and the issue's naive configuration (r=128, dbar=8, m=8) fused and plain.
+(`memory_efficient=False`), with bf16 hidden projections (`precision="bf16"`), with the torch.compile'd
+kernel pair (`kernel="compiled"`, the GPU speed path), and the issue's naive configuration
+(r=128, dbar=8, m=8) fused and plain.
 Steps of all models are interleaved and the median over repeats is reported, so the ratios hold on a
 shared machine.  Memory = bytes of the tensors autograd saves for backward in one step (deduplicated by
 storage), which is what differs between the models; parameters and optimizer state are ~2.4 MB for all.
@@ -38,6 +40,8 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-naive", action="store_true", help="skip the r=128, dbar=8, m=8 rows")
+    p.add_argument("--no-compiled", action="store_true",
+                   help="skip the torch.compile'd LRNN kernel row (its first step compiles, ~10-30 s)")
     p.add_argument("--out", default="results/lrnn_cost")
     p.add_argument("--quick", action="store_true")
     a = p.parse_args(argv)
@@ -51,7 +55,10 @@ def main(argv=None) -> int:
         "spder": build("spder", 2, 1, params=a.params),
         "lrnn-spder (fused)": build("lrnn-spder", 2, 1, params=a.params),
         "lrnn-spder (plain autograd)": build("lrnn-spder", 2, 1, params=a.params, memory_efficient=False),
+        "lrnn-spder (fused, bf16 hidden projections)": build("lrnn-spder", 2, 1, params=a.params, precision="bf16"),
     }
+    if not a.no_compiled:   # the GPU speed path, timed here on whatever device this runs on
+        models["lrnn-spder (compiled kernel)"] = build("lrnn-spder", 2, 1, params=a.params, kernel="compiled")
     if not a.no_naive:
         models["lrnn-spder r128 d8 m8 (fused)"] = build("lrnn-spder", 2, 1, rank=128, dbar=8, width=8)
         models["lrnn-spder r128 d8 m8 (plain autograd)"] = build("lrnn-spder", 2, 1, rank=128, dbar=8, width=8,

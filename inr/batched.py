@@ -47,7 +47,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from . import fitting as F
 from .runfiles import versions, write_json
-from .layers.lrnn import LRNNLayer, ProductFn
+from .layers.lrnn import CompiledProductFn, LRNNLayer, ProductFn
 from .models import count_params
 from .signals import AUDIO_SUFFIXES, IMAGE_SUFFIXES, Signal, SignalError, load
 from .train import DivergenceError, FitResult, TrainConfig, fit, resolve_device, seed_everything
@@ -149,12 +149,18 @@ def _lrnn_stacked_forward(base: nn.Module, p: dict, x: torch.Tensor) -> torch.Te
     for i, layer in enumerate(base.body):
         q = lambda k: p[f"body.{i}.{k}"]
         r, dbar = layer.rank, layer.dbar
-        z = torch.baddbmm(q("proj.bias").unsqueeze(1), h, q("proj.weight").transpose(1, 2))   # (N, B, r*dbar)
+        if layer.low_precision:      # precision="bf16": the hidden projections in bfloat16 (as LRNNLayer.project)
+            bf = torch.bfloat16
+            z = torch.baddbmm(q("proj.bias").to(bf).unsqueeze(1), h.to(bf),
+                              q("proj.weight").to(bf).transpose(1, 2)).to(h.dtype)
+        else:
+            z = torch.baddbmm(q("proj.bias").unsqueeze(1), h, q("proj.weight").transpose(1, 2))  # (N, B, r*dbar)
         B_ = z.shape[1]
         z = z.view(N, B_, r, dbar).transpose(0, 1).reshape(B_, N * r, dbar)
         comp = [q(k) for k in ("a", "b", "c", "c0")]
         comp = [t.expand(N, r, *t.shape[2:]).reshape(N * r, *t.shape[2:]) for t in comp]
-        phi = ProductFn.apply(z, *comp, layer.w0, layer.activation, layer.gamma)             # (B, N*r)
+        fn = CompiledProductFn if layer.kernel == "compiled" else ProductFn
+        phi = fn.apply(z, *comp, layer.w0, layer.activation, layer.gamma)                    # (B, N*r)
         h = phi.view(B_, N, r).transpose(0, 1)
         if layer.norm is not None:
             h = torch.nn.functional.layer_norm(h, (r,), eps=layer.norm.eps)

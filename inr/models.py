@@ -76,12 +76,14 @@ def _relu_pe(in_features, out_features, hidden=256, hidden_layers=3, n_freqs=10,
 
 def _lrnn_family(activation_default: str):
     def make(in_features, out_features, rank=128, depth=2, dbar=2, width=4, w0=30.0, w0_first=None,
-             activation=activation_default, shared=False, component_std=1.0, memory_efficient=True, **fk):
+             activation=activation_default, shared=False, component_std=1.0, memory_efficient=True,
+             kernel="fused", precision="fp32", **fk):
         layers, n = [], in_features
         for i in range(depth):
             layers.append(LRNNLayer(n, rank, dbar=dbar, width=width, w0=(w0 if w0_first is None or i else w0_first),
                                     activation=activation, shared=shared, is_first=(i == 0),
-                                    component_std=component_std, memory_efficient=memory_efficient, **fk))
+                                    component_std=component_std, memory_efficient=memory_efficient,
+                                    kernel=kernel, precision=precision, **fk))
             n = rank
         return nn.Sequential(*layers), nn.Linear(rank, out_features, **fk), False
     return make

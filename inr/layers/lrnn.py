@@ -149,6 +149,92 @@ class ProductFn(torch.autograd.Function):
         return gz, ga, gb, gc, gc0, None, None, None
 
 
+# ----------------------------------------------------------------------------------------------
+# Compiled kernel pair (the GPU speed path): the same recompute-in-backward contract as ProductFn,
+# written as pure tensor expressions so torch.compile can fuse each into a few kernels (Triton on
+# CUDA, C++/OpenMP on the CPU) without materialising the batch x r x dbar x m activations.
+
+
+def _act_and_grad(name: str, u: torch.Tensor):
+    """(sigma(u), sigma'(u)) as pure expressions (compile-friendly twin of :func:`_act_grad_inplace`)."""
+    s, c = torch.sin(u), torch.cos(u)
+    if name == "sin":
+        return s, c
+    if name == "spder":
+        r = u.abs().clamp_min(SQRT_FLOOR).sqrt()
+        inv2u = torch.where(u.abs() <= SQRT_FLOOR, torch.zeros_like(u), 0.5 / u)
+        return s * r, (c + s * inv2u) * r
+    at = torch.atan(u)
+    return s * at, c * at + s / (1.0 + u * u)
+
+
+def _factors(z, a, b, c, c0, w0: float, activation: str, gamma: float) -> torch.Tensor:
+    """f_j = 1 + gamma g_j(z_j), shape (B, r, dbar)."""
+    u = w0 * (z.unsqueeze(-1) * a + b)
+    return 1.0 + gamma * ((get_activation(activation)(u) * c).sum(-1) + c0)
+
+
+def _compiled_forward_impl(z, a, b, c, c0, w0: float, activation: str, gamma: float) -> torch.Tensor:
+    return torch.prod(_factors(z, a, b, c, c0, w0, activation, gamma), dim=-1)
+
+
+def _compiled_backward_impl(z, a, b, c, c0, grad_phi, w0: float, activation: str, gamma: float):
+    f = _factors(z, a, b, c, c0, w0, activation, gamma)
+    gg = _exclusive_prod(f) * (grad_phi.unsqueeze(-1) * gamma)            # dL/dg, (B, r, dbar)
+    u = w0 * (z.unsqueeze(-1) * a + b)
+    s, ds = _act_and_grad(activation, u)
+    g4 = gg.unsqueeze(-1)
+    t = ds * g4 * (c * w0)                                                 # dL/d(a z + b), (B, r, dbar, m)
+    shared = a.shape[0] == 1 and z.shape[1] != 1
+    red = (lambda x: x.sum((0, 1)).unsqueeze(0)) if shared else (lambda x: x.sum(0))
+    return (t * a).sum(-1), red(t * z.unsqueeze(-1)), red(t), red(s * g4), red(gg)
+
+
+_COMPILED: dict = {}
+
+
+def _compiled(which: str):
+    """torch.compile'd forward / backward, built on first use (dynamic batch size)."""
+    if which not in _COMPILED:
+        fn = _compiled_forward_impl if which == "forward" else _compiled_backward_impl
+        _COMPILED[which] = torch.compile(fn, dynamic=True)
+    return _COMPILED[which]
+
+
+class CompiledProductFn(torch.autograd.Function):
+    """:class:`ProductFn` with a torch.compile'd forward and backward (``kernel="compiled"``).
+
+    Saves only z; the backward recomputes the components inside one compiled graph.  Double backward
+    and float64 go through :func:`product_reference` like ProductFn does.  Verified against the plain
+    autograd path to 1e-5 in float32 on the CPU (tests); on CUDA, Inductor emits Triton kernels.
+    """
+
+    @staticmethod
+    def forward(z, a, b, c, c0, w0, activation, gamma):
+        return _compiled("forward")(z, a, b, c, c0, w0, activation, gamma)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        z, a, b, c, c0, w0, activation, gamma = inputs
+        ctx.save_for_backward(z, a, b, c, c0)
+        ctx.w0, ctx.activation, ctx.gamma = w0, activation, gamma
+
+    @staticmethod
+    def backward(ctx, grad_phi):
+        z, a, b, c, c0 = ctx.saved_tensors
+        w0, name, gamma = ctx.w0, ctx.activation, ctx.gamma
+        if torch.is_grad_enabled():
+            with torch.enable_grad():
+                phi = product_reference(z, a, b, c, c0, w0, name, gamma)
+                return (*torch.autograd.grad(phi, (z, a, b, c, c0), grad_phi, create_graph=True), None, None, None)
+        grads = _compiled("backward")(z, a, b, c, c0, grad_phi.contiguous(), w0, name, gamma)
+        return (*grads, None, None, None)
+
+
+KERNELS = ("fused", "compiled", "plain")
+PRECISIONS = ("fp32", "bf16")
+
+
 def _quantile_grid(n: int = 128, dtype=torch.float64) -> torch.Tensor:
     """Standard-normal quantiles at (i + 0.5) / n: a deterministic stand-in for z ~ N(0, 1)."""
     p = (torch.arange(n, dtype=dtype) + 0.5) / n
@@ -170,21 +256,34 @@ class LRNNLayer(nn.Module):
         component_std: sigma_g, the standard deviation of each component at initialisation; then
             Var[phi] <= exp(sigma_g^2) - 1 whatever dbar is (Lemma 1 of the paper).
         layernorm: LayerNorm over the r outputs (the paper's deep models need it).
-        memory_efficient: evaluate steps 2-3 with :class:`ProductFn` (recompute in backward).
+        memory_efficient: evaluate steps 2-3 with a recomputing kernel (False: plain autograd,
+            ``kernel="plain"``).
+        kernel: ``"fused"`` (:class:`ProductFn`, chunked eager recompute, fastest on the CPU),
+            ``"compiled"`` (:class:`CompiledProductFn`, torch.compile; the GPU speed path) or ``"plain"``.
+        precision: ``"bf16"`` runs the projection of a hidden layer (not the first, whose raw
+            coordinates are multiplied by w0) in bfloat16 with a float32 result; components, product and
+            LayerNorm stay float32.  ``"fp32"``: everything float32.
     """
 
     def __init__(self, in_features: int, rank: int, dbar: int = 4, width: int = 4, w0: float = 30.0,
                  activation: str = "sin", shared: bool = False, is_first: bool = False,
                  component_std: float = 1.0, layernorm: bool = True, memory_efficient: bool = True,
-                 device=None, dtype=None):
+                 kernel: str = "fused", precision: str = "fp32", device=None, dtype=None):
         super().__init__()
         if min(in_features, rank, dbar, width) < 1:
             raise ValueError("in_features, rank, dbar and width must all be >= 1")
         get_activation(activation)
+        if kernel not in KERNELS:
+            raise ValueError(f"kernel must be one of {', '.join(KERNELS)}, got {kernel!r}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         fk = {"device": device, "dtype": dtype}
         self.in_features, self.rank, self.dbar, self.width = in_features, rank, dbar, width
         self.w0, self.activation, self.shared, self.is_first = float(w0), activation, bool(shared), bool(is_first)
-        self.component_std, self.memory_efficient = float(component_std), bool(memory_efficient)
+        self.component_std = float(component_std)
+        self.kernel = kernel if memory_efficient else "plain"
+        self.memory_efficient = self.kernel != "plain"
+        self.precision = precision
         self.gamma = dbar ** -0.5
         self.proj = nn.Linear(in_features, rank * dbar, **fk)
         R = 1 if shared else rank
@@ -233,15 +332,28 @@ class LRNNLayer(nn.Module):
 
     def product(self, h: torch.Tensor) -> torch.Tensor:
         """phi before LayerNorm, shape (..., rank)."""
-        z = self.proj(h).unflatten(-1, (self.rank, self.dbar))
+        z = self.project(h).unflatten(-1, (self.rank, self.dbar))
         # torch.func transforms (vmap, jvp, grad) wrap tensors; the in-place fused path is not
         # transform-safe, so those go through the plain graph (exact, m times the memory).
         if not self.memory_efficient or torch._C._functorch.is_functorch_wrapped_tensor(z):
             return product_reference(z, self.a, self.b, self.c, self.c0, self.w0, self.activation, self.gamma)
         lead = z.shape[:-2]
-        phi = ProductFn.apply(z.reshape(-1, self.rank, self.dbar), self.a, self.b, self.c, self.c0,
-                              self.w0, self.activation, self.gamma)
+        fn = CompiledProductFn if self.kernel == "compiled" else ProductFn
+        phi = fn.apply(z.reshape(-1, self.rank, self.dbar), self.a, self.b, self.c, self.c0,
+                       self.w0, self.activation, self.gamma)
         return phi.reshape(*lead, self.rank)
+
+    @property
+    def low_precision(self) -> bool:
+        """Whether the projection runs in bfloat16 (``precision="bf16"`` on a hidden layer)."""
+        return self.precision == "bf16" and not self.is_first
+
+    def project(self, h: torch.Tensor) -> torch.Tensor:
+        """z = P h + p (flat, ``(..., rank * dbar)``), in bfloat16 if :attr:`low_precision`."""
+        if self.low_precision:
+            bf = torch.bfloat16
+            return nn.functional.linear(h.to(bf), self.proj.weight.to(bf), self.proj.bias.to(bf)).to(h.dtype)
+        return self.proj(h)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         phi = self.product(h)
@@ -250,7 +362,7 @@ class LRNNLayer(nn.Module):
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, rank={self.rank}, dbar={self.dbar}, width={self.width}, "
                 f"w0={self.w0}, activation={self.activation!r}, shared={self.shared}, is_first={self.is_first}, "
-                f"memory_efficient={self.memory_efficient}")
+                f"kernel={self.kernel!r}, precision={self.precision!r}")
 
     @staticmethod
     def count(in_features: int, rank: int, dbar: int, width: int, shared: bool = False, layernorm: bool = True) -> int:
