@@ -160,6 +160,32 @@ def test_inr_reconstruction_beats_its_initialisation(model):
     assert result.history[-1]["loss"] < 0.2 * init["loss"]
 
 
+@pytest.mark.parametrize("circle", [True, False])
+def test_support_is_the_scanned_disc_and_the_inr_is_zero_outside(circle):
+    """Projector.support: the pixels scikit-image's iradon keeps (it zeroes those outside its
+    reconstruction circle); CTImage models only the supported pixels."""
+    from tomography.recon import CTImage
+
+    n = 32
+    P = Projector((n, n), uniform_angles(20), circle=circle)
+    sup = P.support().numpy()
+    if circle:
+        from skimage.transform import iradon
+        kept = iradon(np.ones((n, 20)), uniform_angles(20), circle=True, filter_name=None) != 0
+        np.testing.assert_array_equal(sup, kept)
+        assert 0.7 < sup.mean() < 0.85                                  # ~pi/4 of the square
+    else:
+        assert sup.all()
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    img = CTImage(net, (n, n), support=torch.from_numpy(sup))
+    x = img()
+    assert img.grid.shape[0] == sup.sum()
+    assert torch.all(x[~torch.from_numpy(sup)] == 0)
+    full = CTImage(net, (n, n))()
+    torch.testing.assert_close(x[torch.from_numpy(sup)], full[torch.from_numpy(sup)])
+
+
 def _cli(*argv):
     from tomography.cli import main
     return main(list(argv))

@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--lr", type=_number(float, "--lr", 0), default=None,
                    help="learning rate, decayed exponentially to 0.1x (default: per model, methods.md s.4)")
     r.add_argument("--output", choices=OUTPUTS, default="linear", help="INR output map (default linear)")
+    r.add_argument("--no-mask", action="store_true",
+                   help="model every pixel, also those no ray passes through (default: with the disc geometry "
+                        "they are 0 and not modelled, as FBP and SART do)")
     r.add_argument("--fbp-filter", choices=FILTERS, default="ramp", help="FBP filter (default ramp)")
     r.add_argument("--sart-iterations", type=_number(int, "--sart-iterations", 0), default=10,
                    help="SART sweeps (default 10)")
@@ -219,7 +222,8 @@ def recon(args) -> dict:
         recons, metrics = run_baselines(scan, args.fbp_filter, args.sart_iterations, args.tv_weight,
                                         args.tv_iterations, device=device)
         image, result, net = reconstruct_inr(scan, args.model, args.params, args.steps, args.seconds, args.lr,
-                                             args.output, args.seed, device, args.quiet)
+                                             args.output, args.seed, device, args.quiet,
+                                             mask_outside=not args.no_mask)
         recons[args.model] = image
         oracle = max((h.get("oracle_best_psnr", -np.inf) for h in result.history), default=None)
         metrics[args.model] = {**_score(image, truth), "seconds": round(result.seconds, 3), "steps": result.steps,
@@ -228,6 +232,7 @@ def recon(args) -> dict:
                                "divergence_events": len(result.events)}
         config = {"command": "recon", "image": args.image or "skimage.data.shepp_logan_phantom", "size": list(truth.shape),
                   "views": args.views, "angle_range": args.angle_range, "circle": not args.full_field,
+                  "mask_outside": not args.no_mask,
                   "photons": args.photons, "readout_noise": args.readout_noise, "mu": scan.mu,
                   "peak_attenuation": args.peak_attenuation, "model": net.model.config, "params": args.params,
                   "steps": args.steps, "seconds": args.seconds,

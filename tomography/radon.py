@@ -245,6 +245,18 @@ class Projector:
         """Back-projection ``A^T y``: images ``(..., H, W)`` of sinograms ``(..., n_angles, n_det)``."""
         return self._apply(sinogram, True, self.sinogram_shape, self.geometry.shape, "sinogram")
 
+    def support(self) -> torch.Tensor:
+        """Boolean ``(H, W)`` mask of the pixels the geometry lets be non-zero.  ``circle=True``: the
+        reconstruction circle of scikit-image (``radon`` requires the image to be zero outside it and
+        ``iradon`` / ``iradon_sart`` set those pixels to 0): ``(r - H//2)^2 + (c - W//2)^2 <=
+        (min(H, W)//2)^2``.  ``circle=False``: every pixel."""
+        H, W = self.geometry.shape
+        if not self.geometry.circle:
+            return torch.ones(H, W, dtype=torch.bool, device=self.device)
+        r = torch.arange(H, device=self.device)[:, None] - H // 2
+        c = torch.arange(W, device=self.device)[None, :] - W // 2
+        return r * r + c * c <= (min(H, W) // 2) ** 2
+
     def norm(self, iterations: int = 30, seed: int = 0) -> float:
         """Operator 2-norm ``||A||`` by power iteration on ``A^T A``."""
         g = torch.Generator().manual_seed(seed)

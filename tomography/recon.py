@@ -109,38 +109,59 @@ def pixel_grid(shape, device=None, dtype=torch.float32) -> torch.Tensor:
 
 class CTImage(torch.nn.Module):
     """``model(grid)`` reshaped to the image, through an optional output map (``sigmoid`` keeps values
-    in (0, 1), the known range of the normalised images)."""
+    in (0, 1), the known range of the normalised images).
 
-    def __init__(self, model: torch.nn.Module, shape, output: str = "linear"):
+    ``support`` (a boolean ``(H, W)`` mask, e.g. :meth:`Projector.support`): the model is evaluated
+    only on those pixels and the others are 0, as FBP and SART set the pixels outside the scanned
+    disc.  No ray constrains those pixels, so an unmasked INR leaves arbitrary values there; skipping
+    them also saves the model ~21% of its work on a disc.
+    """
+
+    def __init__(self, model: torch.nn.Module, shape, output: str = "linear", support=None):
         super().__init__()
         if output not in OUTPUTS:
             raise ValueError(f"--output must be one of {', '.join(OUTPUTS)}, got {output!r}")
         self.model, self.shape, self.output = model, tuple(shape), output
         p = next(model.parameters())
-        self.register_buffer("grid", pixel_grid(shape, device=p.device, dtype=torch.float32))
+        grid = pixel_grid(shape, device=p.device, dtype=torch.float32)
+        if support is not None:
+            support = torch.as_tensor(support, dtype=torch.bool, device=p.device)
+            if tuple(support.shape) != self.shape:
+                raise ValueError(f"support mask has shape {tuple(support.shape)}, image {self.shape}")
+            self.register_buffer("index", support.reshape(-1).nonzero().squeeze(1))
+            grid = grid[self.index]
+        else:
+            self.index = None
+        self.register_buffer("grid", grid)
 
     def forward(self) -> torch.Tensor:
-        y = self.model(self.grid).reshape(self.shape)
-        return torch.sigmoid(y) if self.output == "sigmoid" else y
+        y = self.model(self.grid).reshape(-1)
+        if self.output == "sigmoid":
+            y = torch.sigmoid(y)
+        if self.index is None:
+            return y.reshape(self.shape)
+        return y.new_zeros(self.shape[0] * self.shape[1]).index_copy(0, self.index, y).reshape(self.shape)
 
 
 def reconstruct_inr(scan: Scan, model: str = "lrnn-siren", params: int | None = 180_000, steps: int = 5000,
                     seconds: float | None = None, lr: float | None = None, output: str = "linear",
                     seed: int = 0, device="auto", quiet: bool = False, log_every: int = 10,
-                    hyper: dict | None = None):
+                    hyper: dict | None = None, mask_outside: bool = True):
     """Fit a registry model to ``scan.measured``.
 
     Returns ``(image, result, net)``: the final iterate as an (H, W) numpy array, the
     :class:`inr.train.FitResult` (history holds the sinogram loss and, as monitoring only, the image
     PSNR against the truth and the best PSNR seen so far, labelled oracle), and the trained
-    :class:`CTImage`.
+    :class:`CTImage`.  ``mask_outside`` (circle geometry only): pixels no ray passes through are
+    fixed at 0 and not modelled, as FBP and SART do (see :class:`CTImage`).
     """
     dev = resolve_device(device)
     seed_everything(seed)
     kw = {**DEFAULT_HYPER.get(model, {}), **(hyper or {})}
     net = models.build(model, 2, 1, params=params, device=dev, **kw)
-    img = CTImage(net, scan.geometry.shape, output).to(dev)
     P = Projector(scan.geometry.shape, scan.geometry.theta, scan.geometry.circle, device=dev)
+    support = P.support() if scan.geometry.circle and mask_outside else None
+    img = CTImage(net, scan.geometry.shape, output, support).to(dev)
     y = scan.measured.to(dev)
     scale = float(y.abs().max()) or 1.0
     truth = torch.as_tensor(scan.truth, dtype=torch.float32, device=dev)
