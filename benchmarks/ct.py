@@ -4,6 +4,7 @@ Shepp-Logan and scikit-image's `camera`, at 100 / 50 / 25 views; plus the projec
     python benchmarks/ct.py                                   # protocol: 256x256, 5000 steps (GPU-sized)
     python benchmarks/ct.py --models none                     # baselines + projector timing only
     python benchmarks/ct.py --size 64 --views 100 25 --models lrnn-siren siren --seconds 300
+    python benchmarks/ct.py --timing-only --step-timing --threads 2   # projector + one INR step per model
     python benchmarks/ct.py --quick                           # tiny setting (the test)
 
 Writes results/ct/{metrics.json, table.md, <image>-<views>v.png}; both files are rewritten after
@@ -25,7 +26,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from inr.train import resolve_threads  # noqa: E402
+from inr.train import resolve_device, resolve_threads  # noqa: E402
 from inr.metrics import psnr, ssim  # noqa: E402
 from inr.models import MODELS, count_params  # noqa: E402
 from inr.runfiles import versions  # noqa: E402
@@ -96,6 +97,33 @@ def projector_timing(size: int, views: int, repeats: int) -> dict:
             "repeats": repeats}
 
 
+def inr_step_timing(size: int, views: int, models: list, params: int, repeats: int, device="cpu") -> dict:
+    """Median seconds of one Adam step (INR on the grid, projection, loss, backward, update) per model,
+    with the disc mask as reconstruct_inr uses it; no fitting."""
+    from inr.models import build
+    from tomography.recon import DEFAULT_HYPER, CTImage
+
+    truth = phantom((size, size))
+    scan = simulate(truth, views)
+    P = Projector((size, size), scan.geometry.theta, True, device=device)
+    y = scan.measured.to(device)
+    out = {}
+    for m in models:
+        torch.manual_seed(0)
+        img = CTImage(build(m, 2, 1, params=params, device=device, **DEFAULT_HYPER.get(m, {})), (size, size),
+                      support=P.support()).to(device)
+        opt = torch.optim.Adam(img.parameters(), 1e-4)
+
+        def step():
+            opt.zero_grad()
+            torch.mean((P.forward(img()) - y) ** 2).backward()
+            opt.step()
+        out[m] = round(_median_ms(step, repeats) / 1e3, 3)
+        print(json.dumps({"step_seconds": {m: out[m]}}), flush=True)
+    return {"size": size, "views": views, "params": params, "threads": torch.get_num_threads(),
+            "repeats": repeats, "seconds_per_step": out}
+
+
 def table(results: dict, complete: bool, args) -> str:
     lines = ["# Sparse-view CT (standard PSNR, data_range 1, final iterate; SSIM from scikit-image)", "",
              f"Status: {'complete' if complete else 'INCOMPLETE (partial results)'}.  Command: "
@@ -109,6 +137,11 @@ def table(results: dict, complete: bool, args) -> str:
     for r in results["rows"]:
         lines.append(f"| {r['image']} | {r['size']} | {r['views']} | {r['method']} | {r.get('params', '-')} | "
                      f"{r['psnr']:.2f} | {r['ssim']:.4f} | {r['seconds']:.1f} | {r.get('steps', '-')} |")
+    st = results.get("inr_step_timing")
+    if st:
+        lines += ["", f"INR step, {st['size']}x{st['size']}, {st['views']} views, ~{st['params']} params, median of "
+                      f"{st['repeats']} ({st['threads']} torch threads), seconds: "
+                      + ", ".join(f"{k} {v}" for k, v in st["seconds_per_step"].items())]
     t = results.get("projector_timing")
     if t:
         lines += ["", f"Projector, {t['size']}x{t['size']}, {t['views']} angles, median of {t['repeats']} "
@@ -144,6 +177,9 @@ def main(argv=None) -> int:
     p.add_argument("--timing-repeats", type=int, default=7)
     p.add_argument("--no-timing", action="store_true")
     p.add_argument("--timing-only", action="store_true", help="only the projector timing")
+    p.add_argument("--step-timing", action="store_true",
+                   help="also time one training step of each --models INR at --size / first --views (no fit; "
+                        "with --timing-only: the timings without any reconstruction)")
     p.add_argument("--threads", default="auto",
                    help="torch threads; auto: 1 when the load average already fills the CPUs (OpenMP workers "
                         "then wait on descheduled peers: a 2000-parameter LRNN step took 1.1 s with 2 threads "
@@ -173,6 +209,10 @@ def main(argv=None) -> int:
         results["projector_timing"] = projector_timing(32 if a.quick else 256, 10 if a.quick else 100,
                                                        a.timing_repeats)
         print(json.dumps(results["projector_timing"]), flush=True)
+    timed = [] if a.models == ["none"] else (a.models[:2] if a.quick else a.models)
+    if a.step_timing and timed:
+        results["inr_step_timing"] = inr_step_timing(a.size, a.views[0], timed, a.params, a.timing_repeats,
+                                                     resolve_device(a.device))
     save = lambda done: (_atomic_write(os.path.join(a.out, "metrics.json"), json.dumps(results, indent=2)),
                          _atomic_write(os.path.join(a.out, "table.md"), table(results, done, a)))
     save(False)

@@ -31,3 +31,14 @@ def test_lrnn_cost_quick(tmp_path):
     # the fused LRNN path must save less than plain autograd on the same model (independent of timing noise)
     assert rows["lrnn-spder (fused)"]["saved_MB"] < rows["lrnn-spder (plain autograd)"]["saved_MB"]
     assert rows["siren"]["x_siren_time"] == 1.0
+
+
+def test_batched_step_quick(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "batched_step.py"), "--quick",
+                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    (row,) = json.loads((tmp_path / "metrics.json").read_text())["rows"]
+    assert set(row["ms_per_step"]) == {"sequential", "stacked", "loop"}
+    assert all(v > 0 for v in row["ms_per_step"].values())
+    assert row["speedup_vs_sequential"]["sequential"] == 1.0
+    assert (tmp_path / "table.md").read_text().count("\n|") == 3

@@ -233,11 +233,14 @@ def test_cli_errors_are_one_line_exit_2(tmp_path, capsys):
 
 def test_benchmark_quick_setting(tmp_path):
     r = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "ct.py"), "--quick", "--quiet",
-                        "--images", "shepp", "--out", str(tmp_path)], capture_output=True, text=True, cwd=ROOT)
+                        "--images", "shepp", "--step-timing", "--out", str(tmp_path)], capture_output=True, text=True,
+                       cwd=ROOT)
     assert r.returncode == 0, r.stderr[-2000:]
     table = (tmp_path / "table.md").read_text()
     assert "Status: complete" in table and "| shepp | 24 | 12 | FBP |" in table
     m = json.loads((tmp_path / "metrics.json").read_text())
     assert {row["method"] for row in m["rows"]} == {"FBP", "SART", "TV", "lrnn-siren", "wire"}
     assert m["projector_timing"]["ours_forward_adjoint_ms"] > 0
+    assert set(m["inr_step_timing"]["seconds_per_step"]) == {"lrnn-siren", "wire"}
+    assert all(v > 0 for v in m["inr_step_timing"]["seconds_per_step"].values())
     assert (tmp_path / "shepp-12v.png").is_file()
