@@ -120,7 +120,7 @@ def comparison_figure(path, truth, recons: dict, metrics: dict, title: str = "")
     import matplotlib.pyplot as plt
 
     names = list(recons)
-    fig, ax = plt.subplots(2, len(names) + 1, figsize=(2.6 * (len(names) + 1), 5.6), squeeze=False)
+    fig, ax = plt.subplots(2, len(names) + 1, figsize=(2.6 * (len(names) + 1), 6.4), squeeze=False)
     ax[0, 0].imshow(truth, cmap="gray", vmin=0, vmax=1)
     ax[0, 0].set_title("truth")
     ax[1, 0].axis("off")
