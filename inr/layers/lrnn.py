@@ -201,12 +201,13 @@ def _compiled(which: str):
     return _COMPILED[which]
 
 
-class CompiledProductFn(torch.autograd.Function):
+class CompiledProductFn(ProductFn):
     """:class:`ProductFn` with a torch.compile'd forward and backward (``kernel="compiled"``).
 
-    Saves only z; the backward recomputes the components inside one compiled graph.  Double backward
-    and float64 go through :func:`product_reference` like ProductFn does.  Verified against the plain
-    autograd path to 1e-5 in float32 on the CPU (tests); on CUDA, Inductor emits Triton kernels.
+    Saves only z (ProductFn's ``setup_context``); the backward recomputes the components inside one
+    compiled graph.  Double backward goes through :func:`product_reference`, as in ProductFn.
+    Verified against the plain autograd path to 1e-5 in float32 on the CPU (tests); on CUDA,
+    Inductor emits Triton kernels.
     """
 
     @staticmethod
@@ -214,20 +215,11 @@ class CompiledProductFn(torch.autograd.Function):
         return _compiled("forward")(z, a, b, c, c0, w0, activation, gamma)
 
     @staticmethod
-    def setup_context(ctx, inputs, output):
-        z, a, b, c, c0, w0, activation, gamma = inputs
-        ctx.save_for_backward(z, a, b, c, c0)
-        ctx.w0, ctx.activation, ctx.gamma = w0, activation, gamma
-
-    @staticmethod
     def backward(ctx, grad_phi):
+        if torch.is_grad_enabled():  # create_graph=True: ProductFn differentiates the plain graph
+            return ProductFn.backward(ctx, grad_phi)
         z, a, b, c, c0 = ctx.saved_tensors
-        w0, name, gamma = ctx.w0, ctx.activation, ctx.gamma
-        if torch.is_grad_enabled():
-            with torch.enable_grad():
-                phi = product_reference(z, a, b, c, c0, w0, name, gamma)
-                return (*torch.autograd.grad(phi, (z, a, b, c, c0), grad_phi, create_graph=True), None, None, None)
-        grads = _compiled("backward")(z, a, b, c, c0, grad_phi.contiguous(), w0, name, gamma)
+        grads = _compiled("backward")(z, a, b, c, c0, grad_phi.contiguous(), ctx.w0, ctx.activation, ctx.gamma)
         return (*grads, None, None, None)
 
 
