@@ -32,7 +32,7 @@ from inr.models import MODELS, count_params  # noqa: E402
 from inr.runfiles import versions  # noqa: E402
 from tomography.cli import comparison_figure, run_baselines  # noqa: E402
 from tomography.radon import Projector, rotate_sum_radon, uniform_angles  # noqa: E402
-from tomography.recon import phantom, reconstruct_inr, simulate  # noqa: E402
+from tomography.recon import inr_problem, phantom, reconstruct_inr, simulate  # noqa: E402
 
 INR_MODELS = ("lrnn-siren", "wire", "gauss", "siren", "relu-pe")
 
@@ -100,18 +100,11 @@ def projector_timing(size: int, views: int, repeats: int) -> dict:
 def inr_step_timing(size: int, views: int, models: list, params: int, repeats: int, device="cpu") -> dict:
     """Median seconds of one Adam step (INR on the grid, projection, loss, backward, update) per model,
     with the disc mask as reconstruct_inr uses it; no fitting."""
-    from inr.models import build
-    from tomography.recon import DEFAULT_HYPER, CTImage
-
-    truth = phantom((size, size))
-    scan = simulate(truth, views)
-    P = Projector((size, size), scan.geometry.theta, True, device=device)
-    y = scan.measured.to(device)
+    scan = simulate(phantom((size, size)), views)
     out = {}
     for m in models:
         torch.manual_seed(0)
-        img = CTImage(build(m, 2, 1, params=params, device=device, **DEFAULT_HYPER.get(m, {})), (size, size),
-                      support=P.support()).to(device)
+        img, P, y = inr_problem(scan, m, params, device=device)
         opt = torch.optim.Adam(img.parameters(), 1e-4)
 
         def step():

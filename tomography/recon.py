@@ -143,6 +143,18 @@ class CTImage(torch.nn.Module):
         return y.new_zeros(self.shape[0] * self.shape[1]).index_copy(0, self.index, y).reshape(self.shape)
 
 
+def inr_problem(scan: Scan, model: str, params: int | None = 180_000, output: str = "linear", device="cpu",
+                hyper: dict | None = None, mask_outside: bool = True):
+    """The pieces of an INR reconstruction on ``device``: ``(img, projector, measured)`` with ``img`` the
+    :class:`CTImage` of a freshly built registry model (CT defaults of :data:`DEFAULT_HYPER` under
+    ``hyper``; disc support if ``mask_outside`` and the geometry is a disc)."""
+    kw = {**DEFAULT_HYPER.get(model, {}), **(hyper or {})}
+    net = models.build(model, 2, 1, params=params, device=device, **kw)
+    P = Projector(scan.geometry.shape, scan.geometry.theta, scan.geometry.circle, device=device)
+    support = P.support() if scan.geometry.circle and mask_outside else None
+    return CTImage(net, scan.geometry.shape, output, support).to(device), P, scan.measured.to(device)
+
+
 def reconstruct_inr(scan: Scan, model: str = "lrnn-siren", params: int | None = 180_000, steps: int = 5000,
                     seconds: float | None = None, lr: float | None = None, output: str = "linear",
                     seed: int = 0, device="auto", quiet: bool = False, log_every: int = 10,
@@ -157,12 +169,7 @@ def reconstruct_inr(scan: Scan, model: str = "lrnn-siren", params: int | None = 
     """
     dev = resolve_device(device)
     seed_everything(seed)
-    kw = {**DEFAULT_HYPER.get(model, {}), **(hyper or {})}
-    net = models.build(model, 2, 1, params=params, device=dev, **kw)
-    P = Projector(scan.geometry.shape, scan.geometry.theta, scan.geometry.circle, device=dev)
-    support = P.support() if scan.geometry.circle and mask_outside else None
-    img = CTImage(net, scan.geometry.shape, output, support).to(dev)
-    y = scan.measured.to(dev)
+    img, P, y = inr_problem(scan, model, params, output, dev, hyper, mask_outside)
     scale = float(y.abs().max()) or 1.0
     truth = torch.as_tensor(scan.truth, dtype=torch.float32, device=dev)
     best = {"psnr": -math.inf}

@@ -168,21 +168,11 @@ def _act_and_grad(name: str, u: torch.Tensor):
     return s * at, c * at + s / (1.0 + u * u)
 
 
-def _factors(z, a, b, c, c0, w0: float, activation: str, gamma: float) -> torch.Tensor:
-    """f_j = 1 + gamma g_j(z_j), shape (B, r, dbar)."""
-    u = w0 * (z.unsqueeze(-1) * a + b)
-    return 1.0 + gamma * ((get_activation(activation)(u) * c).sum(-1) + c0)
-
-
-def _compiled_forward_impl(z, a, b, c, c0, w0: float, activation: str, gamma: float) -> torch.Tensor:
-    return torch.prod(_factors(z, a, b, c, c0, w0, activation, gamma), dim=-1)
-
-
 def _compiled_backward_impl(z, a, b, c, c0, grad_phi, w0: float, activation: str, gamma: float):
-    f = _factors(z, a, b, c, c0, w0, activation, gamma)
-    gg = _exclusive_prod(f) * (grad_phi.unsqueeze(-1) * gamma)            # dL/dg, (B, r, dbar)
-    u = w0 * (z.unsqueeze(-1) * a + b)
+    u = w0 * (z.unsqueeze(-1) * a + b)                                     # (B, r, dbar, m), once
     s, ds = _act_and_grad(activation, u)
+    f = 1.0 + gamma * ((s * c).sum(-1) + c0)                               # factors, as product_reference
+    gg = _exclusive_prod(f) * (grad_phi.unsqueeze(-1) * gamma)            # dL/dg, (B, r, dbar)
     g4 = gg.unsqueeze(-1)
     t = ds * g4 * (c * w0)                                                 # dL/d(a z + b), (B, r, dbar, m)
     shared = a.shape[0] == 1 and z.shape[1] != 1
@@ -196,7 +186,7 @@ _COMPILED: dict = {}
 def _compiled(which: str):
     """torch.compile'd forward / backward, built on first use (dynamic batch size)."""
     if which not in _COMPILED:
-        fn = _compiled_forward_impl if which == "forward" else _compiled_backward_impl
+        fn = product_reference if which == "forward" else _compiled_backward_impl
         _COMPILED[which] = torch.compile(fn, dynamic=True)
     return _COMPILED[which]
 
