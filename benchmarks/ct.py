@@ -1,4 +1,4 @@
-"""Sparse-view CT study (methods.md section 4): INRs at ~180k parameters beside FBP, SART and TV, on
+"""Sparse-view CT study (docs/methods.md section 4): INRs at ~180k parameters beside FBP, SART and TV, on
 Shepp-Logan and scikit-image's `camera`, at 100 / 50 / 25 views; plus the projector timing.
 
     python benchmarks/ct.py                                   # protocol: 256x256, 5000 steps (GPU-sized)

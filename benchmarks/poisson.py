@@ -1,4 +1,4 @@
-"""High-frequency Poisson benchmark (methods.md section 5; the LRNN paper's PDE study).
+"""High-frequency Poisson benchmark (docs/methods.md section 5; the LRNN paper's PDE study).
 
 n in {1, 2, 4, 8} x models {lrnn-siren, siren, mlp-tanh, kan} x parameter budgets {16k, 132k}, every
 run under the same wall-clock budget (``--seconds``), exact boundary conditions, per-model PDE

@@ -14,7 +14,7 @@ times so that both see the same machine load; reports signals per hour reaching 
 repeats) and the ratio, for each size in ``--throughput-sizes``.
 
 Every fit goes through :func:`inr.batched.fit_many`, i.e. the same code as ``inr fit FOLDER/``.
-PSNR is the standard 10 log10(1 / MSE) on [0, 1] (not SPDER's code's variant; methods.md section 2).
+PSNR is the standard 10 log10(1 / MSE) on [0, 1] (not SPDER's code's variant; docs/methods.md section 2).
 
     python benchmarks/success_rate.py --quick               # tiny, a few minutes at most
     python benchmarks/success_rate.py --images 24 --size 256 --seeds 3 --seconds 120

@@ -16,7 +16,7 @@ the temporary folder keeps ``checkpoint.pt`` after an interruption and ``resume=
 The pieces (model defaults, loss, prediction, metrics, folder writing) are separate functions so
 batched fitting and the benchmarks can reuse them.
 
-Defaults (our choice, methods.md section 1 where it speaks):
+Defaults (our choice, docs/methods.md section 1 where it speaks):
 
 - learning rates (Adam, cosine decay to 0.1x): see :data:`DEFAULT_LR` and the sweep noted there;
 - audio: SIREN/SPDER first-layer ``w0_first=3000``; SPDER and LRNN-SPDER use ``sin(z) arctan(z)``
@@ -53,7 +53,7 @@ from .train import TrainConfig, fit, resolve_device, seed_everything
 DEFAULT_LR = {"siren": 5e-4, "spder": 5e-4, "gauss": 1e-3, "wire": 5e-3, "relu-pe": 1e-3,
               "lrnn-siren": 3e-3, "lrnn-spder": 3e-3}
 FALLBACK_LR = 1e-3          # models registered later without an entry above
-AUDIO_W0_FIRST = 3000.0       # SIREN / SPDER audio (methods.md section 1)
+AUDIO_W0_FIRST = 3000.0       # SIREN / SPDER audio (docs/methods.md section 1)
 LRNN_AUDIO_W0_FIRST = 300.0   # LRNN audio (our choice, see the module docstring)
 PREDICT_CHUNK = 65536       # coordinates per forward pass when predicting a whole signal
 # Random points per step on a CPU for batch="auto": on cameraman 256x256 in 60 s, 4096-point batches reached

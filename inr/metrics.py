@@ -1,4 +1,4 @@
-"""Metrics with explicit data ranges (methods.md section 3)."""
+"""Metrics with explicit data ranges (docs/methods.md section 3)."""
 from __future__ import annotations
 
 import math

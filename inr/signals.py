@@ -4,7 +4,7 @@
 RGB, RGBA; any H x W) or a sound file (WAV through soundfile: PCM_U8/16/24/32, FLOAT, DOUBLE, ...;
 any channel count and rate) into a :class:`Signal`.
 
-Conventions (methods.md section 1):
+Conventions (docs/methods.md section 1):
 
 - Image values are scaled to [0, 1] by the format's maximum (255 for 8-bit, 65535 for 16-bit;
   float images are taken as they are and must lie in [0, 1]).  Coordinates are pixel centres,

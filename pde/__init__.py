@@ -1,4 +1,4 @@
-"""High-frequency Poisson problems solved by PINNs (DESIGN.md; methods.md section 5).
+"""High-frequency Poisson problems solved by PINNs (docs/design.md; docs/methods.md section 5).
 
 ``pde.problems`` (exact solutions), ``pde.operators`` (autograd Laplacian, exact-boundary ansatz),
 ``pde.models`` (registry models plus the ``mlp-tanh`` and ``kan`` baselines), ``pde.solve``

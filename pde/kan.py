@@ -1,7 +1,7 @@
 """KAN baseline through the optional ``pykan`` package (``pip install mulneurons[kan]``).
 
 ``KAN(width=[in, w, out], grid=G, k=3)`` on inputs in [-1, 1] (pykan's default grid range).
-Parameter counting follows methods.md: only the trainable spline coefficients and the two scales of
+Parameter counting follows docs/methods.md section 5: only the trainable spline coefficients and the two scales of
 every edge count, ``(in + out) * w * (G + k + 2)``; the symbolic branch is disabled and its affine
 parameters frozen, so ``count_params`` of the built model gives exactly that number.
 pykan is made side-effect free: no checkpoints in ./model (``auto_save=False``), no activation

@@ -1,4 +1,4 @@
-"""Boundary-value problems with exact solutions (methods.md section 5).
+"""Boundary-value problems with exact solutions (docs/methods.md section 5).
 
 A problem is ``sign * Laplace(u) = f`` on the unit cube [0, 1]^dim with Dirichlet values ``g`` on its
 boundary.  One class holds the pieces a solver needs: a domain and boundary sampler, the source

@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seconds", type=_number(float, "--seconds", 0, allow_none=True), default=None,
                    help="wall-clock budget for the INR fit (default: none)")
     r.add_argument("--lr", type=_number(float, "--lr", 0), default=None,
-                   help="learning rate, decayed exponentially to 0.1x (default: per model, methods.md s.4)")
+                   help="learning rate, decayed exponentially to 0.1x (default: per model, docs/methods.md s.4)")
     r.add_argument("--output", choices=OUTPUTS, default="linear", help="INR output map (default linear)")
     r.add_argument("--no-mask", action="store_true",
                    help="model every pixel, also those no ray passes through (default: with the disc geometry "

@@ -1,4 +1,4 @@
-"""Sparse-view CT with an implicit neural representation (methods.md section 4).
+"""Sparse-view CT with an implicit neural representation (docs/methods.md section 4).
 
 The image is ``model(grid)`` on the pixel centres (coordinates in [-1, 1] per axis); the loss is the
 mean squared difference between its projection and the measured sinogram, divided by the squared
@@ -21,7 +21,7 @@ from inr.train import FitResult, TrainConfig, fit, resolve_device, seed_everythi
 from .noise import add_noise, default_mu
 from .radon import Geometry, Projector, uniform_angles
 
-# Learning rates per family (methods.md section 4: WIRE 5e-3, SIREN/Gauss 1e-3..2e-3, ReLU+PE 5e-4..1e-3).
+# Learning rates per family (docs/methods.md section 4: WIRE 5e-3, SIREN/Gauss 1e-3..2e-3, ReLU+PE 5e-4..1e-3).
 # LRNN: 5e-3 from one probe (Shepp-Logan 64x64, 25 views, 240 s CPU budget): 17.9 dB vs 14.4 dB at 1e-3.
 DEFAULT_LR = {"siren": 1e-3, "spder": 1e-3, "gauss": 2e-3, "wire": 5e-3, "relu-pe": 1e-3,
               "lrnn-siren": 5e-3, "lrnn-spder": 5e-3}

@@ -1,4 +1,4 @@
-"""The shared layer core: one file per family (DESIGN.md)."""
+"""The shared layer core: one file per family (docs/design.md)."""
 from .encoding import PositionalEncoding
 from .gauss import GaussLayer
 from .lrnn import LRNNLayer
