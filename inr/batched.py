@@ -135,7 +135,7 @@ def _fusable_lrnn(net: nn.Module) -> bool:
     body, head = getattr(net, "body", None), getattr(net, "head", None)
     return (isinstance(body, nn.Sequential) and len(body) > 0 and isinstance(head, nn.Linear)
             and not getattr(net, "complex_out", False)
-            and all(isinstance(m, LRNNLayer) and m.memory_efficient for m in body))
+            and all(isinstance(m, LRNNLayer) and m.memory_efficient and m.component == "mlp" for m in body))
 
 
 def _lrnn_stacked_forward(base: nn.Module, p: dict, x: torch.Tensor) -> torch.Tensor:
@@ -155,12 +155,14 @@ def _lrnn_stacked_forward(base: nn.Module, p: dict, x: torch.Tensor) -> torch.Te
                               q("proj.weight").to(bf).transpose(1, 2)).to(h.dtype)
         else:
             z = torch.baddbmm(q("proj.bias").unsqueeze(1), h, q("proj.weight").transpose(1, 2))  # (N, B, r*dbar)
+            if layer.scale != 1.0:   # band="projection" first layer: z = w0 (P x + p)
+                z = z * layer.scale
         B_ = z.shape[1]
         z = z.view(N, B_, r, dbar).transpose(0, 1).reshape(B_, N * r, dbar)
         comp = [q(k) for k in ("a", "b", "c", "c0")]
         comp = [t.expand(N, r, *t.shape[2:]).reshape(N * r, *t.shape[2:]) for t in comp]
         fn = CompiledProductFn if layer.kernel == "compiled" else ProductFn
-        phi = fn.apply(z, *comp, layer.w0, layer.activation, layer.gamma)                    # (B, N*r)
+        phi = fn.apply(z, *comp, layer.comp_w0, layer.activation, layer.gamma)                    # (B, N*r)
         h = phi.view(B_, N, r).transpose(0, 1)
         if layer.norm is not None:
             h = torch.nn.functional.layer_norm(h, (r,), eps=layer.norm.eps)

@@ -77,15 +77,25 @@ def _relu_pe(in_features, out_features, hidden=256, hidden_layers=3, n_freqs=10,
 def _lrnn_family(activation_default: str):
     def make(in_features, out_features, rank=128, depth=2, dbar=2, width=4, w0=30.0, w0_first=None,
              activation=activation_default, shared=False, component_std=1.0, memory_efficient=True,
-             kernel="fused", precision="fp32", **fk):
+             kernel="fused", precision="fp32", component="mlp", harmonics=2, band="component",
+             head_init="default", **fk):
+        if head_init not in ("default", "small"):
+            raise ValueError(f"head_init must be 'default' or 'small', got {head_init!r}")
         layers, n = [], in_features
         for i in range(depth):
             layers.append(LRNNLayer(n, rank, dbar=dbar, width=width, w0=(w0 if w0_first is None or i else w0_first),
                                     activation=activation, shared=shared, is_first=(i == 0),
                                     component_std=component_std, memory_efficient=memory_efficient,
-                                    kernel=kernel, precision=precision, **fk))
+                                    kernel=kernel, precision=precision, component=component,
+                                    harmonics=harmonics, band=band, **fk))
             n = rank
-        return nn.Sequential(*layers), nn.Linear(rank, out_features, **fk), False
+        head = nn.Linear(rank, out_features, **fk)
+        if head_init == "small":  # SIREN's read-out range: initial outputs ~0.03 instead of ~0.6
+            with torch.no_grad():
+                bound = math.sqrt(6.0 / rank) / 30.0
+                head.weight.uniform_(-bound, bound)
+                head.bias.zero_()
+        return nn.Sequential(*layers), head, False
     return make
 
 

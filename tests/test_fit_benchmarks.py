@@ -42,3 +42,31 @@ def test_batched_step_quick(tmp_path):
     assert all(v > 0 for v in row["ms_per_step"].values())
     assert row["speedup_vs_sequential"]["sequential"] == 1.0
     assert (tmp_path / "table.md").read_text().count("\n|") == 3
+
+
+def test_lrnn_study_quick(tmp_path):
+    out = tmp_path / "study"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "lrnn_study.py"), "--quick", "--part", "images",
+                           "--mode", "steps", "--threads", "1", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    m = json.loads((out / "images_steps" / "metrics.json").read_text())
+    assert [r["model"] for r in m["summary"]] == ["siren", "lrnn-spder"]
+    for run in m["runs"]:
+        assert "error" not in run and run["steps"] == 6
+        # whole-image evaluations every 3 steps and at the end, and the final PSNR is the last of them
+        assert [c[0] for c in run["curve"]] == [3, 6]
+        assert abs(run["curve"][-1][2] - run["psnr"]) < 1e-6
+    assert (out / "images_steps" / "psnr_curves.png").stat().st_size > 0
+
+
+def test_music_clip_is_deterministic_and_normalised():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import numpy as np
+    from lrnn_study import music_clip, parse_model
+    a, b = music_clip(0.5, 8000), music_clip(0.5, 8000)
+    assert a.shape == (4000,) and np.array_equal(a, b) and abs(np.abs(a).max() - 1) < 1e-12
+    spec = np.abs(np.fft.rfft(a))
+    f = np.fft.rfftfreq(len(a), 1 / 8000)
+    assert f[spec.argmax()] > 60  # energy at the notes, not at DC
+    assert parse_model("lrnn-spder[harmonics=1,band=projection]") == ("lrnn-spder", {"harmonics": 1, "band": "projection"})

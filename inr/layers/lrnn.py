@@ -213,7 +213,246 @@ class CompiledProductFn(ProductFn):
         return (*grads, None, None, None)
 
 
+# ----------------------------------------------------------------------------------------------
+# Harmonic components: g(t) = c0 + env(theta) * sum_k (alpha_k cos k theta + beta_k sin k theta),
+# theta = omega t + phase.  One sin and one cos per element; the higher harmonics come from the
+# Chebyshev recurrence cos((k+1) th) = 2 cos th cos k th - cos (k-1) th (same for sin), so K harmonics
+# cost a few multiply-adds each instead of K transcendental calls.  env is 1 for sin (LRNN-SIREN),
+# sqrt(|theta|) for SPDER and arctan(theta) for SPDER's audio form, so K = 1, alpha = 0 is exactly the
+# SPDER activation of theta.
+
+
+def _envelope(name: str, th: torch.Tensor):
+    """(env(theta), env'(theta)) for the harmonic component; None for the plain sine (env = 1)."""
+    if name == "sin":
+        return None, None
+    if name == "spder":
+        a = th.abs()
+        env = a.clamp_min(SQRT_FLOOR).sqrt()
+        d = torch.where(a <= SQRT_FLOOR, torch.zeros_like(th), 0.5 * torch.sign(th) / env)
+        return env, d
+    return torch.atan(th), 1.0 / (1.0 + th * th)
+
+
+def harmonic_reference(z, omega, phase, alpha, beta, c0, activation: str):
+    """Plain autograd: z (B, r, dbar); omega, phase, c0 (R, dbar); alpha, beta (R, dbar, K)."""
+    get_activation(activation)
+    th = z * omega + phase
+    k = torch.arange(1, alpha.shape[-1] + 1, dtype=z.dtype, device=z.device)
+    kt = th.unsqueeze(-1) * k
+    s = (alpha * torch.cos(kt) + beta * torch.sin(kt)).sum(-1)
+    if activation == "sin":
+        return s + c0
+    env = (th.abs().clamp_min(SQRT_FLOOR).sqrt() if activation == "spder" else torch.atan(th))
+    return env * s + c0
+
+
+def harmonic_product_reference(z, omega, phase, alpha, beta, c0, activation: str, gamma: float):
+    return torch.prod(1.0 + gamma * harmonic_reference(z, omega, phase, alpha, beta, c0, activation), dim=-1)
+
+
+SAVE_TRIG_ELEMENTS = 1 << 22  # save sin/cos of theta (2 tensors) below this many elements, else recompute
+
+
+def _harmonics(s1, c1, K):
+    """Yield (k, cos k th, sin k th) for k = 1..K by the Chebyshev recurrence."""
+    ck, sk = c1, s1
+    cp, sp = torch.ones_like(c1), torch.zeros_like(s1)
+    two_c = 2.0 * c1 if K > 1 else None
+    for k in range(1, K + 1):
+        yield k, ck, sk
+        if k < K:
+            ck, cp = two_c * ck - cp, ck
+            sk, sp = two_c * sk - sp, sk
+
+
+class HarmonicProductFn(torch.autograd.Function):
+    """phi(z) = prod_j (1 + gamma g_j(z_j)) with harmonic components, saving z and, for small
+    inputs (< :data:`SAVE_TRIG_ELEMENTS` elements), sin/cos of theta; otherwise recomputing them.
+    Double backward differentiates :func:`harmonic_product_reference`."""
+
+    @staticmethod
+    def forward(z, omega, phase, alpha, beta, c0, activation, gamma):
+        th = torch.addcmul(phase, z, omega)
+        s1, c1 = torch.sin(th), torch.cos(th)
+        S = torch.zeros_like(z)
+        for k, ck, sk in _harmonics(s1, c1, alpha.shape[-1]):
+            S.addcmul_(ck, alpha[..., k - 1]).addcmul_(sk, beta[..., k - 1])
+        env, _ = _envelope(activation, th)
+        g = S.mul_(env) if env is not None else S
+        f = g.add_(c0).mul_(gamma).add_(1.0)
+        phi = torch.prod(f, dim=-1)
+        return phi, s1, c1
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        z, omega, phase, alpha, beta, c0, activation, gamma = inputs
+        _, s1, c1 = output
+        ctx.save_trig = z.numel() < SAVE_TRIG_ELEMENTS
+        if ctx.save_trig:
+            ctx.save_for_backward(z, omega, phase, alpha, beta, c0, s1, c1)
+        else:
+            ctx.save_for_backward(z, omega, phase, alpha, beta, c0)
+        ctx.activation, ctx.gamma = activation, gamma
+        ctx.mark_non_differentiable(s1, c1)
+
+    @staticmethod
+    def backward(ctx, grad_phi, _gs, _gc):
+        z, omega, phase, alpha, beta, c0 = ctx.saved_tensors[:6]
+        name, gamma = ctx.activation, ctx.gamma
+        if torch.is_grad_enabled():  # create_graph=True: differentiate the plain graph
+            with torch.enable_grad():
+                phi = harmonic_product_reference(z, omega, phase, alpha, beta, c0, name, gamma)
+                return (*torch.autograd.grad(phi, (z, omega, phase, alpha, beta, c0), grad_phi, create_graph=True),
+                        None, None)
+        th = torch.addcmul(phase, z, omega)
+        if ctx.save_trig:
+            s1, c1 = ctx.saved_tensors[6:]
+        else:
+            s1, c1 = torch.sin(th), torch.cos(th)
+        K = alpha.shape[-1]
+        S, dS = torch.zeros_like(z), torch.zeros_like(z)
+        cks, sks = [], []
+        for k, ck, sk in _harmonics(s1, c1, K):
+            a_k, b_k = alpha[..., k - 1], beta[..., k - 1]
+            S.addcmul_(ck, a_k).addcmul_(sk, b_k)
+            dS.addcmul_(ck, b_k * k).addcmul_(sk, a_k * -k)
+            cks.append(ck)
+            sks.append(sk)
+        env, denv = _envelope(name, th)
+        g = S * env if env is not None else S
+        f = g.add_(c0).mul_(gamma).add_(1.0)
+        gg = _exclusive_prod(f).mul_(grad_phi.unsqueeze(-1) * gamma)          # dL/dg, (B, r, dbar)
+        gc0 = _reduce_to(gg, c0.shape)
+        ge = gg * env if env is not None else gg                                # dL/dS
+        galpha = torch.stack([_reduce_to(ge * ck, c0.shape) for ck in cks], -1)
+        gbeta = torch.stack([_reduce_to(ge * sk, c0.shape) for sk in sks], -1)
+        dth = dS.mul_(ge)                                                       # dL/dtheta
+        if env is not None:
+            dth.addcmul_(gg, denv.mul_(S))
+        gz = dth * omega
+        gphase = _reduce_to(dth, c0.shape)
+        gomega = _reduce_to(dth.mul_(z), c0.shape)
+        return gz, gomega, gphase, galpha, gbeta, gc0, None, None
+
+
+def _exclusive_prod_unrolled(f: torch.Tensor) -> torch.Tensor:
+    """prod_{i != j} f_i along the last axis by explicit products (dbar <= 4: fuses under torch.compile)."""
+    d = f.shape[-1]
+    if d > 4:
+        return _exclusive_prod(f)
+    cols = [f[..., i] for i in range(d)]
+    out = []
+    for j in range(d):
+        others = [cols[i] for i in range(d) if i != j]
+        p = others[0] if others else torch.ones_like(cols[0])
+        for o in others[1:]:
+            p = p * o
+        out.append(p)
+    return torch.stack(out, -1)
+
+
+def _harmonic_terms(th, alpha, beta, activation: str):
+    """cos k th, sin k th (k = 1..K, by recurrence), S = sum alpha_k cos + beta_k sin, dS/dth, env, env'."""
+    s1, c1 = torch.sin(th), torch.cos(th)
+    cs, ss = [c1], [s1]
+    for _ in range(1, alpha.shape[-1]):
+        cs.append(2.0 * c1 * cs[-1] - (cs[-2] if len(cs) > 1 else 1.0))
+        ss.append(2.0 * c1 * ss[-1] - (ss[-2] if len(ss) > 1 else 0.0))
+    S = sum(alpha[..., k] * cs[k] + beta[..., k] * ss[k] for k in range(len(cs)))
+    dS = sum((k + 1) * (beta[..., k] * cs[k] - alpha[..., k] * ss[k]) for k in range(len(cs)))
+    if activation == "sin":
+        return cs, ss, S, dS, None, None
+    if activation == "spder":
+        at = th.abs()
+        env = at.clamp_min(SQRT_FLOOR).sqrt()
+        return cs, ss, S, dS, env, torch.where(at <= SQRT_FLOOR, torch.zeros_like(th), 0.5 * torch.sign(th) / env)
+    return cs, ss, S, dS, torch.atan(th), 1.0 / (1.0 + th * th)
+
+
+def _harmonic_forward_impl(z, omega, phase, alpha, beta, c0, activation: str, gamma: float):
+    th = z * omega + phase
+    _, _, S, _, env, _ = _harmonic_terms(th, alpha, beta, activation)
+    f = 1.0 + gamma * ((S if env is None else env * S) + c0)
+    p = f[..., 0]
+    for j in range(1, f.shape[-1]):
+        p = p * f[..., j]
+    return p
+
+
+def _harmonic_backward_impl(z, omega, phase, alpha, beta, c0, grad_phi, activation: str, gamma: float):
+    """dL/dz and the per-element terms whose batch sums are the parameter gradients, in the order
+    omega, phase, alpha_1..K, beta_1..K, c0 (separate outputs: a stacked output compiles to a much
+    slower kernel on the CPU, and so do the batch reductions; both are left to eager code)."""
+    th = z * omega + phase
+    cs, ss, S, dS, env, denv = _harmonic_terms(th, alpha, beta, activation)
+    f = 1.0 + gamma * ((S if env is None else env * S) + c0)
+    gg = _exclusive_prod_unrolled(f) * (grad_phi.unsqueeze(-1) * gamma)    # dL/dg
+    ge = gg if env is None else gg * env                                    # dL/dS
+    dth = ge * dS if env is None else ge * dS + gg * denv * S               # dL/dtheta
+    return (dth * omega, dth * z, dth, *[ge * c for c in cs], *[ge * s for s in ss], gg)
+
+
+_COMPILED_HARMONIC: dict = {}
+
+
+def _compiled_harmonic(which: str):
+    if which not in _COMPILED_HARMONIC:
+        fn = _harmonic_forward_impl if which == "forward" else _harmonic_backward_impl
+        _COMPILED_HARMONIC[which] = torch.compile(fn, dynamic=True)
+    return _COMPILED_HARMONIC[which]
+
+
+BACKWARD_ROWS = 8192  # batch rows per compiled backward call (bounds the stacked per-element terms)
+
+
+class CompiledHarmonicFn(torch.autograd.Function):
+    """Harmonic-component product with torch.compile'd forward and backward: each is one fused loop over
+    the (batch, rank, dbar) elements (C++/OpenMP on the CPU, Triton on CUDA), so the ~20 elementwise
+    operations per element read and write memory once instead of once each.  Saves only z; the
+    backward recomputes sin/cos.  Double backward differentiates :func:`harmonic_product_reference`."""
+
+    @staticmethod
+    def forward(z, omega, phase, alpha, beta, c0, activation, gamma):
+        return _compiled_harmonic("forward")(z, omega, phase, alpha, beta, c0, activation, gamma)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        z, omega, phase, alpha, beta, c0, activation, gamma = inputs
+        ctx.save_for_backward(z, omega, phase, alpha, beta, c0)
+        ctx.activation, ctx.gamma = activation, gamma
+
+    @staticmethod
+    def backward(ctx, grad_phi):
+        z, omega, phase, alpha, beta, c0 = ctx.saved_tensors
+        name, gamma = ctx.activation, ctx.gamma
+        if torch.is_grad_enabled():
+            with torch.enable_grad():
+                phi = harmonic_product_reference(z, omega, phase, alpha, beta, c0, name, gamma)
+                return (*torch.autograd.grad(phi, (z, omega, phase, alpha, beta, c0), grad_phi, create_graph=True),
+                        None, None)
+        K = alpha.shape[-1]
+        gz = torch.empty_like(z)
+        sums = None
+        grad_phi = grad_phi.contiguous()
+        for lo in range(0, z.shape[0], BACKWARD_ROWS):
+            hi = min(lo + BACKWARD_ROWS, z.shape[0])
+            gzc, *per = _compiled_harmonic("backward")(z[lo:hi], omega, phase, alpha, beta, c0, grad_phi[lo:hi],
+                                                       name, gamma)
+            gz[lo:hi] = gzc
+            part = torch.stack([t.sum(0) for t in per])                        # (2K + 3, r, dbar)
+            sums = part if sums is None else sums + part
+        if c0.shape[0] == 1 and z.shape[1] != 1:   # shared components: also sum over the r neurons
+            sums = sums.sum(1, keepdim=True)
+        g_omega, g_phase = sums[0], sums[1]
+        g_alpha = sums[2:2 + K].permute(1, 2, 0)
+        g_beta = sums[2 + K:2 + 2 * K].permute(1, 2, 0)
+        return gz, g_omega, g_phase, g_alpha.contiguous(), g_beta.contiguous(), sums[-1], None, None
+
+
 KERNELS = ("fused", "compiled", "plain")
+COMPONENTS = ("mlp", "harmonic")
+BANDS = ("component", "projection")
 PRECISIONS = ("fp32", "bf16")
 
 
@@ -230,18 +469,29 @@ class LRNNLayer(nn.Module):
         in_features: n_in.
         rank: r, the number of product neurons (outputs).
         dbar: factors per product.
-        width: m, hidden width of each univariate component MLP (1 -> m -> 1).
-        w0: frequency factor inside the periodic component activation.
+        width: m, hidden width of each univariate component MLP (1 -> m -> 1); ``component="mlp"`` only.
+        w0: frequency factor.  MLP components: inside the component activation.  With
+            ``band="projection"`` on the first layer it scales the projection instead (SIREN-style
+            ``z = w0 (P x + p)``) and the components run at unit frequency.
         activation: ``"sin"`` (LRNN-SIREN), ``"spder"`` (LRNN-SPDER, images) or ``"spder-atan"`` (audio).
-        shared: one set of dbar components shared by all r neurons (dbar MLPs instead of r*dbar).
+        shared: one set of dbar components shared by all r neurons (dbar components instead of r*dbar).
         is_first: the layer reads raw coordinates in [-1, 1]; sets the frequency initialisation.
+        component: ``"mlp"`` (the paper's 1 -> m -> 1 MLP, the reference) or ``"harmonic"``
+            (``g = c0 + env(theta) sum_k alpha_k cos k theta + beta_k sin k theta``, ``theta = omega t + phase``,
+            env = 1 for sin, sqrt|theta| for spder, arctan for spder-atan; one sin and cos per element).
+        harmonics: K, the number of harmonics of a harmonic component.
+        band: first layer only. ``"component"``: the band comes from the component frequencies (w0 * a,
+            the original choice); ``"projection"``: from the projection ``z = w0 (P x + p)``,
+            ``P ~ U(-1/n, 1/n)`` as SIREN's first layer, so the band is a single uniform draw rather
+            than a product of two random factors and Adam's step on the components does not scale
+            with w0.
         component_std: sigma_g, the standard deviation of each component at initialisation; then
             Var[phi] <= exp(sigma_g^2) - 1 whatever dbar is (Lemma 1 of the paper).
         layernorm: LayerNorm over the r outputs (the paper's deep models need it).
         memory_efficient: evaluate steps 2-3 with a recomputing kernel (False: plain autograd,
             ``kernel="plain"``).
-        kernel: ``"fused"`` (:class:`ProductFn`, chunked eager recompute, fastest on the CPU),
-            ``"compiled"`` (:class:`CompiledProductFn`, torch.compile; the GPU speed path) or ``"plain"``.
+        kernel: ``"fused"`` (chunked eager recompute, fastest on the CPU), ``"compiled"``
+            (:class:`CompiledProductFn`, torch.compile, MLP components; the GPU speed path) or ``"plain"``.
         precision: ``"bf16"`` runs the projection of a hidden layer (not the first, whose raw
             coordinates are multiplied by w0) in bfloat16 with a float32 result; components, product and
             LayerNorm stay float32.  ``"fp32"``: everything float32.
@@ -250,28 +500,41 @@ class LRNNLayer(nn.Module):
     def __init__(self, in_features: int, rank: int, dbar: int = 4, width: int = 4, w0: float = 30.0,
                  activation: str = "sin", shared: bool = False, is_first: bool = False,
                  component_std: float = 1.0, layernorm: bool = True, memory_efficient: bool = True,
-                 kernel: str = "fused", precision: str = "fp32", device=None, dtype=None):
+                 kernel: str = "fused", precision: str = "fp32", component: str = "mlp", harmonics: int = 2,
+                 band: str = "component", device=None, dtype=None):
         super().__init__()
-        if min(in_features, rank, dbar, width) < 1:
-            raise ValueError("in_features, rank, dbar and width must all be >= 1")
+        if min(in_features, rank, dbar, width, harmonics) < 1:
+            raise ValueError("in_features, rank, dbar, width and harmonics must all be >= 1")
+        if not (math.isfinite(w0) and w0 > 0):
+            raise ValueError(f"w0 must be a finite positive number, got {w0}")
         get_activation(activation)
-        if kernel not in KERNELS:
-            raise ValueError(f"kernel must be one of {', '.join(KERNELS)}, got {kernel!r}")
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        for name, val, allowed in (("kernel", kernel, KERNELS), ("precision", precision, PRECISIONS),
+                                   ("component", component, COMPONENTS), ("band", band, BANDS)):
+            if val not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {val!r}")
         fk = {"device": device, "dtype": dtype}
         self.in_features, self.rank, self.dbar, self.width = in_features, rank, dbar, width
         self.w0, self.activation, self.shared, self.is_first = float(w0), activation, bool(shared), bool(is_first)
+        self.component, self.harmonics, self.band = component, int(harmonics), band
         self.component_std = float(component_std)
         self.kernel = kernel if memory_efficient else "plain"
         self.memory_efficient = self.kernel != "plain"
         self.precision = precision
         self.gamma = dbar ** -0.5
+        # band="projection" moves w0 from the components (first layer) to the projection
+        self.scale = self.w0 if (self.is_first and band == "projection") else 1.0
+        self.comp_w0 = 1.0 if self.scale != 1.0 else self.w0
         self.proj = nn.Linear(in_features, rank * dbar, **fk)
         R = 1 if shared else rank
-        self.a = nn.Parameter(torch.empty(R, dbar, width, **fk))
-        self.b = nn.Parameter(torch.empty(R, dbar, width, **fk))
-        self.c = nn.Parameter(torch.empty(R, dbar, width, **fk))
+        if component == "mlp":
+            self.a = nn.Parameter(torch.empty(R, dbar, width, **fk))
+            self.b = nn.Parameter(torch.empty(R, dbar, width, **fk))
+            self.c = nn.Parameter(torch.empty(R, dbar, width, **fk))
+        else:
+            self.omega = nn.Parameter(torch.empty(R, dbar, **fk))
+            self.phase = nn.Parameter(torch.empty(R, dbar, **fk))
+            self.alpha = nn.Parameter(torch.empty(R, dbar, harmonics, **fk))
+            self.beta = nn.Parameter(torch.empty(R, dbar, harmonics, **fk))
         self.c0 = nn.Parameter(torch.empty(R, dbar, **fk))
         self.norm = nn.LayerNorm(rank, **fk) if layernorm else None
         self.reset_parameters()
@@ -280,49 +543,104 @@ class LRNNLayer(nn.Module):
     def out_features(self) -> int:
         return self.rank
 
+    def _init_grid(self) -> torch.Tensor:
+        """Points standing in for the distribution of z at initialisation (float64)."""
+        if self.scale != 1.0:  # first layer, band="projection": z spans about w0 * [-1, 1]
+            return self.scale * torch.linspace(-1.0, 1.0, 2048, dtype=torch.float64)
+        return _quantile_grid()  # z ~ N(0, 1): LayerNorm'd h and the projection bound below
+
     def reset_parameters(self) -> None:
-        if self.a.is_meta:  # shape-only build (parameter counting)
+        if self.c0.is_meta:  # shape-only build (parameter counting)
             return
         n = self.in_features
         with torch.no_grad():
-            # Projection: unit-variance z for unit-variance h (LayerNorm'd hidden features);
-            # first layer: coordinates in [-1, 1] (variance 1/3) spread over the same range.
-            bound = math.sqrt(3.0 / n) * (math.sqrt(3.0) if self.is_first else 1.0)
-            self.proj.weight.uniform_(-bound, bound)
-            self.proj.bias.uniform_(-1.0, 1.0) if self.is_first else self.proj.bias.zero_()
-            # Component frequencies: first layer like SIREN's first layer (w0 * a, a ~ U(-1, 1));
-            # hidden layers like SIREN's hidden layers (w0 * a ~ U(-sqrt 6, sqrt 6)).
-            fa = 1.0 if self.is_first else math.sqrt(6.0) / self.w0
-            self.a.uniform_(-fa, fa)
-            self.b.uniform_(-math.pi / self.w0, math.pi / self.w0)  # uniform phase -> zero-mean sigma
-            # Lemma 1 wants zero-mean components of variance component_std^2.  Centre and scale each
-            # component over its input distribution: z is ~N(0, 1) by construction (LayerNorm'd h and
-            # the projection bound above), stood in for by a deterministic normal-quantile grid.
-            self.c.uniform_(-1.0, 1.0)
-            t = _quantile_grid().to(self.a.device)
-            u = self.w0 * (t[:, None, None, None] * self.a.double() + self.b.double())   # (T, R, dbar, m)
-            G = (get_activation(self.activation)(u) * self.c.double()).sum(-1)          # (T, R, dbar)
+            if self.scale != 1.0:
+                # SIREN's first layer: z = w0 (P x + p), P ~ U(-1/n, 1/n); a uniform phase spread.
+                self.proj.weight.uniform_(-1.0 / n, 1.0 / n)
+                self.proj.bias.uniform_(-1.0 / math.sqrt(n), 1.0 / math.sqrt(n))
+            else:
+                # Projection: unit-variance z for unit-variance h (LayerNorm'd hidden features);
+                # first layer: coordinates in [-1, 1] (variance 1/3) spread over the same range.
+                bound = math.sqrt(3.0 / n) * (math.sqrt(3.0) if self.is_first else 1.0)
+                self.proj.weight.uniform_(-bound, bound)
+                self.proj.bias.uniform_(-1.0, 1.0) if self.is_first else self.proj.bias.zero_()
+            t = self._init_grid().to(self.c0.device)
+            if self.component == "mlp":
+                G = self._init_mlp(t)
+                params = (self.c,)
+            else:
+                G = self._init_harmonic(t)
+                params = (self.alpha, self.beta)
+            # Lemma 1 wants zero-mean components of variance component_std^2: centre and scale each
+            # component over the stand-in grid of its inputs.
             scale = self.component_std / G.var(0, unbiased=False).mean().clamp_min(1e-12).sqrt()
-            self.c.mul_(scale.to(self.c.dtype))
+            for p in params:
+                p.mul_(scale.to(p.dtype))
             self.c0.copy_(-G.mean(0) * scale)
             if self.norm is not None:
                 self.norm.reset_parameters()
 
+    def _init_mlp(self, t: torch.Tensor) -> torch.Tensor:
+        w = self.comp_w0
+        if self.scale != 1.0:
+            # unit-frequency components on a w0-scaled projection: unit k starts at frequency k
+            k = torch.arange(1, self.width + 1, dtype=self.a.dtype, device=self.a.device)
+            self.a.copy_(k.expand_as(self.a))
+        else:
+            # first layer like SIREN's first layer (w0 * a, a ~ U(-1, 1)); hidden layers like
+            # SIREN's hidden layers (w0 * a ~ U(-sqrt 6, sqrt 6)).
+            fa = 1.0 if self.is_first else math.sqrt(6.0) / w
+            self.a.uniform_(-fa, fa)
+        self.b.uniform_(-math.pi / w, math.pi / w)  # uniform phase -> zero-mean sigma
+        self.c.uniform_(-1.0, 1.0)
+        u = w * (t[:, None, None, None] * self.a.double() + self.b.double())   # (T, R, dbar, m)
+        return (get_activation(self.activation)(u) * self.c.double()).sum(-1)  # (T, R, dbar)
+
+    def _init_harmonic(self, t: torch.Tensor) -> torch.Tensor:
+        if self.scale != 1.0:
+            self.omega.fill_(1.0)
+        elif self.is_first:
+            self.omega.uniform_(-self.w0, self.w0)
+        else:
+            self.omega.uniform_(-math.sqrt(6.0), math.sqrt(6.0))
+        self.phase.uniform_(-math.pi, math.pi)
+        k = torch.arange(1, self.harmonics + 1, dtype=self.alpha.dtype, device=self.alpha.device)
+        self.alpha.uniform_(-1.0, 1.0).div_(k)   # a 1/k spectrum: the fundamental dominates at init
+        self.beta.uniform_(-1.0, 1.0).div_(k)
+        zeros = torch.zeros_like(self.c0, dtype=torch.float64)
+        return harmonic_reference(t[:, None, None], self.omega.double(), self.phase.double(), self.alpha.double(),
+                                  self.beta.double(), zeros, self.activation)
+
+    def _component_params(self):
+        if self.component == "mlp":
+            return self.a, self.b, self.c, self.c0
+        return self.omega, self.phase, self.alpha, self.beta, self.c0
+
     def components(self, z: torch.Tensor) -> torch.Tensor:
         """g(z) for z of shape (..., rank, dbar) (plain autograd; for inspection and tests)."""
-        return components_reference(z, self.a, self.b, self.c, self.c0, self.w0, self.activation)
+        if self.component == "mlp":
+            return components_reference(z, self.a, self.b, self.c, self.c0, self.comp_w0, self.activation)
+        return harmonic_reference(z, *self._component_params(), self.activation)
 
     def product(self, h: torch.Tensor) -> torch.Tensor:
         """phi before LayerNorm, shape (..., rank)."""
         z = self.project(h).unflatten(-1, (self.rank, self.dbar))
+        mlp = self.component == "mlp"
         # torch.func transforms (vmap, jvp, grad) wrap tensors; the in-place fused path is not
         # transform-safe, so those go through the plain graph (exact, m times the memory).
         if not self.memory_efficient or torch._C._functorch.is_functorch_wrapped_tensor(z):
-            return product_reference(z, self.a, self.b, self.c, self.c0, self.w0, self.activation, self.gamma)
+            if mlp:
+                return product_reference(z, self.a, self.b, self.c, self.c0, self.comp_w0, self.activation, self.gamma)
+            return harmonic_product_reference(z, *self._component_params(), self.activation, self.gamma)
         lead = z.shape[:-2]
-        fn = CompiledProductFn if self.kernel == "compiled" else ProductFn
-        phi = fn.apply(z.reshape(-1, self.rank, self.dbar), self.a, self.b, self.c, self.c0,
-                       self.w0, self.activation, self.gamma)
+        z = z.reshape(-1, self.rank, self.dbar)
+        if mlp:
+            fn = CompiledProductFn if self.kernel == "compiled" else ProductFn
+            phi = fn.apply(z, self.a, self.b, self.c, self.c0, self.comp_w0, self.activation, self.gamma)
+        elif self.kernel == "compiled":
+            phi = CompiledHarmonicFn.apply(z, *self._component_params(), self.activation, self.gamma)
+        else:
+            phi = HarmonicProductFn.apply(z, *self._component_params(), self.activation, self.gamma)[0]
         return phi.reshape(*lead, self.rank)
 
     @property
@@ -331,23 +649,28 @@ class LRNNLayer(nn.Module):
         return self.precision == "bf16" and not self.is_first
 
     def project(self, h: torch.Tensor) -> torch.Tensor:
-        """z = P h + p (flat, ``(..., rank * dbar)``), in bfloat16 if :attr:`low_precision`."""
+        """z = scale (P h + p) (flat, ``(..., rank * dbar)``), in bfloat16 if :attr:`low_precision`."""
         if self.low_precision:
             bf = torch.bfloat16
             return nn.functional.linear(h.to(bf), self.proj.weight.to(bf), self.proj.bias.to(bf)).to(h.dtype)
-        return self.proj(h)
+        z = self.proj(h)
+        return z * self.scale if self.scale != 1.0 else z
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         phi = self.product(h)
         return self.norm(phi) if self.norm is not None else phi
 
     def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, rank={self.rank}, dbar={self.dbar}, width={self.width}, "
+        comp = (f"width={self.width}" if self.component == "mlp" else f"component='harmonic', harmonics={self.harmonics}")
+        return (f"in_features={self.in_features}, rank={self.rank}, dbar={self.dbar}, {comp}, "
                 f"w0={self.w0}, activation={self.activation!r}, shared={self.shared}, is_first={self.is_first}, "
-                f"kernel={self.kernel!r}, precision={self.precision!r}")
+                f"band={self.band!r}, kernel={self.kernel!r}, precision={self.precision!r}")
 
     @staticmethod
-    def count(in_features: int, rank: int, dbar: int, width: int, shared: bool = False, layernorm: bool = True) -> int:
-        """Parameter count: r*dbar*(n_in + 1) + R*dbar*(3m + 1) + 2r, R = 1 if shared else r."""
+    def count(in_features: int, rank: int, dbar: int, width: int, shared: bool = False, layernorm: bool = True,
+              component: str = "mlp", harmonics: int = 2) -> int:
+        """Parameter count: r*dbar*(n_in + 1) + R*dbar*(per-component) + 2r, R = 1 if shared else r;
+        per component 3m + 1 (MLP) or 2K + 3 (harmonic)."""
         R = 1 if shared else rank
-        return rank * dbar * (in_features + 1) + R * dbar * (3 * width + 1) + (2 * rank if layernorm else 0)
+        per = 3 * width + 1 if component == "mlp" else 2 * harmonics + 3
+        return rank * dbar * (in_features + 1) + R * dbar * per + (2 * rank if layernorm else 0)
