@@ -1,0 +1,225 @@
+"""Trustworthy runs: hostile files, bad numbers, existing folders and diverging fits give a one-line error
+(exit code 2, no traceback) and never a complete-looking run folder; nothing in a file runs code."""
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import pickle
+import struct
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from inr import fitting
+from inr.cli import main as inr_main
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+       "OMP_NUM_THREADS": "1"}
+TINY = ["--model", "siren", "--hidden", "8", "--hidden-layers", "1", "--steps", "4", "--batch", "full",
+        "--seconds", "none", "--quiet", "--threads", "1"]
+
+
+def run_tool(tool: str, *argv, cwd=None, timeout=60) -> subprocess.CompletedProcess:
+    """``python -m TOOL ARGV`` in a fresh process (real exit code and stderr)."""
+    return subprocess.run([sys.executable, "-m", tool, *map(str, argv)], capture_output=True, text=True, env=ENV,
+                          cwd=cwd or ROOT, timeout=timeout)
+
+
+def assert_clean_error(code: int, err: str, *needles) -> None:
+    assert code == 2, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    for n in needles:
+        assert n in err, (n, err)
+
+
+class Payload:
+    """Unpickling this runs ``open(marker, 'w')``: a stand-in for arbitrary code in a hostile file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _interrupt_at(monkeypatch, at_step):
+    real = fitting.make_loss
+    state = {"armed": True}
+
+    def make_loss(*args, **kw):
+        inner = real(*args, **kw)
+
+        def loss_fn(step):
+            if state["armed"] and step == at_step:
+                state["armed"] = False
+                raise KeyboardInterrupt
+            return inner(step)
+        return loss_fn
+    monkeypatch.setattr(fitting, "make_loss", make_loss)
+
+
+# ----------------------------------------------------------------------------- 1. checkpoints
+def test_resume_refuses_a_checkpoint_that_runs_code(tmp_path, tiny_png):
+    out, marker = tmp_path / "run", tmp_path / "PWNED"
+    stage = tmp_path / ".run.partial"
+    stage.mkdir()
+    torch.save({"model": Payload(marker), "step": 1}, stage / "checkpoint.pt")
+    r = run_tool("inr", "fit", tiny_png[0], *TINY, "--out", out, "--resume", "--checkpoint-every", "2")
+    assert not marker.exists()
+    assert_clean_error(r.returncode, r.stderr, "checkpoint")
+    assert not out.exists()
+
+
+def test_checkpoint_holds_only_plain_values(tmp_path):
+    from inr.train import TrainConfig, fit
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(2, 1)
+    x = torch.randn(16, 2)
+    ck = tmp_path / "ck.pt"
+    fit(model, lambda s: model(x).square().mean(), TrainConfig(steps=2, quiet=True, checkpoint_every=1,
+                                                                checkpoint_path=str(ck)))
+    state = torch.load(ck, weights_only=True)  # would raise on numpy arrays or other objects
+    assert state["step"] == 2 and "rng" in state
+
+
+def test_resume_refuses_another_signal_and_a_truncated_checkpoint(tmp_path, tiny_png, monkeypatch, capsys):
+    from PIL import Image
+
+    from conftest import smooth_image
+
+    other = tmp_path / "other.png"
+    Image.fromarray(smooth_image(32, 32, seed=5)).save(other)
+    out = tmp_path / "run"
+    _interrupt_at(monkeypatch, 3)
+    assert inr_main(["fit", str(tiny_png[0]), *TINY, "--out", str(out), "--checkpoint-every", "2"]) == 130
+    ck = tmp_path / ".run.partial" / "checkpoint.pt"
+    assert ck.exists()
+    capsys.readouterr()
+    code = inr_main(["fit", str(other), *TINY, "--out", str(out), "--checkpoint-every", "2", "--resume"])
+    assert_clean_error(code, capsys.readouterr().err, "another run")
+    code = inr_main(["fit", str(tiny_png[0]), *TINY, "--hidden", "9", "--out", str(out), "--checkpoint-every", "2",
+                     "--resume"])
+    assert_clean_error(code, capsys.readouterr().err, "another run")
+    assert not out.exists() and ck.exists()
+    ck.write_bytes(ck.read_bytes()[:200])
+    code = inr_main(["fit", str(tiny_png[0]), *TINY, "--out", str(out), "--checkpoint-every", "2", "--resume"])
+    assert_clean_error(code, capsys.readouterr().err, "corrupt")
+    assert not out.exists()
+
+
+def test_resume_at_or_past_the_last_step_writes_valid_json(tmp_path, tiny_png, monkeypatch, capsys):
+    out = tmp_path / "run"
+    _interrupt_at(monkeypatch, 3)
+    base = ["fit", str(tiny_png[0]), *TINY, "--out", str(out), "--checkpoint-every", "2"]
+    assert inr_main(base) == 130
+    assert inr_main([*base, "--resume", "--steps", "2"]) == 0
+    text = (out / "metrics.json").read_text()
+    m = json.loads(text, parse_constant=lambda c: pytest.fail(f"bare {c} in metrics.json"))
+    assert m["steps"] == 2 and m["final_loss"] is not None and math.isfinite(m["final_loss"])
+
+
+def test_write_json_never_writes_bare_nan(tmp_path):
+    from inr.runfiles import write_json
+
+    write_json({"a": float("nan"), "b": [np.float32("inf"), 1.5], "c": np.float64(-np.inf)}, tmp_path / "x.json")
+    assert json.loads((tmp_path / "x.json").read_text()) == {"a": None, "b": [None, 1.5], "c": None}
+
+
+# ----------------------------------------------------------------------------- 7, 9, 10: numbers and divergence
+@pytest.mark.parametrize("argv, needle", [
+    (["--lr", "inf"], "--lr"), (["--lr", "nan"], "--lr"), (["--hidden", "0"], "--hidden"),
+    (["--w0", "nan"], "--w0"), (["--params", "100000000000"], "--params"), (["--seconds", "nan"], "--seconds"),
+    (["--target-psnr", "nan"], "--target-psnr"),
+])
+def test_fit_rejects_bad_numbers_up_front(tmp_path, tiny_png, capsys, argv, needle):
+    out = tmp_path / "run"
+    code = inr_main(["fit", str(tiny_png[0]), *TINY, *argv, "--out", str(out)])
+    assert_clean_error(code, capsys.readouterr().err, needle)
+    assert sorted(os.listdir(tmp_path)) == ["tiny.png"]
+
+
+def test_params_below_the_smallest_model_is_an_error(tmp_path, tiny_png, capsys):
+    code = inr_main(["fit", str(tiny_png[0]), "--model", "siren", "--params", "3", "--steps", "1", "--quiet",
+                     "--out", str(tmp_path / "run")])
+    assert_clean_error(code, capsys.readouterr().err, "smallest")
+    assert not (tmp_path / "run").exists()
+
+
+def test_fit_bad_number_in_a_subprocess(tmp_path, tiny_png):
+    r = run_tool("inr", "fit", tiny_png[0], *TINY, "--lr", "inf", "--out", tmp_path / "run")
+    assert_clean_error(r.returncode, r.stderr, "--lr")
+    assert not (tmp_path / "run").exists()
+
+
+def _problem():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(1, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    x = torch.linspace(-1, 1, 32)[:, None]
+    return model, lambda s: (model(x) - torch.sin(3 * x)).square().mean()
+
+
+def test_guard_reacts_to_a_loss_blow_up_and_records_it_in_the_history(tmp_path):
+    from inr.train import TrainConfig, fit
+
+    model, loss_fn = _problem()
+    spike = {15}
+
+    def spiky(step):
+        loss = loss_fn(step)
+        if step in spike:
+            spike.clear()
+            return loss * 1e6   # finite, but a million times the loss so far
+        return loss
+    r = fit(model, spiky, TrainConfig(steps=20, lr=1e-2, guard_every=5, quiet=True))
+    assert len(r.events) == 1 and "blow-up" in r.events[0]["event"] and r.events[0]["lr_scale"] == 0.5
+    assert r.steps == 20
+    r.write_history(tmp_path / "h.csv")
+    rows = (tmp_path / "h.csv").read_text().splitlines()
+    assert "event" in rows[0].split(",") and any("blow-up" in row for row in rows[1:])
+
+
+def test_non_finite_parameters_after_the_last_update_are_not_kept():
+    from inr.train import TrainConfig, fit
+
+    model, loss_fn = _problem()
+
+    def poison(step):
+        if step == 9:   # the very last update leaves NaN weights (its loss was finite)
+            with torch.no_grad():
+                model[0].weight.fill_(float("nan"))
+    r = fit(model, loss_fn, TrainConfig(steps=10, lr=1e-2, guard_every=2, quiet=True), post_step=poison)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert r.events and "non-finite parameters" in r.events[-1]["event"]
+    assert math.isfinite(r.final_loss) and r.final_loss == pytest.approx(float(loss_fn(0).detach()))
+
+
+def test_final_loss_is_the_loss_after_the_last_update():
+    from inr.train import TrainConfig, fit
+
+    model, loss_fn = _problem()
+    r = fit(model, loss_fn, TrainConfig(steps=5, lr=1e-2, quiet=True))
+    assert r.final_loss == pytest.approx(float(loss_fn(0).detach()))          # the final parameters' loss
+    assert r.last_step_loss == pytest.approx(r.history[-1]["loss"])   # the last step's (pre-update) loss
+    assert r.final_loss < r.last_step_loss
+
+
+def test_eval_with_a_null_psnr_does_not_crash(tmp_path, tiny_png, capsys):
+    out = tmp_path / "run"
+    assert inr_main(["fit", str(tiny_png[0]), *TINY, "--out", str(out)]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    m["psnr"] = None
+    (out / "metrics.json").write_text(json.dumps(m))
+    capsys.readouterr()
+    assert inr_main(["eval", str(out), "--device", "cpu"]) == 0
+    assert "n/a" in capsys.readouterr().out
