@@ -223,3 +223,39 @@ def test_eval_with_a_null_psnr_does_not_crash(tmp_path, tiny_png, capsys):
     capsys.readouterr()
     assert inr_main(["eval", str(out), "--device", "cpu"]) == 0
     assert "n/a" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- 5, 10, 12: tomography
+def test_tomography_never_touches_an_existing_out(tmp_path):
+    out = tmp_path / "old"
+    out.mkdir()
+    (out / "metrics.json").write_text('{"precious": true}')
+    t0 = time.perf_counter()
+    r = run_tool("tomography", "recon", "--phantom", "--size", "16", "--views", "8", "--steps", "2000",
+                 "--out", out)
+    assert_clean_error(r.returncode, r.stderr, "already exists")
+    assert time.perf_counter() - t0 < 30   # refused before any reconstruction
+    assert (out / "metrics.json").read_text() == '{"precious": true}' and os.listdir(out) == ["metrics.json"]
+    assert sorted(os.listdir(tmp_path)) == ["old"]
+
+
+@pytest.mark.parametrize("size", ["2", "6", "6x32"])
+def test_tomography_rejects_tiny_sizes(tmp_path, capsys, size):
+    from tomography.cli import main as ct_main
+
+    with pytest.raises(SystemExit) as e:
+        ct_main(["recon", "--phantom", "--size", size, "--out", str(tmp_path / "r")])
+    assert_clean_error(e.value.code, capsys.readouterr().err, "--size")
+    assert not (tmp_path / "r").exists()
+
+
+def test_tomography_reads_images_through_inr_signals_keeping_16_bit(tmp_path):
+    from PIL import Image
+
+    from tomography.recon import load_image
+
+    a = (np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) * 3)   # 0 .. 12285: < 256 levels of 8 bits
+    Image.fromarray(a).save(tmp_path / "ct16.png")
+    img = load_image(tmp_path / "ct16.png")
+    np.testing.assert_allclose(img, a / 65535.0)   # 16-bit depth kept, scaled by the format maximum
+    assert len(np.unique(img)) == a.size
