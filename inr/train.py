@@ -319,8 +319,9 @@ def fit(model: nn.Module, loss_fn: Callable, cfg: TrainConfig, *, param_groups: 
             model.load_state_dict(good[0])
             optimizer.load_state_dict(good[1])
             record_event(step, f"{bad}: restored last good state, halved lr", time.perf_counter() - t0)
-            print(f"[{cfg.desc}] step {step}: {bad}; restored the last good state and halved the "
-                  f"learning rate (now x{lr_scale:g})", file=sys.stderr)
+            if not cfg.quiet:
+                print(f"[{cfg.desc}] step {step}: {bad}; restored the last good state and halved the "
+                      f"learning rate (now x{lr_scale:g})", file=sys.stderr)
             if len(events) > cfg.max_divergences:
                 raise DivergenceError(f"training diverged {len(events)} times; last at step {step} ({bad})")
             continue
@@ -365,8 +366,9 @@ def fit(model: nn.Module, loss_fn: Callable, cfg: TrainConfig, *, param_groups: 
         model.load_state_dict(good[0])
         optimizer.load_state_dict(good[1])
         record_event(step, "non-finite parameters after the last update: restored last good state", seconds)
-        print(f"[{cfg.desc}] non-finite parameters after the last update; restored the last good state",
-              file=sys.stderr)
+        if not cfg.quiet:
+            print(f"[{cfg.desc}] non-finite parameters after the last update; restored the last good state",
+                  file=sys.stderr)
         if not params_finite():
             raise DivergenceError("training left non-finite parameters and no finite state to restore")
     final_loss = _final_loss(model, loss_fn, step)

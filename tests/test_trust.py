@@ -259,3 +259,34 @@ def test_tomography_reads_images_through_inr_signals_keeping_16_bit(tmp_path):
     img = load_image(tmp_path / "ct16.png")
     np.testing.assert_allclose(img, a / 65535.0)   # 16-bit depth kept, scaled by the format maximum
     assert len(np.unique(img)) == a.size
+
+
+# ----------------------------------------------------------------------------- 6, 10: pde
+PDE_TINY = ["solve", "--problem", "multiscale1d", "--model", "siren", "--params", "300", "--steps", "40",
+            "--points", "32", "--eval-res", "101", "--quiet", "--threads", "1"]
+
+
+def test_pde_refuses_an_existing_out_before_solving(tmp_path, capsys):
+    from pde.__main__ import main as pde_main
+
+    out = tmp_path / "old"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    t0 = time.perf_counter()
+    code = pde_main([*PDE_TINY, "--steps", "100000", "--out", str(out)])
+    assert_clean_error(code, capsys.readouterr().err, "already exists")
+    assert time.perf_counter() - t0 < 5 and os.listdir(out) == ["notes.txt"]
+
+
+def test_pde_divergence_is_a_clean_error_without_a_folder(tmp_path):
+    r = run_tool("pde", *PDE_TINY, "--lr", "1e30", "--out", tmp_path / "run")
+    assert_clean_error(r.returncode, r.stderr, "diverged")
+    assert os.listdir(tmp_path) == []
+
+
+def test_pde_rejects_a_non_finite_learning_rate(tmp_path, capsys):
+    from pde.__main__ import main as pde_main
+
+    code = pde_main([*PDE_TINY, "--lr", "inf", "--out", str(tmp_path / "run")])
+    assert_clean_error(code, capsys.readouterr().err, "--lr")
+    assert os.listdir(tmp_path) == []
