@@ -67,11 +67,13 @@ def user_errors() -> tuple:
             NotADirectoryError, IsADirectoryError)
 
 
-def run_main(prog: str, command: Callable[[], int], *, interrupted: str = "interrupted") -> int:
-    """``command()`` -> its exit code; user errors -> one line ``PROG: error: ...`` on stderr and 2."""
+def run_main(prog: str, command: Callable[[], int], *, interrupted: str = "interrupted",
+             extra: tuple = ()) -> int:
+    """``command()`` -> its exit code; user errors (:func:`user_errors` and the ``extra`` types) -> one
+    line ``PROG: error: ...`` on stderr and 2."""
     try:
         return command()
-    except user_errors() as e:
+    except user_errors() + tuple(extra) as e:
         print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
     except OSError as e:
         where = f"{e.filename}: " if getattr(e, "filename", None) else ""

@@ -56,10 +56,14 @@ class RunFolder:
         resume: reuse a staging folder left by an interrupted run (holding ``checkpoint.pt``); without
             it a stale staging folder of the same ``out`` is discarded.
         flag: the option name used in error messages.
+        keep_checkpoint: leave ``checkpoint.pt`` in the finished folder (tools that can extend a finished
+            run); by default it is deleted before the rename.
     """
 
-    def __init__(self, out: str | os.PathLike, *, resume: bool = False, flag: str = "--out"):
+    def __init__(self, out: str | os.PathLike, *, resume: bool = False, flag: str = "--out",
+                 keep_checkpoint: bool = False):
         self.out = Path(out)
+        self.keep_checkpoint = keep_checkpoint
         self.path = staging_dir(self.out)
         self.resume = resume
         self.flag = flag
@@ -86,7 +90,7 @@ class RunFolder:
 
     def finish(self) -> None:
         """Drop the checkpoint and rename the staging folder to ``out`` (refusing if ``out`` appeared)."""
-        if self.checkpoint.exists():
+        if self.checkpoint.exists() and not self.keep_checkpoint:
             self.checkpoint.unlink()
         if self.out.exists() or self.out.is_symlink():
             raise RunError(f"{self.flag} {self.out}: appeared while the run was working; the results are in "

@@ -290,3 +290,91 @@ def test_pde_rejects_a_non_finite_learning_rate(tmp_path, capsys):
     code = pde_main([*PDE_TINY, "--lr", "inf", "--out", str(tmp_path / "run")])
     assert_clean_error(code, capsys.readouterr().err, "--lr")
     assert os.listdir(tmp_path) == []
+
+
+# ----------------------------------------------------------------------------- 2, 6, 10: classify
+class CifarPayload:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_cifar_batch_with_a_code_payload_is_refused(tmp_path):
+    from classify import data as D
+
+    marker = tmp_path / "PWNED"
+    root = tmp_path / "cifar"
+    root.mkdir()
+    x = np.zeros((2, 3072), np.uint8)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        with open(root / name, "wb") as f:
+            pickle.dump({b"data": x, b"labels": [0, 1], b"evil": CifarPayload(marker)}, f)
+    with pytest.raises(D.DataError, match="refusing to load") as e:
+        D.load(f"cifar10:{root}")
+    assert not marker.exists() and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_cifar_batches_of_every_pickle_protocol_still_load(tmp_path, protocol):
+    from classify import data as D
+
+    root = tmp_path / "cifar"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        with open(root / name, "wb") as f:
+            pickle.dump({b"data": rng.integers(0, 256, (3, 3072), dtype=np.uint8), b"labels": [0, 1, 9],
+                         b"batch_label": name.encode(), b"n": np.int64(3)}, f, protocol=protocol)
+    with open(root / "batches.meta", "wb") as f:
+        pickle.dump({b"label_names": [f"c{i}".encode() for i in range(10)]}, f, protocol=protocol)
+    b = D.load(f"cifar10:{root}")
+    assert len(b.train) == 15 and b.classes[9] == "c9"
+
+
+CLS_TINY = ["train", "--model", "resnet20", "--model-arg", "base_width=4", "--epochs", "1", "--batch-size", "16",
+            "--limit-train", "32", "--limit-test", "16", "--image-size", "8", "--threads", "1", "--quiet",
+            "--device", "cpu"]
+
+
+def test_classify_refuses_an_existing_out_up_front(tmp_path, capsys):
+    from classify.cli import main as cls_main
+
+    out = tmp_path / "old"
+    out.mkdir()
+    (out / "metrics.json").write_text("{}")
+    code = cls_main([*CLS_TINY, "--epochs", "500", "--out", str(out)])
+    assert_clean_error(code, capsys.readouterr().err, "already exists")
+    assert os.listdir(out) == ["metrics.json"] and (out / "metrics.json").read_text() == "{}"
+
+
+def test_classify_eval_of_a_corrupt_model_is_a_clean_error(tmp_path):
+    from classify.cli import main as cls_main
+
+    out = tmp_path / "run"
+    assert cls_main([*CLS_TINY, "--out", str(out)]) == 0
+    assert sorted(os.listdir(tmp_path)) == ["run"]   # no staging folder left behind
+    data = (out / "model.pt").read_bytes()
+    (out / "model.pt").write_bytes(data[: len(data) // 3])
+    r = run_tool("classify", "eval", out, "--device", "cpu")
+    assert_clean_error(r.returncode, r.stderr, "model.pt")
+
+
+def _image_folder(root: Path, counts: dict) -> None:
+    from PIL import Image
+
+    for c, n in counts.items():
+        (root / c).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(root / c / f"{i}.png")
+
+
+@pytest.mark.parametrize("counts, needle", [({"only": 6}, "one class"), ({"a": 6, "b": 0}, "hold no images")])
+def test_classify_folder_with_one_class_or_an_empty_class_is_an_error(tmp_path, capsys, counts, needle):
+    from classify.cli import main as cls_main
+
+    _image_folder(tmp_path / "data", counts)
+    code = cls_main([*CLS_TINY, "--data", f"folder:{tmp_path / 'data'}", "--out", str(tmp_path / "run")])
+    assert_clean_error(code, capsys.readouterr().err, needle)
+    assert not (tmp_path / "run").exists()
