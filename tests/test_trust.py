@@ -378,3 +378,30 @@ def test_classify_folder_with_one_class_or_an_empty_class_is_an_error(tmp_path, 
     code = cls_main([*CLS_TINY, "--data", f"folder:{tmp_path / 'data'}", "--out", str(tmp_path / "run")])
     assert_clean_error(code, capsys.readouterr().err, needle)
     assert not (tmp_path / "run").exists()
+
+
+# ----------------------------------------------------------------------------- 4: approx
+@pytest.mark.parametrize("target, needle", [("9**9**9", "exponent"), ("1e999999", "too large"),
+                                            ("2^2^2^2^2", "exponent"), ("exp(1000)*x", "overflows"),
+                                            ("x+" * 400 + "x", "characters")])
+def test_runge_target_bounds(tmp_path, capsys, target, needle):
+    from approx.cli import main as approx_main
+
+    t0 = time.perf_counter()
+    code = approx_main(["runge", "--target", target, "--quick", "--quiet", "--out", str(tmp_path / "r")])
+    assert_clean_error(code, capsys.readouterr().err, needle)
+    assert time.perf_counter() - t0 < 5 and not (tmp_path / "r").exists()
+
+
+def test_runge_huge_power_in_a_subprocess_returns_quickly(tmp_path):
+    r = run_tool("approx", "runge", "--target", "9**9**9", "--quick", "--out", tmp_path / "r", timeout=60)
+    assert_clean_error(r.returncode, r.stderr, "exponent")
+
+
+def test_runge_refuses_an_existing_out(tmp_path, capsys):
+    from approx.cli import main as approx_main
+
+    (tmp_path / "r").mkdir()
+    code = approx_main(["runge", "--quick", "--quiet", "--out", str(tmp_path / "r")])
+    assert_clean_error(code, capsys.readouterr().err, "already exists")
+    assert os.listdir(tmp_path / "r") == []
