@@ -405,3 +405,62 @@ def test_runge_refuses_an_existing_out(tmp_path, capsys):
     code = approx_main(["runge", "--quick", "--quiet", "--out", str(tmp_path / "r")])
     assert_clean_error(code, capsys.readouterr().err, "already exists")
     assert os.listdir(tmp_path / "r") == []
+
+
+# ----------------------------------------------------------------------------- 3: image size limit
+def _png(w: int, h: int, depth: int, idat: bytes) -> bytes:
+    def chunk(tag, body):
+        return struct.pack(">I", len(body)) + tag + body + struct.pack(">I", zlib.crc32(tag + body) & 0xFFFFFFFF)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, depth, 0, 0, 0, 0))
+            + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+
+
+def _tiff(w: int, h: int) -> bytes:
+    """A little-endian baseline TIFF header declaring a w x h 8-bit gray image (pixel data absent)."""
+    entries = [(256, 4, 1, w), (257, 4, 1, h), (258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 1),
+               (273, 4, 1, 8 + 2 + 12 * 9 + 4), (277, 3, 1, 1), (278, 4, 1, h), (279, 4, 1, w * h)]
+    ifd = struct.pack("<H", len(entries)) + b"".join(struct.pack("<HHII", *e) for e in entries) + b"\0\0\0\0"
+    return b"II*\x00" + struct.pack("<I", 8) + ifd + b"\0" * 64
+
+
+@pytest.mark.parametrize("depth", [8, 16])
+def test_huge_png_is_refused_from_its_header(tmp_path, depth):
+    from inr.signals import SignalError, load
+
+    bomb = zlib.compress(b"\0" * 1_000_000, 9)   # a fraction of the declared pixels; never decompressed
+    p = tmp_path / "bomb.png"
+    p.write_bytes(_png(14000, 14000, depth, bomb))
+    t0 = time.perf_counter()
+    with pytest.raises(SignalError) as e:
+        load(p)
+    msg = str(e.value)
+    assert "bomb.png" in msg and "14000x14000" in msg and "67,108,864" in msg
+    assert time.perf_counter() - t0 < 2
+
+
+def test_huge_tiff_is_refused_from_its_header(tmp_path):
+    from inr.signals import SignalError, load
+
+    p = tmp_path / "big.tif"
+    p.write_bytes(_tiff(14000, 14000))
+    with pytest.raises(SignalError, match=r"big.tif.*14000x14000.*limit"):
+        load(p)
+
+
+def test_pixel_limit_is_configurable(tmp_path, tiny_png, monkeypatch):
+    from inr.signals import SignalError, load
+
+    assert load(tiny_png[0]).shape == (32, 32)
+    with pytest.raises(SignalError, match="limit of 1,000"):
+        load(tiny_png[0], max_pixels=1000)
+    monkeypatch.setenv("INR_MAX_PIXELS", "500")
+    with pytest.raises(SignalError, match="limit of 500"):
+        load(tiny_png[0])
+
+
+def test_huge_png_on_the_command_line(tmp_path):
+    p = tmp_path / "bomb.png"
+    p.write_bytes(_png(14000, 14000, 16, zlib.compress(b"\0" * 100_000)))
+    r = run_tool("inr", "fit", p, *TINY, "--out", tmp_path / "run")
+    assert_clean_error(r.returncode, r.stderr, "14000x14000")
+    assert not (tmp_path / "run").exists()
