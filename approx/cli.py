@@ -50,7 +50,7 @@ def _runge_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--compact", action="store_true", help="compact quadratic neurons (no product term)")
     p.add_argument("--device", default=d.device, help="auto, cpu or cuda (default cpu: the nets are tiny)")
     p.add_argument("--pieces-tol", type=float, default=d.pieces_tol, help="tolerance of the pieces check")
-    p.add_argument("--out", default="results/runge", help="output folder (default %(default)s)")
+    p.add_argument("--out", default="results/runge", help="output folder to create, must not exist (default %(default)s)")
     p.add_argument("--quick", action="store_true", help="tiny setting for smoke tests: " +
                    ", ".join(f"{k}={v}" for k, v in QUICK.items()) + " (explicit options still win)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-run lines")

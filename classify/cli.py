@@ -56,7 +56,7 @@ def parser() -> argparse.ArgumentParser:
                         "blocks=[2,2,1,1], rezero=True)")
     t.add_argument("--data", default="digits",
                    help="digits | digits:1 | cifar10:DIR | galaxy10:FILE.h5 | folder:DIR (default digits)")
-    t.add_argument("--out", default="runs/classify", help="run folder (default runs/classify)")
+    t.add_argument("--out", default="runs/classify", help="run folder to create; must not exist, except with --resume (default runs/classify)")
     t.add_argument("--epochs", type=int, default=10)
     t.add_argument("--batch-size", type=int, default=None, help="global batch size (default: the paper's)")
     t.add_argument("--lr", type=float, default=None)

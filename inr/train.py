@@ -159,6 +159,7 @@ class FitResult:
     seconds_per_step: float = float("nan")
     stopped_by: str = "steps"
     last_step_loss: float = float("nan")
+    final_info: dict = field(default_factory=dict)       # loss_fn's info from the final-loss evaluation
 
     def write_history(self, path: str | os.PathLike) -> None:
         keys: list[str] = []
@@ -174,6 +175,7 @@ class FitResult:
     def summary(self) -> dict:
         d = asdict(self)
         d.pop("history")
+        d.pop("final_info")
         return d
 
 
@@ -371,7 +373,7 @@ def fit(model: nn.Module, loss_fn: Callable, cfg: TrainConfig, *, param_groups: 
                   file=sys.stderr)
         if not params_finite():
             raise DivergenceError("training left non-finite parameters and no finite state to restore")
-    final_loss = _final_loss(model, loss_fn, step)
+    final_loss, final_info = _final_loss(model, loss_fn, step)
     if evaluate is not None:
         with torch.no_grad():
             ev = evaluate(step)
@@ -381,20 +383,23 @@ def fit(model: nn.Module, loss_fn: Callable, cfg: TrainConfig, *, param_groups: 
     return FitResult(steps=step, seconds=seconds, final_loss=final_loss, history=history,
                      time_to_target={str(k): v for k, v in reached.items()}, events=events,
                      seconds_per_step=(seconds - elapsed) / done if done else float("nan"), stopped_by=stopped_by,
-                     last_step_loss=loss_val)
+                     last_step_loss=loss_val, final_info=final_info)
 
 
-def _final_loss(model: nn.Module, loss_fn: Callable, step: int) -> float:
-    """The loss of the final parameters (one more evaluation of ``loss_fn``; random batches draw from the
-    generators, whose states are restored afterwards so nothing downstream changes).  NaN if it fails."""
+def _final_loss(model: nn.Module, loss_fn: Callable, step: int) -> tuple[float, dict]:
+    """``(loss, info)`` of the final parameters: one more evaluation of ``loss_fn`` (random batches draw
+    from the global generators, whose states are restored afterwards so nothing downstream changes; a
+    loss_fn with its own generators advances them once).  NaN and {} if it fails."""
     saved = rng_state()
+    info: dict = {}
     try:
         out = loss_fn(step)
-        loss = out[0] if isinstance(out, tuple) else out
+        loss, info = out if isinstance(out, tuple) else (out, {})
         v = float(loss.detach()) if torch.is_tensor(loss) else float(loss)
+        info = {k: (float(x) if torch.is_tensor(x) else x) for k, x in info.items()}
     except (RuntimeError, ValueError, TypeError, IndexError):
-        v = float("nan")
+        v, info = float("nan"), {}
     finally:
         set_rng_state(saved)
     model.zero_grad(set_to_none=True)
-    return v
+    return v, info

@@ -55,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
                         "where more threads spin-wait and run many times slower; else torch's default)")
     s.add_argument("--eval-res", type=int, default=None, help="evaluation grid points per axis (2-D 256, 1-D 8193)")
     s.add_argument("--eval-every", type=int, default=0, help="log the relative L2 error every N steps (0: end only)")
-    s.add_argument("--out", default=None, help="run folder (metrics.json, history.csv, solution.png, model.pt)")
+    s.add_argument("--out", default=None, help="run folder to create, must not exist (metrics.json, history.csv, solution.png, model.pt)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     g = s.add_argument_group("model options (defaults: pde.models.pde_defaults, scaled with n)")
     for name, typ in HYPER.items():

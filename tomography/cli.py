@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--threads", default="auto",
                    help="torch CPU threads, or auto: 1 when the load average already fills the CPUs, else "
                         "torch's default")
-    r.add_argument("--out", default=None, help="run folder (default runs/ct-<image>-<model>-<views>v)")
+    r.add_argument("--out", default=None, help="run folder to create, must not exist (default runs/ct-<image>-<model>-<views>v)")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
