@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from inr.cliutil import run_main
+
 QUICK = {"widths": (1, 4, 4, 1), "n_train": 11, "n_test": 20, "seeds": 1, "steps": 60}
 
 
@@ -48,7 +50,7 @@ def _runge_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--compact", action="store_true", help="compact quadratic neurons (no product term)")
     p.add_argument("--device", default=d.device, help="auto, cpu or cuda (default cpu: the nets are tiny)")
     p.add_argument("--pieces-tol", type=float, default=d.pieces_tol, help="tolerance of the pieces check")
-    p.add_argument("--out", default="results/runge", help="output folder (default %(default)s)")
+    p.add_argument("--out", default="results/runge", help="output folder to create, must not exist (default %(default)s)")
     p.add_argument("--quick", action="store_true", help="tiny setting for smoke tests: " +
                    ", ".join(f"{k}={v}" for k, v in QUICK.items()) + " (explicit options still win)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-run lines")
@@ -135,7 +137,12 @@ def run_runge(args) -> int:
     kw["strategies"] = tuple(s.strip() for s in args.strategies.split(",") if s.strip())
     if args.quick:
         kw.update({k: v for k, v in QUICK.items() if k not in given})
-    run_study(RungeConfig(**kw), args.out)
+    cfg = RungeConfig(**kw)
+    from approx.target import parse_target
+    parse_target(cfg.target)          # a bad --target fails before the output folder is touched
+    from inr.runs import RunFolder
+    with RunFolder(args.out) as run:  # refuses an existing --out; built under a hidden name, renamed at the end
+        run_study(cfg, run.path)
     print(Path(args.out, "table.md").read_text())
     return 0
 
@@ -155,10 +162,7 @@ def main(argv=None) -> int:
     # busy 2-core machine).
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    try:
-        return run_runge(args) if args.command == "runge" else run_pieces(args)
-    except (ValueError, FileNotFoundError, PermissionError) as e:  # user-caused: one line, exit 2
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    try:  # user-caused errors: one line, exit 2 (inr.cliutil.run_main)
+        return run_main("python -m approx", lambda: run_runge(args) if args.command == "runge" else run_pieces(args))
     finally:
         torch.set_num_threads(threads)  # main() may be called in-process (tests, notebooks)

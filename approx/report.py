@@ -94,15 +94,23 @@ def _first_per_strategy(runs: list) -> dict:
     return first
 
 
+def _figure(size):
+    """A matplotlib Figure on its own Agg canvas (no pyplot, no global backend switch)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=size)
+    FigureCanvasAgg(fig)
+    return fig
+
+
 def plot_fits(path: Path, runs: list, refs: dict, data: dict, f) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import torch
 
     xs = np.linspace(-1, 1, 2001)
     truth = f(xs)
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(13, 4.5))
+    fig = _figure((13, 4.5))
+    ax, ax2 = fig.subplots(1, 2)
     ax.plot(xs, truth, "k-", lw=2.5, alpha=0.35, label="target")
     ax.plot(data["x_train"], data["y_train"], "ko", ms=3.5, label="training points")
     for s, r in _first_per_strategy(runs).items():
@@ -123,19 +131,16 @@ def plot_fits(path: Path, runs: list, refs: dict, data: dict, f) -> None:
     ax2.set_xlabel("x")
     ax2.legend(fontsize=7, loc="lower center", ncol=2)
     _atomic_fig(fig, path)
-    plt.close(fig)
 
 
 def plot_coefficients(path: Path, runs: list, per_panel: int = 4) -> None:
     """The paper's Fig. 5(b-e): |coefficients| of randomly chosen pieces, one panel per strategy."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     first = {s: r for s, r in _first_per_strategy(runs).items() if "pw" in r}
     if not first:
         return
-    fig, axes = plt.subplots(1, len(first), figsize=(3.6 * len(first), 3.4), squeeze=False, sharey=True)
+    fig = _figure((3.6 * len(first), 3.4))
+    axes = fig.subplots(1, len(first), squeeze=False, sharey=True)
     rng = np.random.default_rng(0)
     for ax, (s, r) in zip(axes[0], first.items()):
         pw = r["pw"]
@@ -150,15 +155,12 @@ def plot_coefficients(path: Path, runs: list, per_panel: int = 4) -> None:
         ax.legend(fontsize=6)
     axes[0][0].set_ylabel("|coefficient| (monomials in x)")
     _atomic_fig(fig, path)
-    plt.close(fig)
 
 
 def plot_curves(path: Path, runs: list) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = _figure((6, 4))
+    ax = fig.subplots()
     for s, r in _first_per_strategy(runs).items():
         h = [row for row in r["history"] if "loss" in row]
         if h:
@@ -167,4 +169,3 @@ def plot_curves(path: Path, runs: list) -> None:
     ax.set_ylabel("training MSE")
     ax.legend(fontsize=8)
     _atomic_fig(fig, path)
-    plt.close(fig)

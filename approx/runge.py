@@ -173,7 +173,7 @@ def run_study(cfg: RungeConfig, out: str | os.PathLike) -> dict:
             rec = train_one(strategy, cfg.seed + k, cfg, data)
             folder = out / "models" / f"{strategy}-seed{rec['seed']}"
             nets.save(rec["net"], rec["config"], folder)
-            rec["model_dir"] = str(folder)
+            rec["model_dir"] = str(folder.relative_to(out))  # relative: the folder may be renamed
             if math.isfinite(rec["test_rmse"]):
                 net64 = rec["net"].double()
                 tp = time.time()

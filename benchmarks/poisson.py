@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from pde import kan as kan_mod  # noqa: E402
 from pde import models  # noqa: E402
 from inr.runfiles import versions  # noqa: E402
-from pde.solve import SolveConfig, solve, write_run  # noqa: E402
+from pde.solve import SolveConfig, solve, write_files  # noqa: E402
 
 
 def _ints(s: str) -> list[int]:
@@ -81,7 +81,7 @@ def run_one(a, n: int, model: str, budget: int) -> dict:
         if m.get("config") == json.loads(json.dumps(asdict(cfg))):
             return m
     sol = solve(cfg)
-    write_run(sol, folder)
+    write_files(sol, folder)  # a benchmark cell: rerun in place when its config changed
     return sol.metrics
 
 

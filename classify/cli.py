@@ -56,7 +56,7 @@ def parser() -> argparse.ArgumentParser:
                         "blocks=[2,2,1,1], rezero=True)")
     t.add_argument("--data", default="digits",
                    help="digits | digits:1 | cifar10:DIR | galaxy10:FILE.h5 | folder:DIR (default digits)")
-    t.add_argument("--out", default="runs/classify", help="run folder (default runs/classify)")
+    t.add_argument("--out", default="runs/classify", help="run folder to create; must not exist, except with --resume (default runs/classify)")
     t.add_argument("--epochs", type=int, default=10)
     t.add_argument("--batch-size", type=int, default=None, help="global batch size (default: the paper's)")
     t.add_argument("--lr", type=float, default=None)
@@ -110,26 +110,28 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
-    from .data import DataError
-    from .train import TrainArgs, TrainError, evaluate_run, train
-    try:
-        if args.cmd == "train":
-            kw = vars(args).copy()
-            for k in ("cmd", "model_arg", "target"):
-                kw.pop(k)
-            res = train(TrainArgs(**kw, targets=args.target, model_args=dict(args.model_arg)))
-            if not args.quiet and "final_test_acc" in res:
-                print(json.dumps({k: res[k] for k in ("model", "params", "final_test_acc", "best_test_acc",
-                                                      "train_seconds", "images_per_s") if k in res}))
-        elif args.cmd == "eval":
-            res = evaluate_run(args.run_dir, noise_peak=args.noise_peak, device=args.device, data=args.data,
-                               batch_size=args.batch_size, workers=args.workers, noise_seed=args.noise_seed)
-            print(json.dumps(res, indent=2))
-        else:
-            from .models import MODELS, build, count_params
-            for name in MODELS:
-                print(f"{name:15s} {count_params(build(name, args.num_classes, args.in_channels)):>12,d}")
-    except (DataError, TrainError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    from inr.cliutil import run_main
+
+    from .train import TrainError
+    return run_main("python -m classify", lambda: _run(args), extra=(TrainError,))
+
+
+def _run(args) -> int:
+    from .train import TrainArgs, evaluate_run, train
+    if args.cmd == "train":
+        kw = vars(args).copy()
+        for k in ("cmd", "model_arg", "target"):
+            kw.pop(k)
+        res = train(TrainArgs(**kw, targets=args.target, model_args=dict(args.model_arg)))
+        if not args.quiet and "final_test_acc" in res:
+            print(json.dumps({k: res[k] for k in ("model", "params", "final_test_acc", "best_test_acc",
+                                                  "train_seconds", "images_per_s") if k in res}))
+    elif args.cmd == "eval":
+        res = evaluate_run(args.run_dir, noise_peak=args.noise_peak, device=args.device, data=args.data,
+                           batch_size=args.batch_size, workers=args.workers, noise_seed=args.noise_seed)
+        print(json.dumps(res, indent=2))
+    else:
+        from .models import MODELS, build, count_params
+        for name in MODELS:
+            print(f"{name:15s} {count_params(build(name, args.num_classes, args.in_channels)):>12,d}")
     return 0

@@ -172,14 +172,40 @@ def _digits(channels: int, split_seed: int) -> DataBundle:
     return DataBundle("digits", full.subset(tr), full.subset(te), 10, [str(i) for i in range(10)])
 
 
+# What a CIFAR-10 batch pickle may name: numpy array / dtype / scalar reconstruction (numpy 1 and 2
+# module paths, pickle protocols 2-5) and the codec Python 3 uses for bytes at protocol 2.  Anything
+# else (os.system, builtins.eval, ...) is refused before it can run.
+_CIFAR_GLOBALS = {
+    (mod, name)
+    for core in ("numpy.core", "numpy._core")
+    for mod, name in ((f"{core}.multiarray", "_reconstruct"), (f"{core}.multiarray", "scalar"),
+                      (f"{core}.numeric", "_frombuffer"))
+} | {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"), ("builtins", "bytearray")}
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """An unpickler that admits only :data:`_CIFAR_GLOBALS` (numpy arrays, dtypes, scalars, bytes)."""
+
+    def find_class(self, module, name):
+        if (module, name) in _CIFAR_GLOBALS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}: a CIFAR-10 batch holds only numpy "
+                                     f"arrays, lists, dicts and bytes")
+
+
+def safe_unpickle(f) -> object:
+    """``pickle.load(f, encoding="bytes")`` restricted to what CIFAR-10 batches contain."""
+    return _BatchUnpickler(f, encoding="bytes").load()
+
+
 def _unpickle(path: str) -> dict:
     if not os.path.isfile(path):
         raise DataError(f"CIFAR-10 batch file not found: {path}")
     try:
         with open(path, "rb") as f:
-            d = pickle.load(f, encoding="bytes")
+            d = safe_unpickle(f)
     except Exception as e:  # noqa: BLE001
-        raise DataError(f"cannot read CIFAR-10 batch {path}: {e}") from None
+        raise DataError(f"cannot read CIFAR-10 batch {path}: {' '.join(str(e).split())}") from None
     if not isinstance(d, dict) or b"data" not in d or not (b"labels" in d or b"fine_labels" in d):
         raise DataError(f"{path} is not a CIFAR-10 batch (needs b'data' and b'labels')")
     data = np.asarray(d[b"data"])
@@ -200,7 +226,7 @@ def _cifar10(root: str) -> DataBundle:
     if os.path.isfile(meta):
         try:
             with open(meta, "rb") as f:
-                classes = [c.decode() for c in pickle.load(f, encoding="bytes")[b"label_names"]]
+                classes = [c.decode() for c in safe_unpickle(f)[b"label_names"]]
         except Exception:  # noqa: BLE001 - names are cosmetic
             pass
     train = ArrayImages(torch.cat([p["x"] for p in parts]), torch.cat([p["y"] for p in parts]))
@@ -251,6 +277,13 @@ def _scan(root: str, classes=None):
                 labels.append(k)
     if not paths:
         raise DataError(f"{root}: no images with extensions {', '.join(IMAGE_EXTS)} in its class folders")
+    counts = np.bincount(labels, minlength=len(classes))
+    empty = [c for c, n in zip(classes, counts) if n == 0]
+    if empty:
+        raise DataError(f"{root}: class folder(s) {', '.join(empty)} hold no images "
+                        f"({', '.join(IMAGE_EXTS)})")
+    if len(classes) < 2:
+        raise DataError(f"{root}: only one class folder ({classes[0]}); classification needs at least two")
     return classes, paths, np.asarray(labels)
 
 

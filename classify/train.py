@@ -13,6 +13,7 @@ rank 0 writes.  With BatchNorm, statistics are per rank (as in plain DDP) unless
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -28,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from inr.runfiles import save_torch, versions, write_json
-from inr.train import resolve_device, seed_everything
+from inr.train import load_checkpoint, resolve_device, seed_everything
 
 from . import data as D
 from . import models as M
@@ -137,7 +138,11 @@ def resolve_args(a: TrainArgs) -> TrainArgs:
     if a.milestones is None:
         a.milestones = tuple(sorted({max(1, round(f * a.epochs)) for f in dflt["milestones"]}))
     checks = [(a.epochs >= 1, "--epochs must be >= 1"), (a.batch_size >= 1, "--batch-size must be >= 1"),
-              (a.lr > 0, "--lr must be > 0"), (a.schedule in ("step", "cosine", "constant"),
+              (math.isfinite(a.lr) and a.lr > 0, "--lr must be a finite number > 0"),
+              (all(v is None or math.isfinite(v) for v in (a.momentum, a.weight_decay, a.grad_clip, a.lr_g,
+                                                             a.lr_b, a.gamma, a.warmup_epochs, a.noise_peak)),
+               "--momentum, --weight-decay, --grad-clip, --lr-g, --lr-b, --gamma, --warmup-epochs and "
+               "--noise-peak must be finite numbers"), (a.schedule in ("step", "cosine", "constant"),
                                                "--schedule must be step, cosine or constant"),
               (a.amp in ("auto", "bf16", "off"), "--amp must be auto, bf16 or off"),
               (a.channels_last in ("auto", "on", "off"), "--channels-last must be auto, on or off"),
@@ -214,11 +219,12 @@ def _progress(total, quiet, desc):
 
 
 def plot_curves(history: list[dict], path: str) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
     ep = [h["epoch"] for h in history]
-    fig, ax = plt.subplots(1, 2, figsize=(9, 3.5))
+    fig = Figure(figsize=(9, 3.5))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots(1, 2)
     ax[0].plot(ep, [h["train_loss"] for h in history], label="train")
     ax[0].plot(ep, [h["test_loss"] for h in history], label="test")
     ax[0].set_xlabel("epoch"), ax[0].set_ylabel("cross-entropy"), ax[0].legend()
@@ -227,14 +233,14 @@ def plot_curves(history: list[dict], path: str) -> None:
     ax[1].set_xlabel("epoch"), ax[1].set_ylabel("accuracy"), ax[1].legend()
     fig.tight_layout()
     tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
+    fig.savefig(tmp, dpi=100, format="png")
     os.replace(tmp, path)
 
 
 def train(a: TrainArgs) -> dict:
     """Train ``a.model`` on ``a.data``; returns the final metrics dict (also in ``a.out/metrics.json``)."""
     a = resolve_args(a)
+    run, folder = _open_out(a)   # an unusable or existing --out is refused before any work
     from inr.train import resolve_threads
     threads = resolve_threads(a.threads)
     if threads:
@@ -262,124 +268,144 @@ def train(a: TrainArgs) -> dict:
     opt = torch.optim.SGD(groups, lr=a.lr, momentum=a.momentum)
     ac, amp_on = _autocast(device, a.amp)
 
-    if d.main:
-        os.makedirs(a.out, exist_ok=True)
-    ckpt_path = os.path.join(a.out, "checkpoint.pt")
-    history, start_epoch, train_seconds, reached = [], 0, 0.0, {}
-    if a.resume:
-        if not os.path.isfile(ckpt_path):
-            raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}")
-        ck = torch.load(ckpt_path, map_location=device, weights_only=True)
-        if ck["model_config"] != model.config:
-            raise TrainError(f"--resume: {ckpt_path} holds {ck['model_config']}, not {model.config}")
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        history, start_epoch = ck["history"], ck["epoch"]
-        train_seconds, reached = ck["train_seconds"], ck["reached"]
+    ctx = run if (run is not None and d.main) else contextlib.nullcontext()
+    with ctx:
+        ckpt_path = os.path.join(folder, "checkpoint.pt")
+        history, start_epoch, train_seconds, reached = [], 0, 0.0, {}
+        if a.resume:
+            if not os.path.isfile(ckpt_path):
+                raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}")
+            ck = load_checkpoint(ckpt_path, map_location=device)
+            if ck.get("model_config") != model.config:
+                raise TrainError(f"--resume: {ckpt_path} holds {ck.get('model_config')}, not {model.config}")
+            try:
+                model.load_state_dict(ck["model"])
+                opt.load_state_dict(ck["optimizer"])
+                history, start_epoch = ck["history"], ck["epoch"]
+                train_seconds, reached = ck["train_seconds"], ck["reached"]
+            except (KeyError, TypeError, ValueError, RuntimeError) as e:
+                raise TrainError(f"--resume: {ckpt_path} does not fit this run ({' '.join(str(e).split())[:200]})") \
+                    from None
 
-    net = model
-    if d.world > 1:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if a.compile:
-        net = torch.compile(net)
+        net = model
+        if d.world > 1:
+            net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        if a.compile:
+            net = torch.compile(net)
 
-    config = {"args": {**asdict(a), "targets": list(a.targets), "milestones": list(a.milestones)},
-              "model_config": model.config, "params": n_params, "seed": a.seed, "device": str(device),
-              "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
-              "world_size": d.world, "amp_bf16": amp_on, "channels_last": channels_last, "versions": versions(),
-              "data": {"name": bundle.name, "train": len(bundle.train), "test": len(bundle.test),
-                       "num_classes": bundle.num_classes, "in_channels": bundle.in_channels,
-                       "image_size": list(size or bundle.image_size), "classes": bundle.classes},
-              "normalization": {"mean": mean, "std": std}}
-    if d.main:
-        write_json(config, os.path.join(a.out, "config.json"))
-
-    sampler = torch.utils.data.DistributedSampler(bundle.train, num_replicas=d.world, rank=d.rank, shuffle=True,
-                                                  seed=a.seed, drop_last=False)
-    augment = D.Augment(len(bundle.train), a.seed) if a.augment else None
-    steps_per_epoch = len(sampler) // local_bs
-    if steps_per_epoch == 0:
-        raise ValueError(f"--batch-size {a.batch_size} is larger than the training set ({len(bundle.train)} images)")
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-
-    for epoch in range(start_epoch, a.epochs):
-        model.train()
-        sampler.set_epoch(epoch)
-        if augment is not None:
-            augment.set_epoch(epoch)
-        stats = torch.zeros(3, dtype=torch.float64, device=device)
-        bar = _progress(steps_per_epoch, a.quiet or not d.main, f"epoch {epoch + 1}/{a.epochs}")
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        for step, (xb, yb, idx) in enumerate(D.batches(bundle.train, list(sampler), local_bs, device=device,
-                                                        workers=a.workers, drop_last=True)):
-            f = lr_factor(epoch + step / steps_per_epoch, a, a.milestones)
-            for g in opt.param_groups:
-                g["lr"] = g["base_lr"] * f
-            x = D.prepare(xb, mean, std, size=size, augment=augment, idx=idx, channels_last=channels_last)
-            with ac:
-                logits = net(x)
-            loss = F.cross_entropy(logits.float(), yb)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if a.grad_clip:
-                nn.utils.clip_grad_norm_(model.parameters(), a.grad_clip)
-            opt.step()
-            with torch.no_grad():
-                stats[0] += loss.detach().double() * len(yb)
-                stats[1] += (logits.argmax(1) == yb).sum()
-                stats[2] += len(yb)
-            if bar is not None:
-                bar.update(1)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        epoch_s = time.perf_counter() - t0
-        train_seconds += epoch_s
-        if bar is not None:
-            bar.close()
-        _all_sum(stats, d)
-        if d.world > 1:  # evaluate (and save) rank 0's BatchNorm statistics on every rank
-            for b in model.buffers():
-                dist.broadcast(b, 0)
-        train_loss = stats[0].item() / stats[2].item()
-        if not math.isfinite(train_loss):
-            raise TrainError(f"training diverged in epoch {epoch + 1} (non-finite loss); "
-                             f"lower --lr (now {a.lr:g}) or set --grad-clip")
-        ev = evaluate(model, bundle.test, mean, std, device, d, size=size, batch_size=a.eval_batch_size,
-                      amp=a.amp, channels_last=channels_last, workers=a.workers)
-        for t in a.targets:
-            if ev["acc"] >= t and str(t) not in reached:
-                reached[str(t)] = train_seconds
-        rec = {"epoch": epoch + 1, "train_loss": train_loss, "train_acc": stats[1].item() / stats[2].item(),
-               "test_loss": ev["loss"], "test_acc": ev["acc"], "lr": a.lr * lr_factor(epoch, a, a.milestones),
-               "epoch_seconds": epoch_s, "images_per_s": stats[2].item() / epoch_s, "train_seconds": train_seconds}
-        history.append(rec)
+        config = {"args": {**asdict(a), "targets": list(a.targets), "milestones": list(a.milestones)},
+                  "model_config": model.config, "params": n_params, "seed": a.seed, "device": str(device),
+                  "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+                  "world_size": d.world, "amp_bf16": amp_on, "channels_last": channels_last, "versions": versions(),
+                  "data": {"name": bundle.name, "train": len(bundle.train), "test": len(bundle.test),
+                           "num_classes": bundle.num_classes, "in_channels": bundle.in_channels,
+                           "image_size": list(size or bundle.image_size), "classes": bundle.classes},
+                  "normalization": {"mean": mean, "std": std}}
         if d.main:
-            save_torch({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1,
-                           "history": history, "train_seconds": train_seconds, "reached": reached,
-                           "model_config": model.config}, ckpt_path)
-            write_json(_summary(history, reached, a, n_params, device), os.path.join(a.out, "metrics.json"))
-            if not a.quiet:
-                print(f"epoch {epoch + 1}/{a.epochs}  loss {train_loss:.4f}  train acc {rec['train_acc']:.4f}  "
-                      f"test acc {ev['acc']:.4f}  {rec['images_per_s']:.0f} img/s", file=sys.stderr)
+            write_json(config, os.path.join(folder, "config.json"))
 
-    summary = _summary(history, reached, a, n_params, device)
-    if a.noise_peak:
-        cl = evaluate(model, bundle.test, mean, std, device, d, size=size, batch_size=a.eval_batch_size, amp=a.amp,
-                      channels_last=channels_last, workers=a.workers)
-        nz = evaluate(model, bundle.test, mean, std, device, d, size=size, batch_size=a.eval_batch_size, amp=a.amp,
-                      channels_last=channels_last, noise_peak=a.noise_peak, noise_seed=a.split_seed, workers=a.workers)
-        summary["noise"] = {"peak": a.noise_peak, "acc_clean": cl["acc"], "acc_noisy": nz["acc"],
-                            "delta_noise_percent": delta_noise(cl["acc"], nz["acc"])}
-    if d.main:
-        save_torch(model.state_dict(), os.path.join(a.out, "model.pt"))
-        write_json(summary, os.path.join(a.out, "metrics.json"))
-        if history:
-            plot_curves(history, os.path.join(a.out, "curves.png"))
+        sampler = torch.utils.data.DistributedSampler(bundle.train, num_replicas=d.world, rank=d.rank, shuffle=True,
+                                                      seed=a.seed, drop_last=False)
+        augment = D.Augment(len(bundle.train), a.seed) if a.augment else None
+        steps_per_epoch = len(sampler) // local_bs
+        if steps_per_epoch == 0:
+            raise ValueError(f"--batch-size {a.batch_size} is larger than the training set ({len(bundle.train)} images)")
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+
+        for epoch in range(start_epoch, a.epochs):
+            model.train()
+            sampler.set_epoch(epoch)
+            if augment is not None:
+                augment.set_epoch(epoch)
+            stats = torch.zeros(3, dtype=torch.float64, device=device)
+            bar = _progress(steps_per_epoch, a.quiet or not d.main, f"epoch {epoch + 1}/{a.epochs}")
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            t0 = time.perf_counter()
+            for step, (xb, yb, idx) in enumerate(D.batches(bundle.train, list(sampler), local_bs, device=device,
+                                                            workers=a.workers, drop_last=True)):
+                f = lr_factor(epoch + step / steps_per_epoch, a, a.milestones)
+                for g in opt.param_groups:
+                    g["lr"] = g["base_lr"] * f
+                x = D.prepare(xb, mean, std, size=size, augment=augment, idx=idx, channels_last=channels_last)
+                with ac:
+                    logits = net(x)
+                loss = F.cross_entropy(logits.float(), yb)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if a.grad_clip:
+                    nn.utils.clip_grad_norm_(model.parameters(), a.grad_clip)
+                opt.step()
+                with torch.no_grad():
+                    stats[0] += loss.detach().double() * len(yb)
+                    stats[1] += (logits.argmax(1) == yb).sum()
+                    stats[2] += len(yb)
+                if bar is not None:
+                    bar.update(1)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            epoch_s = time.perf_counter() - t0
+            train_seconds += epoch_s
+            if bar is not None:
+                bar.close()
+            _all_sum(stats, d)
+            if d.world > 1:  # evaluate (and save) rank 0's BatchNorm statistics on every rank
+                for b in model.buffers():
+                    dist.broadcast(b, 0)
+            train_loss = stats[0].item() / stats[2].item()
+            if not math.isfinite(train_loss):
+                raise TrainError(f"training diverged in epoch {epoch + 1} (non-finite loss); "
+                                 f"lower --lr (now {a.lr:g}) or set --grad-clip")
+            ev = evaluate(model, bundle.test, mean, std, device, d, size=size, batch_size=a.eval_batch_size,
+                          amp=a.amp, channels_last=channels_last, workers=a.workers)
+            for t in a.targets:
+                if ev["acc"] >= t and str(t) not in reached:
+                    reached[str(t)] = train_seconds
+            rec = {"epoch": epoch + 1, "train_loss": train_loss, "train_acc": stats[1].item() / stats[2].item(),
+                   "test_loss": ev["loss"], "test_acc": ev["acc"], "lr": a.lr * lr_factor(epoch, a, a.milestones),
+                   "epoch_seconds": epoch_s, "images_per_s": stats[2].item() / epoch_s, "train_seconds": train_seconds}
+            history.append(rec)
+            if d.main:
+                save_torch({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1,
+                               "history": history, "train_seconds": train_seconds, "reached": reached,
+                               "model_config": model.config}, ckpt_path)
+                write_json(_summary(history, reached, a, n_params, device), os.path.join(folder, "metrics.json"))
+                if not a.quiet:
+                    print(f"epoch {epoch + 1}/{a.epochs}  loss {train_loss:.4f}  train acc {rec['train_acc']:.4f}  "
+                          f"test acc {ev['acc']:.4f}  {rec['images_per_s']:.0f} img/s", file=sys.stderr)
+
+        summary = _summary(history, reached, a, n_params, device)
+        if a.noise_peak:
+            cl = evaluate(model, bundle.test, mean, std, device, d, size=size, batch_size=a.eval_batch_size, amp=a.amp,
+                          channels_last=channels_last, workers=a.workers)
+            nz = evaluate(model, bundle.test, mean, std, device, d, size=size, batch_size=a.eval_batch_size, amp=a.amp,
+                          channels_last=channels_last, noise_peak=a.noise_peak, noise_seed=a.split_seed, workers=a.workers)
+            summary["noise"] = {"peak": a.noise_peak, "acc_clean": cl["acc"], "acc_noisy": nz["acc"],
+                                "delta_noise_percent": delta_noise(cl["acc"], nz["acc"])}
+        if d.main:
+            save_torch(model.state_dict(), os.path.join(folder, "model.pt"))
+            write_json(summary, os.path.join(folder, "metrics.json"))
+            if history:
+                plot_curves(history, os.path.join(folder, "curves.png"))
     _finish(d)
     return summary
+
+
+def _open_out(a: TrainArgs):
+    """``(RunFolder or None, folder to write into)``.  A new run is built in a hidden staging folder and
+    renamed to ``a.out`` at the end (an existing ``a.out`` is refused); ``--resume`` continues either an
+    interrupted run (its staging folder) or a finished one in place (``a.out/checkpoint.pt``)."""
+    from inr.runs import RunFolder, staging_dir
+
+    if a.resume:
+        if os.path.isfile(os.path.join(a.out, "checkpoint.pt")):
+            return None, a.out
+        if not (staging_dir(a.out) / "checkpoint.pt").is_file():
+            raise FileNotFoundError(f"--resume: no checkpoint at {os.path.join(a.out, 'checkpoint.pt')} or in "
+                                    f"{staging_dir(a.out)}")
+    run = RunFolder(a.out, resume=a.resume, keep_checkpoint=True)
+    return run, str(run.path)
 
 
 def _finish(d: Dist) -> None:
@@ -417,8 +443,12 @@ def evaluate_run(run_dir: str, *, noise_peak: float = 10.0, device: str = "auto"
         args.data = data
     d, dev = init_distributed(device)
     bundle = open_data(args)
-    model = M.from_config(cfg["model_config"], device=dev)
-    model.load_state_dict(torch.load(w_path, map_location=dev, weights_only=True))
+    try:
+        model = M.from_config(cfg["model_config"], device=dev)
+        model.load_state_dict(torch.load(w_path, map_location=dev, weights_only=True))
+    except Exception as e:  # noqa: BLE001 - truncated / foreign / unsafe model file
+        raise ValueError(f"{w_path}: corrupt or incompatible model file ({' '.join(str(e).split())[:200]})") \
+            from None
     mean, std = cfg["normalization"]["mean"], cfg["normalization"]["std"]
     size = (args.image_size, args.image_size) if args.image_size else None
     seed = args.split_seed if noise_seed is None else noise_seed

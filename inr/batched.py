@@ -318,8 +318,9 @@ def fit_group(signals: list[Signal], seeds: list[int], model: str, *, params=200
     for i, net in enumerate(nets):
         net.load_state_dict(stacked.state_for(i))
         hist = _per_job_history(res.history, i, key)
-        results.append(FitResult(steps=res.steps, seconds=res.seconds,
-                                 final_loss=hist[-1]["loss"] if hist else float("nan"), history=hist,
+        last = hist[-1]["loss"] if hist else float("nan")
+        results.append(FitResult(steps=res.steps, seconds=res.seconds, last_step_loss=last,
+                                 final_loss=res.final_info.get(f"loss_{i}", float("nan")), history=hist,
                                  time_to_target=_time_to_target(hist, key, targets, "max" if key == "psnr" else "min"),
                                  events=res.events, seconds_per_step=res.seconds_per_step, stopped_by=res.stopped_by))
     return nets, results, {"saved_tensors_bytes": saved, "engine": engine}

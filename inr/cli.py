@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
-from .fitting import DEFAULT_LR, RunError, evaluate_run, fit_signal
+from .cliutil import EXIT_USAGE, Parser, number, parse_args, positive_float, run_main
+from .fitting import DEFAULT_LR, MAX_PARAMS, RunError, evaluate_run, fit_signal
 from .models import MODELS
-from .signals import SignalError
-from .train import DivergenceError, resolve_threads
-
-EXIT_USAGE = 2
+from .train import resolve_threads
 
 # model hyper-parameter options: registry keyword -> (type, help)
 _HYPER = {
@@ -39,35 +38,14 @@ _HYPER = {
 }
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports a usage error in one line (and exit code 2) instead of usage + message."""
-
-    def error(self, message):
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+_Parser = Parser
 
 
-def _positive_int(name):
-    def parse(s):
-        try:
-            v = int(s)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be an integer, got {s!r}") from None
-        if v <= 0:
-            raise argparse.ArgumentTypeError(f"{name} must be > 0, got {v}")
-        return v
-    return parse
+def _positive_int(name, high=None):
+    return number(int, name, 1, high)
 
 
-def _seconds(s):
-    if s.lower() in ("none", "inf"):
-        return None
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--seconds must be a number or 'none', got {s!r}") from None
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"--seconds must be > 0 (or 'none' for no limit), got {s}")
-    return v
+_seconds = positive_float("--seconds", allow_none=True)
 
 
 def _threads(s):
@@ -83,9 +61,12 @@ def _batch(s):
 def _floats(name):
     def parse(s):
         try:
-            return [float(x) for x in s.split(",") if x.strip()]
+            v = [float(x) for x in s.split(",") if x.strip()]
         except ValueError:
             raise argparse.ArgumentTypeError(f"{name} takes numbers (comma-separated), got {s!r}") from None
+        if not all(math.isfinite(x) for x in v):
+            raise argparse.ArgumentTypeError(f"{name} takes finite numbers, got {s!r}")
+        return v
     return parse
 
 
@@ -133,7 +114,7 @@ def make_parser() -> argparse.ArgumentParser:
     f.add_argument("--model", default="siren", choices=MODELS,
                    help="model family (default: %(default)s, the best within a wall budget on CPU in our "
                         "benchmark; try lrnn-spder on a GPU)")
-    f.add_argument("--params", type=_positive_int("--params"), default=200_000,
+    f.add_argument("--params", type=_positive_int("--params", MAX_PARAMS), default=200_000,
                    help="parameter budget; picks the width / rank closest to it (default: %(default)s; "
                         "ignored when --hidden or --rank is given)")
     f.add_argument("--steps", type=_positive_int("--steps"), default=2000,
@@ -141,7 +122,7 @@ def make_parser() -> argparse.ArgumentParser:
     f.add_argument("--seconds", type=_seconds, default=60.0,
                    help="wall-clock training budget in seconds, 'none' for no limit; training stops at "
                         "--steps or --seconds, whichever comes first (default: %(default)s)")
-    f.add_argument("--lr", type=float, default=None,
+    f.add_argument("--lr", type=positive_float("--lr"), default=None,
                    help="Adam learning rate (default per model: "
                         + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items()) + ")")
     f.add_argument("--batch", type=_batch, default="auto",
@@ -158,7 +139,7 @@ def make_parser() -> argparse.ArgumentParser:
     f.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
     f.add_argument("--resume", action="store_true",
                    help="continue the interrupted run at --out from its last checkpoint")
-    f.add_argument("--checkpoint-every", type=int, default=0, metavar="N",
+    f.add_argument("--checkpoint-every", type=number(int, "--checkpoint-every", 0), default=0, metavar="N",
                    help="checkpoint every N steps so an interrupted run can be resumed (default: off)")
     f.add_argument("--threads", type=_threads, default="auto",
                    help="CPU threads for torch; 'auto' = torch's choice, or 1 when the machine is already "
@@ -206,11 +187,15 @@ def _flat(groups, default):
     return tuple(x for g in groups for x in g) if groups else default
 
 
+def _fmt(v, spec: str) -> str:
+    """A metric for humans; None / missing (recorded as null: non-finite or not defined) -> n/a."""
+    return "n/a" if not isinstance(v, (int, float)) or isinstance(v, bool) else format(v, spec)
+
+
 def _fmt_metrics(m: dict) -> str:
-    if m["kind"] == "image":
-        ssim = "n/a" if m.get("ssim") is None else f"{m['ssim']:.4f}"
-        return f"PSNR {m['psnr']:.2f} dB  SSIM {ssim}"
-    return f"MSE {m['mse']:.3e}  rho_AG {m['rho_ag']:.5f}"
+    if m.get("kind") == "image":
+        return f"PSNR {_fmt(m.get('psnr'), '.2f')} dB  SSIM {_fmt(m.get('ssim'), '.4f')}"
+    return f"MSE {_fmt(m.get('mse'), '.3e')}  rho_AG {_fmt(m.get('rho_ag'), '.5f')}"
 
 
 def _cmd_fit(a) -> int:
@@ -293,6 +278,8 @@ def _cmd_eval(a) -> int:
         stored = json.loads((Path(a.run_dir) / "metrics.json").read_text())
     except (OSError, ValueError):
         pass
+    if not isinstance(stored, dict):
+        stored = {}
     line = _fmt_metrics(m)
     if stored.get("kind") == m["kind"]:
         line += f"   (recorded at fit time: {_fmt_metrics(stored)})"
@@ -303,21 +290,11 @@ def _cmd_eval(a) -> int:
 
 def main(argv=None) -> int:
     """Entry point of the ``inr`` console script; returns the exit code."""
-    try:
-        a = make_parser().parse_args(argv)
-    except SystemExit as e:  # --help, or a usage error already reported in one line
-        return e.code if isinstance(e.code, int) else EXIT_USAGE
-    try:
-        return {"fit": _cmd_fit, "eval": _cmd_eval, "merge": _cmd_merge}[a.command](a)
-    except (SignalError, RunError, DivergenceError, ValueError) as e:
-        print(f"inr {a.command}: error: {' '.join(str(e).split())}", file=sys.stderr)
-    except OSError as e:
-        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
-        print(f"inr {a.command}: error: {where}{e.strerror or e}", file=sys.stderr)
-    except KeyboardInterrupt:
-        print(f"inr {a.command}: interrupted; no run folder was completed", file=sys.stderr)
-        return 130
-    return EXIT_USAGE
+    a = parse_args(make_parser(), argv)
+    if isinstance(a, int):  # --help, or a usage error already reported in one line
+        return a
+    cmd = {"fit": _cmd_fit, "eval": _cmd_eval, "merge": _cmd_merge}[a.command]
+    return run_main(f"inr {a.command}", lambda: cmd(a), interrupted="interrupted; no run folder was completed")
 
 
 if __name__ == "__main__":

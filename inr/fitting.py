@@ -32,7 +32,6 @@ import os
 import pickle
 import platform
 import resource
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -43,8 +42,10 @@ import torch
 from . import metrics as M
 from .models import build, count_params, from_config
 from .signals import Signal, SignalError, load
-from .runfiles import versions, write_json
-from .train import TrainConfig, fit, resolve_device, seed_everything
+from .runfiles import save_torch, versions, write_json
+from .runs import RunError, RunFolder, staging_dir
+from .runs import check_out as _check_out  # noqa: F401 - used by inr.batched / inr.shard
+from .train import DivergenceError, TrainConfig, fit, resolve_device, seed_everything
 
 # Adam learning rates.  SIREN/SPDER/LRNN: from a sweep on the cameraman at small scale (64^2 image,
 # ~3k params, 300 full-batch steps; 128^2, ~12.5k params, 200 steps), one notch below the best rate
@@ -59,11 +60,35 @@ PREDICT_CHUNK = 65536       # coordinates per forward pass when predicting a who
 # Random points per step on a CPU for batch="auto": on cameraman 256x256 in 60 s, 4096-point batches reached
 # 38.7 dB (SIREN) / 39.1 dB (SPDER) against ~25-30 dB with 16384 (benchmarks/image_fit.py, README).
 CPU_BATCH = 4096
+MAX_PARAMS = 10**9          # --params above this is refused (a 1e11 budget would exhaust memory)
 RUN_FILES = ("metrics.json", "config.json", "model.pt", "history.csv", "curves.png")
 
 
-class RunError(ValueError):
-    """A bad fitting option or output location; the message names it."""
+def _positive_finite(name: str, v) -> float:
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        raise RunError(f"{name} must be a number, got {v!r}") from None
+    if not (math.isfinite(x) and x > 0):
+        raise RunError(f"{name} must be a finite number > 0, got {v}")
+    return x
+
+
+def check_model_options(model_options: dict | None, params: int | None) -> None:
+    """Reject model hyper-parameters that cannot build a model (zero widths, non-finite frequencies)
+    before any work, with a message naming the option."""
+    for k, v in (model_options or {}).items():
+        if isinstance(v, bool) or v is None:
+            continue
+        if isinstance(v, int) and k in ("hidden", "hidden_layers", "rank", "depth", "dbar", "width",
+                                        "n_freqs") and v < 1:
+            raise RunError(f"--{k.replace('_', '-')} must be >= 1, got {v}")
+        if isinstance(v, float) and not math.isfinite(v):
+            raise RunError(f"--{k.replace('_', '-')} must be a finite number, got {v}")
+        if k in ("w0", "w0_first", "scale", "s0") and isinstance(v, (int, float)) and not v > 0:
+            raise RunError(f"--{k.replace('_', '-')} must be > 0, got {v}")
+    if params is not None and not (1 <= params <= MAX_PARAMS):
+        raise RunError(f"--params must be between 1 and {MAX_PARAMS:,}, got {params:,}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -246,26 +271,6 @@ def write_curves(history: list, kind: str, path: Path) -> None:
     fig.savefig(path, dpi=100)
 
 
-def _check_out(out: Path) -> Path:
-    """Reject an output location we cannot use, before any work is done."""
-    if out.exists():
-        raise RunError(f"--out {out}: already exists; choose a new run folder")
-    parent = out.parent
-    anc = parent
-    while not anc.exists():
-        anc = anc.parent
-    if not anc.is_dir():
-        raise RunError(f"--out {out}: {anc} is a file, not a folder")
-    if not os.access(anc, os.W_OK | os.X_OK):
-        raise RunError(f"--out {out}: {anc} is not writable")
-    return out
-
-
-def staging_dir(out: Path) -> Path:
-    """The hidden folder a run is assembled in (kept after an interruption only when it holds a checkpoint)."""
-    return out.parent / f".{out.name}.partial"
-
-
 # ----------------------------------------------------------------------------------------------
 # The whole job
 
@@ -297,36 +302,37 @@ def fit_signal(signal: Signal | str | os.PathLike | None = None, model: str = "l
             continue from it when ``resume`` is set.
         schedule, lr_final: learning-rate schedule (see :class:`inr.train.TrainConfig`).
     """
+    if steps is None or steps <= 0:
+        raise RunError(f"--steps must be > 0, got {steps}")
+    if seconds is not None:
+        _positive_finite("--seconds", seconds)
+    if checkpoint_every < 0:
+        raise RunError(f"--checkpoint-every must be >= 0, got {checkpoint_every}")
+    if lr is not None:
+        lr = _positive_finite("--lr", lr)
+    check_model_options(model_options, params)
     sig = signal if isinstance(signal, Signal) else load(signal)
     dev = resolve_device(device)
     if batch == "auto":
         batch = None if dev.type == "cuda" else CPU_BATCH
     if batch is not None and (not isinstance(batch, int) or batch <= 0):
         raise RunError(f"--batch must be a positive integer, 'auto' or None (full batch), got {batch!r}")
-    if steps is None or steps <= 0:
-        raise RunError(f"--steps must be > 0, got {steps}")
-    if seconds is not None and seconds <= 0:
-        raise RunError(f"--seconds must be > 0, got {seconds}")
-    if checkpoint_every < 0:
-        raise RunError(f"--checkpoint-every must be >= 0, got {checkpoint_every}")
-    lr = default_lr(model) if lr is None else float(lr)
-    if not lr > 0:
-        raise RunError(f"--lr must be > 0, got {lr}")
+    lr = default_lr(model) if lr is None else lr
     targets = tuple(float(t) for t in ((target_psnr if sig.kind == "image" else target_mse) or ()))
     out = Path(out) if out is not None else default_out(sig, model)
-    stage = staging_dir(out)
-    if not (resume and stage.exists()):
-        _check_out(out)
-    elif out.exists():
-        raise RunError(f"--out {out}: already exists; choose a new run folder")
+    run = RunFolder(out, resume=resume)   # checks --out before any work
 
     seed_everything(seed)
     net = build_for(sig, model, params, model_options, device=dev)
+    _check_budget(net, model, params, model_options)
+    fingerprint = json.dumps({"signal": {"kind": sig.kind, "shape": list(sig.shape), "channels": sig.channels,
+                                         "sha256": sig.digest()},
+                              "model": net.config}, sort_keys=True, default=str)
     cfg = TrainConfig(steps=int(steps), seconds=seconds, lr=lr, lr_final=lr_final, schedule=schedule, seed=seed,
                       device=str(dev), targets=targets, target_key="psnr" if sig.kind == "image" else "mse",
                       target_mode="max" if sig.kind == "image" else "min", quiet=quiet,
-                      checkpoint_every=int(checkpoint_every), checkpoint_path=str(stage / "checkpoint.pt"),
-                      resume=resume, desc=f"{model} {sig.name}")
+                      checkpoint_every=int(checkpoint_every), checkpoint_path=str(run.checkpoint),
+                      resume=resume, fingerprint=fingerprint, desc=f"{model} {sig.name}")
     coords, values = sig.coords(device=dev), sig.targets(device=dev)
     loss_fn = make_loss(net, coords, values, sig.kind, batch)
     fit_options = {"model": model, "params_budget": params, "steps": int(steps), "seconds": seconds, "lr": lr,
@@ -334,11 +340,7 @@ def fit_signal(signal: Signal | str | os.PathLike | None = None, model: str = "l
                    "device": str(dev), "seed": seed, "model_options": model_options or {},
                    "checkpoint_every": checkpoint_every}
 
-    if not resume and stage.exists():
-        shutil.rmtree(stage)  # a stale attempt at the same folder that is not being resumed
-    stage.mkdir(parents=True, exist_ok=True)
-    completed = False
-    try:
+    with run:
         # Measured before training (and with the generator state restored) so the run itself is unchanged.
         rng = torch.get_rng_state()
         saved = saved_tensor_bytes(loss_fn)
@@ -348,6 +350,9 @@ def fit_signal(signal: Signal | str | os.PathLike | None = None, model: str = "l
             torch.cuda.reset_peak_memory_stats(dev)
         result = fit(net, loss_fn, cfg)
         pred = predict(net, coords, sig.kind)
+        if not torch.isfinite(pred).all():
+            raise DivergenceError(f"{model} on {sig.name}: the trained model predicts non-finite values; "
+                                  f"lower --lr")
         memory = {"saved_tensors_bytes": saved, "peak_rss_bytes": peak_rss_bytes()}
         if dev.type == "cuda":
             memory["cuda_max_allocated_bytes"] = int(torch.cuda.max_memory_allocated(dev))
@@ -355,22 +360,29 @@ def fit_signal(signal: Signal | str | os.PathLike | None = None, model: str = "l
              **signal_metrics(sig, pred),
              "steps": result.steps, "seconds": result.seconds, "seconds_per_step": result.seconds_per_step,
              "stopped_by": result.stopped_by, "final_loss": result.final_loss,
+             "final_loss_note": "training MSE ([-1,1] scale) of the final parameters, after the last update",
+             "last_step_loss": result.last_step_loss,
              "time_to_target": result.time_to_target, "divergence_events": result.events,
              "batch": batch, "lr": lr, "device": str(dev),
              "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",
              "memory": memory, "seed": seed, "versions": versions(), "config": {"fit": fit_options,
                                                                                "model": net.config}}
         config = {"model": net.config, "fit": fit_options, "signal": sig.describe()}
-        write_run(stage, sig, net, pred, m, config, result)
-        if (stage / "checkpoint.pt").exists():
-            (stage / "checkpoint.pt").unlink()
-        os.replace(stage, out)
-        completed = True
-    finally:
-        if not completed and stage.exists() and not (stage / "checkpoint.pt").exists():
-            shutil.rmtree(stage, ignore_errors=True)
+        write_run(run.path, sig, net, pred, m, config, result)
     m["run_dir"] = str(out)
     return m
+
+
+def _check_budget(net, model: str, params: int | None, model_options: dict | None) -> None:
+    """A --params budget below the smallest model of the family (width / rank 1) is an error, not a
+    silently larger model."""
+    if params is None or any(k in (model_options or {}) for k in ("hidden", "rank")):
+        return
+    n = count_params(net)
+    width = net.config.get("hidden", net.config.get("rank"))
+    if width == 1 and n > params:
+        raise RunError(f"--params {params:,} is below the smallest {model} model for this signal "
+                       f"({n:,} parameters at width 1); raise --params or set --hidden / --rank")
 
 
 def write_run(folder: Path, sig: Signal, net, pred, metrics: dict, config: dict, result) -> None:
@@ -381,10 +393,7 @@ def write_run(folder: Path, sig: Signal, net, pred, metrics: dict, config: dict,
         metrics["error_map_max"] = write_error_map(sig, pred, folder / "error.png")
     result.write_history(folder / "history.csv")
     write_curves(result.history, sig.kind, folder / "curves.png")
-    state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
-    tmp = folder / ".model.pt.tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, folder / "model.pt")
+    save_torch({k: v.detach().cpu() for k, v in net.state_dict().items()}, folder / "model.pt")
     write_json(config, folder / "config.json")
     write_json(metrics, folder / "metrics.json")
 

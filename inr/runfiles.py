@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.metadata as md
 import json
+import math
 import os
 import platform
 from pathlib import Path
@@ -51,8 +52,29 @@ def write_text(path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def json_safe(o):
+    """``o`` with every non-finite float (NaN, +-inf; python, numpy or 0-d tensor) replaced by None and
+    numpy / torch scalars and arrays turned into plain numbers and lists, so the result is valid JSON."""
+    if isinstance(o, dict):
+        return {k: json_safe(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple, set)):
+        return [json_safe(v) for v in o]
+    if isinstance(o, np.ndarray):
+        return json_safe(o.tolist())
+    if torch.is_tensor(o):
+        return json_safe(o.detach().cpu().tolist())
+    if isinstance(o, (bool, np.bool_)):
+        return bool(o)
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, (float, np.floating)):
+        return float(o) if math.isfinite(o) else None
+    return o
+
+
 def write_json(obj, path) -> None:
-    write_text(path, json.dumps(obj, indent=2, default=json_default) + "\n")
+    """Valid JSON (non-finite numbers become null; ``allow_nan=False`` guarantees no bare NaN)."""
+    write_text(path, json.dumps(json_safe(obj), indent=2, default=json_default, allow_nan=False) + "\n")
 
 
 def save_torch(obj, path) -> None:

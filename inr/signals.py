@@ -34,6 +34,30 @@ class SignalError(ValueError):
     """A file that cannot be used as a signal; the message names the file."""
 
 
+# Largest image (pixels, H x W) any reader here will decode; checked from the file header before any
+# pixel data is decompressed.  Override with the environment variable INR_MAX_PIXELS or load(max_pixels=).
+MAX_PIXELS = 64 * 1024 * 1024
+
+
+def max_pixels(override: int | None = None) -> int:
+    """The pixel limit in force: ``override``, else ``$INR_MAX_PIXELS``, else :data:`MAX_PIXELS`."""
+    if override is not None:
+        return int(override)
+    env = os.environ.get("INR_MAX_PIXELS")
+    if env:
+        try:
+            return int(float(env))
+        except ValueError:
+            raise SignalError(f"INR_MAX_PIXELS must be a number of pixels, got {env!r}") from None
+    return MAX_PIXELS
+
+
+def _check_pixels(p, h: int, w: int, limit: int) -> None:
+    if h * w > limit:
+        raise SignalError(f"{p}: image declares {w}x{h} = {w * h:,} pixels, above the limit of {limit:,} "
+                          f"(set INR_MAX_PIXELS or max_pixels= to allow larger images)")
+
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
 AUDIO_SUFFIXES = {".wav", ".wave", ".flac", ".ogg", ".aif", ".aiff"}
 
@@ -240,8 +264,11 @@ def from_description(desc: dict) -> Signal:
 # Loading files
 
 
-def load(path: str | os.PathLike | None = None) -> Signal:
+def load(path: str | os.PathLike | None = None, max_pixels: int | None = None) -> Signal:
     """Load an image or sound file; ``None`` gives the built-in cameraman.
+
+    Images larger than ``max_pixels`` (default :func:`max_pixels`: ``$INR_MAX_PIXELS`` or
+    :data:`MAX_PIXELS`) are refused from their header, before any pixel data is decompressed.
 
     Raises:
         SignalError: missing path, not an image/sound file, corrupt file, empty or silent audio,
@@ -262,13 +289,14 @@ def load(path: str | os.PathLike | None = None) -> Signal:
     suffix = p.suffix.lower()
     if suffix in AUDIO_SUFFIXES:
         return _load_audio(p, src)
+    limit = globals()["max_pixels"](max_pixels)
     if suffix in IMAGE_SUFFIXES:
-        return _load_image(p, src)
+        return _load_image(p, src, limit=limit)
     # unknown suffix: sniff the content
     head = p.read_bytes()[:12]
     if head[:4] in (b"RIFF", b"RIFX", b"fLaC", b"OggS", b"FORM"):
         return _load_audio(p, src)
-    return _load_image(p, src, sniffed=True)
+    return _load_image(p, src, sniffed=True, limit=limit)
 
 
 def _load_audio(p: Path, src: str) -> Signal:
@@ -284,18 +312,22 @@ def _load_audio(p: Path, src: str) -> Signal:
     return audio_from_array(data, rate, subtype=info.subtype, source=src)
 
 
-def _load_image(p: Path, src: str, sniffed: bool = False) -> Signal:
+def _load_image(p: Path, src: str, sniffed: bool = False, limit: int = MAX_PIXELS) -> Signal:
     from PIL import Image, UnidentifiedImageError
 
     with open(p, "rb") as f:
         head = f.read(32)
+    if head[:8] == _PNG_SIG and len(head) >= 24 and head[12:16] == b"IHDR":
+        w, h = struct.unpack(">II", head[16:24])
+        _check_pixels(p, h, w, limit)
     try:
         if head[:4] in _TIFF_MAGIC:  # tifffile: Pillow cannot open float, 16-bit colour or gray+alpha TIFFs
-            arr = _read_tiff(p)
+            arr = _read_tiff(p, limit)
         elif head[:8] == _PNG_SIG and len(head) > 24 and head[24] == 16:
             arr = _read_png16(p)
         else:
             with Image.open(p) as im:
+                _check_pixels(p, im.size[1], im.size[0], limit)  # from the header; nothing decoded yet
                 im.load()
                 arr = _pil_to_array(im, p)
     except SignalError:
@@ -334,12 +366,17 @@ def _pil_to_array(im, p: Path) -> np.ndarray:
     return np.asarray(im)
 
 
-def _read_tiff(p: Path) -> np.ndarray:
+def _read_tiff(p: Path, limit: int = MAX_PIXELS) -> np.ndarray:
     import tifffile
 
     with tifffile.TiffFile(p) as tf:
         series = tf.series[0]
-        axes, arr = series.axes, series.asarray()
+        axes, shape = series.axes, series.shape
+        if "Y" in axes and "X" in axes:
+            _check_pixels(p, shape[axes.index("Y")], shape[axes.index("X")], limit)
+        if int(np.prod(shape)) > 4 * limit:
+            raise SignalError(f"{p}: TIFF declares {shape} samples, above 4 x the pixel limit of {limit:,}")
+        arr = series.asarray()
     if axes in ("YX", "YXS"):
         return arr
     if axes == "SYX" and arr.shape[0] <= 4:  # planar (channel-first) storage

@@ -25,7 +25,51 @@ from .runfiles import save_torch
 
 
 class DivergenceError(RuntimeError):
-    """Training kept producing non-finite losses after repeated learning-rate cuts."""
+    """Training kept producing non-finite (or blown-up) losses after repeated learning-rate cuts."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be resumed: corrupt, truncated, unsafe, or of another signal / model."""
+
+
+def rng_state() -> dict:
+    """The python, numpy and torch (CPU and CUDA) generator states as tensors and plain lists, so a
+    checkpoint holding them loads with ``torch.load(..., weights_only=True)``."""
+    version, internal, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": [int(version), list(internal), gauss],
+             "numpy": [str(name), torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(pos), int(has_gauss),
+                       float(cached)],
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Inverse of :func:`rng_state`."""
+    version, internal, gauss = state["python"]
+    random.setstate((int(version), tuple(int(v) for v in internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), float(cached)))
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def load_checkpoint(path, map_location="cpu") -> dict:
+    """``torch.load(path, weights_only=True)``: tensors and plain containers only, never arbitrary
+    objects (a checkpoint whose pickle tries to run code is refused).  Any failure -> CheckpointError."""
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - truncated zip, unsafe pickle, wrong format, ...
+        why = " ".join(str(e).split())
+        if "Weights only load failed" in why or "Unsupported global" in why or "weights_only" in why:
+            why = "it holds objects other than tensors and plain values (refused for safety)"
+        raise CheckpointError(f"checkpoint {path} is corrupt, truncated or unsafe: {why[:200]}") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {path} is not a training checkpoint (got {type(state).__name__})")
+    return state
 
 
 def seed_everything(seed: int) -> None:
@@ -78,19 +122,22 @@ class TrainConfig:
     log_every: int = 1
     guard_every: int = 25             # how often the last good state is snapshotted
     max_divergences: int = 8
+    blowup_factor: float | None = 1e4  # a finite loss above this x the lowest loss so far is a blow-up
+    blowup_after: int = 10            # ... once this many finite losses have been seen
     checkpoint_every: int = 0
     checkpoint_path: str | None = None
     resume: bool = False
+    fingerprint: str | None = None    # what a checkpoint must match to be resumed (signal + model)
     quiet: bool = False
     desc: str = "fit"
 
     def __post_init__(self):
         if self.steps <= 0:
             raise ValueError(f"steps must be > 0, got {self.steps}")
-        if self.seconds is not None and self.seconds <= 0:
+        if self.seconds is not None and not self.seconds > 0:
             raise ValueError(f"seconds must be > 0, got {self.seconds}")
-        if not self.lr > 0:
-            raise ValueError(f"learning rate must be > 0, got {self.lr}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"learning rate must be a finite number > 0, got {self.lr}")
         if self.schedule not in ("cosine", "exponential", "constant"):
             raise ValueError(f"schedule must be cosine, exponential or constant, got {self.schedule!r}")
         if self.optimizer not in ("adam", "sgd"):
@@ -99,6 +146,10 @@ class TrainConfig:
 
 @dataclass
 class FitResult:
+    """``final_loss`` is the loss of the final parameters (after the last update), evaluated once more
+    after training with the generator state restored, so the run is unchanged; ``last_step_loss`` is the
+    loss the last optimizer step was computed from (before that update).  ``events`` lists the
+    divergence-guard actions; each also appears as a row of ``history`` with an ``event`` column."""
     steps: int
     seconds: float                       # training wall time (evaluation excluded)
     final_loss: float
@@ -107,6 +158,8 @@ class FitResult:
     events: list = field(default_factory=list)           # divergence-guard actions
     seconds_per_step: float = float("nan")
     stopped_by: str = "steps"
+    last_step_loss: float = float("nan")
+    final_info: dict = field(default_factory=dict)       # loss_fn's info from the final-loss evaluation
 
     def write_history(self, path: str | os.PathLike) -> None:
         keys: list[str] = []
@@ -122,6 +175,7 @@ class FitResult:
     def summary(self) -> dict:
         d = asdict(self)
         d.pop("history")
+        d.pop("final_info")
         return d
 
 
@@ -173,6 +227,18 @@ def fit(model: nn.Module, loss_fn: Callable, cfg: TrainConfig, *, param_groups: 
         evaluate: ``step -> dict`` run every ``eval_every`` steps and at the end, off the clock, with
             gradients disabled; its values go into the history and may also hit targets.
         post_step: ``step -> None`` after each optimizer step (e.g. ReLinear-sw shrinkage).
+
+    Divergence guard: every ``cfg.guard_every`` steps the state is snapshotted (only while every parameter
+    is finite).  A step whose loss is non-finite, or a *blow-up* -- a finite loss above
+    ``cfg.blowup_factor`` x the lowest loss seen so far, once ``cfg.blowup_after`` finite losses have been
+    seen -- restores the last good state, halves the learning rate and is recorded (``FitResult.events``
+    and a history row with an ``event`` column); more than ``cfg.max_divergences`` such events raise
+    :class:`DivergenceError`.  After the last step the parameters are checked as well: non-finite ones
+    are replaced by the last good state (also recorded as an event).
+
+    Checkpoints (``cfg.checkpoint_path``) hold tensors and plain values only and are loaded with
+    ``weights_only=True``; ``cfg.fingerprint`` is stored in them and a resume with another fingerprint
+    raises :class:`CheckpointError`, as does a corrupt or truncated checkpoint.
     """
     if optimizer is None:
         optimizer = make_optimizer(param_groups if param_groups is not None else model.parameters(), cfg)
@@ -184,16 +250,27 @@ def fit(model: nn.Module, loss_fn: Callable, cfg: TrainConfig, *, param_groups: 
     start_step, elapsed, lr_scale = 0, 0.0, 1.0
 
     ckpt = cfg.checkpoint_path
+    best = math.inf        # lowest finite loss so far (blow-up rule)
+    n_finite = 0
     if cfg.resume and ckpt and os.path.exists(ckpt):
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start_step, elapsed, lr_scale = state["step"], state["elapsed"], state["lr_scale"]
-        history, events = state["history"], state["events"]
-        reached.update({float(k): v for k, v in state["reached"].items()})
-        torch.set_rng_state(state["torch_rng"])
-        np.random.set_state(state["numpy_rng"])
-        random.setstate(state["python_rng"])
+        state = load_checkpoint(ckpt)
+        if state.get("fingerprint") != cfg.fingerprint:
+            raise CheckpointError(f"checkpoint {ckpt} belongs to another run (different signal or model "
+                                  f"settings); refusing to resume from it")
+        try:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            start_step, elapsed, lr_scale = int(state["step"]), float(state["elapsed"]), float(state["lr_scale"])
+            history, events = list(state["history"]), list(state["events"])
+            reached.update({float(k): v for k, v in state["reached"].items()})
+            best, n_finite = float(state.get("best_loss", math.inf)), int(state.get("n_finite", 0))
+            set_rng_state(state["rng"])
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
+            raise CheckpointError(f"checkpoint {ckpt} does not fit this run: {' '.join(str(e).split())[:200]}") \
+                from None
+
+    def params_finite() -> bool:
+        return all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
     def snapshot():
         return copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict())
@@ -214,6 +291,10 @@ def fit(model: nn.Module, loss_fn: Callable, cfg: TrainConfig, *, param_groups: 
             if reached[t] is None and crossed(float(v), t):
                 reached[t] = {"seconds": round(now, 4), "step": at_step}
 
+    def record_event(at_step: int, text: str, now: float) -> None:
+        events.append({"step": at_step, "event": text, "lr_scale": lr_scale})
+        history.append({"step": at_step, "seconds": round(now, 4), "event": text, "lr_scale": lr_scale})
+
     while step < cfg.steps:
         now = time.perf_counter() - t0
         if cfg.seconds is not None and now >= cfg.seconds:
@@ -227,16 +308,24 @@ def fit(model: nn.Module, loss_fn: Callable, cfg: TrainConfig, *, param_groups: 
         optimizer.zero_grad(set_to_none=True)
         out = loss_fn(step)
         loss, info = (out if isinstance(out, tuple) else (out, {}))
+        bad = None
         if not _finite(loss):
+            bad = "non-finite loss"
+        else:
+            lv = float(loss.detach()) if torch.is_tensor(loss) else float(loss)
+            if (cfg.blowup_factor and n_finite >= cfg.blowup_after and best > 0
+                    and lv > cfg.blowup_factor * best):
+                bad = f"loss blow-up ({lv:.3g} > {cfg.blowup_factor:g} x lowest {best:.3g})"
+        if bad is not None:
             lr_scale *= 0.5
             model.load_state_dict(good[0])
             optimizer.load_state_dict(good[1])
-            events.append({"step": step, "event": "non-finite loss: restored last good state, halved lr",
-                           "lr_scale": lr_scale})
-            print(f"[{cfg.desc}] step {step}: non-finite loss; restored the last good state and halved the "
-                  f"learning rate (now x{lr_scale:g})", file=sys.stderr)
+            record_event(step, f"{bad}: restored last good state, halved lr", time.perf_counter() - t0)
+            if not cfg.quiet:
+                print(f"[{cfg.desc}] step {step}: {bad}; restored the last good state and halved the "
+                      f"learning rate (now x{lr_scale:g})", file=sys.stderr)
             if len(events) > cfg.max_divergences:
-                raise DivergenceError(f"training diverged {len(events)} times; last at step {step}")
+                raise DivergenceError(f"training diverged {len(events)} times; last at step {step} ({bad})")
             continue
         loss.backward()
         if cfg.grad_clip:
@@ -246,12 +335,13 @@ def fit(model: nn.Module, loss_fn: Callable, cfg: TrainConfig, *, param_groups: 
             post_step(step)
         step += 1
         loss_val = float(loss.detach())
+        best, n_finite = min(best, loss_val), n_finite + 1
         now = time.perf_counter() - t0
         info = {k: (float(v) if torch.is_tensor(v) else v) for k, v in info.items()}
         record_targets(info, now, step)
         if step % cfg.log_every == 0 or step == cfg.steps:
             history.append({"step": step, "seconds": round(now, 4), "loss": loss_val, "lr": cfg.lr * f, **info})
-        if step % cfg.guard_every == 0:
+        if step % cfg.guard_every == 0 and params_finite():
             good = snapshot()
         if evaluate is not None and eval_every and step % eval_every == 0 and step < cfg.steps:
             paused = time.perf_counter()
@@ -262,9 +352,9 @@ def fit(model: nn.Module, loss_fn: Callable, cfg: TrainConfig, *, param_groups: 
             history.append({"step": step, "seconds": round(now, 4), **{f"eval_{k}": v for k, v in ev.items()}})
         if ckpt and cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
             save_torch({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                          "elapsed": time.perf_counter() - t0, "lr_scale": lr_scale, "history": history,
-                          "events": events, "reached": reached, "torch_rng": torch.get_rng_state(),
-                          "numpy_rng": np.random.get_state(), "python_rng": random.getstate()}, ckpt)
+                        "elapsed": time.perf_counter() - t0, "lr_scale": lr_scale, "history": history,
+                        "events": events, "reached": reached, "rng": rng_state(), "best_loss": best,
+                        "n_finite": n_finite, "fingerprint": cfg.fingerprint}, ckpt)
         if bar is not None:
             bar.update(1)
             post = {"loss": f"{loss_val:.3g}"}
@@ -274,12 +364,42 @@ def fit(model: nn.Module, loss_fn: Callable, cfg: TrainConfig, *, param_groups: 
     if bar is not None:
         bar.close()
     seconds = time.perf_counter() - t0
+    if not params_finite():
+        model.load_state_dict(good[0])
+        optimizer.load_state_dict(good[1])
+        record_event(step, "non-finite parameters after the last update: restored last good state", seconds)
+        if not cfg.quiet:
+            print(f"[{cfg.desc}] non-finite parameters after the last update; restored the last good state",
+                  file=sys.stderr)
+        if not params_finite():
+            raise DivergenceError("training left non-finite parameters and no finite state to restore")
+    final_loss, final_info = _final_loss(model, loss_fn, step)
     if evaluate is not None:
         with torch.no_grad():
             ev = evaluate(step)
         record_targets(ev, seconds, step)
         history.append({"step": step, "seconds": round(seconds, 4), **{f"eval_{k}": v for k, v in ev.items()}})
     done = step - start_step
-    return FitResult(steps=step, seconds=seconds, final_loss=loss_val, history=history,
+    return FitResult(steps=step, seconds=seconds, final_loss=final_loss, history=history,
                      time_to_target={str(k): v for k, v in reached.items()}, events=events,
-                     seconds_per_step=(seconds - elapsed) / done if done else float("nan"), stopped_by=stopped_by)
+                     seconds_per_step=(seconds - elapsed) / done if done else float("nan"), stopped_by=stopped_by,
+                     last_step_loss=loss_val, final_info=final_info)
+
+
+def _final_loss(model: nn.Module, loss_fn: Callable, step: int) -> tuple[float, dict]:
+    """``(loss, info)`` of the final parameters: one more evaluation of ``loss_fn`` (random batches draw
+    from the global generators, whose states are restored afterwards so nothing downstream changes; a
+    loss_fn with its own generators advances them once).  NaN and {} if it fails."""
+    saved = rng_state()
+    info: dict = {}
+    try:
+        out = loss_fn(step)
+        loss, info = out if isinstance(out, tuple) else (out, {})
+        v = float(loss.detach()) if torch.is_tensor(loss) else float(loss)
+        info = {k: (float(x) if torch.is_tensor(x) else x) for k, x in info.items()}
+    except (RuntimeError, ValueError, TypeError, IndexError):
+        v, info = float("nan"), {}
+    finally:
+        set_rng_state(saved)
+    model.zero_grad(set_to_none=True)
+    return v, info

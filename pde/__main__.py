@@ -10,10 +10,12 @@ import sys
 
 import torch
 
+from inr.cliutil import run_main
+from inr.runs import RunFolder
 from inr.train import resolve_threads
 
 from . import models, problems
-from .solve import DEFAULT_LR, DTYPES, SolveConfig, solve, write_run
+from .solve import DEFAULT_LR, DTYPES, SolveConfig, solve, write_files
 
 # model options: flag -> (type, the registry's keyword)
 HYPER = {"hidden": int, "hidden_layers": int, "rank": int, "depth": int, "dbar": int, "width": int,
@@ -53,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
                         "where more threads spin-wait and run many times slower; else torch's default)")
     s.add_argument("--eval-res", type=int, default=None, help="evaluation grid points per axis (2-D 256, 1-D 8193)")
     s.add_argument("--eval-every", type=int, default=0, help="log the relative L2 error every N steps (0: end only)")
-    s.add_argument("--out", default=None, help="run folder (metrics.json, history.csv, solution.png, model.pt)")
+    s.add_argument("--out", default=None, help="run folder to create, must not exist (metrics.json, history.csv, solution.png, model.pt)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     g = s.add_argument_group("model options (defaults: pde.models.pde_defaults, scaled with n)")
     for name, typ in HYPER.items():
@@ -95,21 +97,23 @@ def main(argv=None) -> int:
         print("problems:", ", ".join(problems.PROBLEMS))
         print("models:  ", ", ".join(models.MODELS))
         return 0
-    try:
-        if a.params is not None and a.params < 0:
-            raise ValueError(f"--params must be >= 0, got {a.params}")
-        cfg = config_from_args(a)
-        cfg.validate()
-        set_threads(a.threads)
-        sol = solve(cfg)
-        if a.out:
-            write_run(sol, a.out)
-    except (ValueError, OSError) as e:
-        print(f"python -m pde: error: {e}", file=sys.stderr)
-        return 2
+    return run_main("python -m pde", lambda: _solve(a))
+
+
+def _solve(a) -> int:
+    if a.params is not None and a.params < 0:
+        raise ValueError(f"--params must be >= 0, got {a.params}")
+    cfg = config_from_args(a)
+    cfg.validate()
+    run = RunFolder(a.out) if a.out else None   # refuses an existing --out before the solve
+    set_threads(a.threads)
+    sol = solve(cfg)
+    if run is not None:
+        with run:
+            write_files(sol, str(run.path))
     m = sol.metrics
     print(json.dumps({k: m[k] for k in ("model", "params", "rel_l2", "max_error", "final_residual_rms", "seconds",
-                                        "steps")}))
+                                        "steps")}, default=str))
     if a.out:
         print(f"run folder: {a.out}", file=sys.stderr)
     return 0

@@ -62,10 +62,10 @@ class SolveConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
         if self.boundary_points is not None and self.boundary_points <= 0:
             raise ValueError(f"--boundary-points must be > 0, got {self.boundary_points}")
-        if self.seconds is not None and self.seconds <= 0:
-            raise ValueError(f"--seconds must be > 0, got {self.seconds}")
-        if self.lr is not None and not self.lr > 0:
-            raise ValueError(f"--lr must be > 0, got {self.lr}")
+        for name in ("seconds", "lr", "penalty", "lr_final"):
+            v = getattr(self, name)
+            if v is not None and not (math.isfinite(v) and v > 0):
+                raise ValueError(f"--{name.replace('_', '-')} must be a finite number > 0, got {v}")
         if self.boundary not in ("exact", "penalty"):
             raise ValueError(f"--boundary must be 'exact' or 'penalty', got {self.boundary!r}")
         if not self.penalty > 0:
@@ -175,9 +175,19 @@ def solve(cfg: SolveConfig) -> Solution:
     return Solution(ansatz, problem, cfg, model_config, metrics, result, grid.cpu(), pred, truth)
 
 
-def write_run(sol: Solution, out: str) -> None:
-    """Run folder: config.json, model.pt, history.csv, solution.png, metrics.json (written last, so
-    its presence means the folder is complete).  Every file goes to a temporary name first."""
+def write_run(sol: Solution, out: str) -> str:
+    """Create the run folder ``out`` (which must not exist; :class:`inr.runs.RunFolder`: built under a
+    hidden name and renamed at the end) holding :func:`write_files`."""
+    from inr.runs import RunFolder
+
+    with RunFolder(out) as run:
+        write_files(sol, str(run.path))
+    return out
+
+
+def write_files(sol: Solution, out: str) -> None:
+    """config.json, model.pt, history.csv, solution.png, metrics.json (written last, so its presence
+    means the folder is complete) into the folder ``out``.  Every file goes to a temporary name first."""
     os.makedirs(out, exist_ok=True)
     write_json({"solve": asdict(sol.config), "model": sol.model_config}, os.path.join(out, "config.json"))
     tmp = os.path.join(out, "model.pt.tmp")
@@ -190,15 +200,16 @@ def write_run(sol: Solution, out: str) -> None:
 
 def plot_solution(sol: Solution, path: str) -> None:
     """Prediction, exact solution and error (images in 2-D, curves in 1-D)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     pred, truth = sol.prediction, sol.truth
     title = f"{sol.config.model} on {sol.problem.name}"
     if sol.problem.dim == 2:
         res = int(round(math.sqrt(pred.size)))
-        fig, axs = plt.subplots(1, 3, figsize=(13, 4))
+        fig = Figure(figsize=(13, 4))
+        FigureCanvasAgg(fig)
+        axs = fig.subplots(1, 3)
         for ax, img, name in zip(axs, (pred, truth, pred - truth), ("prediction", "exact", "error")):
             im = ax.imshow(img.reshape(res, res).T, origin="lower", extent=(0, 1, 0, 1),
                            cmap="RdBu_r" if name == "error" else "viridis")
@@ -206,7 +217,9 @@ def plot_solution(sol: Solution, path: str) -> None:
             fig.colorbar(im, ax=ax, shrink=0.8)
     else:
         x = sol.grid.double().numpy().ravel()
-        fig, axs = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
+        fig = Figure(figsize=(9, 6))
+        FigureCanvasAgg(fig)
+        axs = fig.subplots(2, 1, sharex=True)
         axs[0].plot(x, truth, "k-", lw=1, label="exact")
         axs[0].plot(x, pred, "r--", lw=1, label="prediction")
         axs[0].legend()
@@ -216,6 +229,5 @@ def plot_solution(sol: Solution, path: str) -> None:
     fig.suptitle(f"{title}: relative L2 {sol.metrics['rel_l2']:.2e}")
     fig.tight_layout()
     tmp = f"{path}.tmp.png"
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
+    fig.savefig(tmp, dpi=110, format="png")
     os.replace(tmp, path)

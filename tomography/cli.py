@@ -6,18 +6,18 @@ history.csv, model.pt).  User errors print one line on stderr and exit with code
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shutil
-import sys
-import tempfile
 import time
 
 import numpy as np
 
+from inr.cliutil import number, run_main
 from inr.runfiles import versions
+from inr.runs import RunFolder
 
 EXIT_USAGE = 2
+MIN_SIZE = 8       # SSIM (7 x 7 window) and a meaningful scan need at least 8 x 8 pixels
+MAX_SIZE = 8192
 
 
 class _Parser(argparse.ArgumentParser):
@@ -26,17 +26,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _number(kind, name, low=None, allow_none=False):
-    def parse(s):
-        if allow_none and s.lower() in ("none", "inf"):
-            return None
-        try:
-            v = kind(s)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be a {kind.__name__}, got {s!r}") from None
-        if low is not None and not v > low:
-            raise argparse.ArgumentTypeError(f"{name} must be > {low}, got {s}")
-        return v
-    return parse
+    """A finite number > ``low`` (or any finite number when ``low`` is None)."""
+    return number(kind, name, low, low_open=True, allow_none=allow_none)
 
 
 def _size(s):
@@ -46,8 +37,9 @@ def _size(s):
         raise argparse.ArgumentTypeError(f"--size must be N or HxW, got {s!r}") from None
     if len(parts) == 1:
         parts = parts * 2
-    if len(parts) != 2 or min(parts) < 2:
-        raise argparse.ArgumentTypeError(f"--size must be N or HxW with sides >= 2, got {s!r}")
+    if len(parts) != 2 or min(parts) < MIN_SIZE or max(parts) > MAX_SIZE:
+        raise argparse.ArgumentTypeError(f"--size must be N or HxW with sides from {MIN_SIZE} to {MAX_SIZE} "
+                                         f"(SSIM needs a 7 x 7 window), got {s!r}")
     return tuple(parts)
 
 
@@ -60,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m tomography", description="Sparse-view parallel-beam CT reconstruction.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     r = sub.add_parser("recon", help="simulate a scan of an image and reconstruct it (INR, FBP, SART, TV)")
-    r.add_argument("image", nargs="?", help="image file (grayscale or RGB; min-max normalised to [0, 1])")
+    r.add_argument("image", nargs="?", help="image file read by inr.signals (grayscale or RGB, averaged to gray; 8/16-bit scaled by "
+                        "the format maximum to [0, 1], float taken as is)")
     r.add_argument("--phantom", action="store_true", help="use scikit-image's Shepp-Logan phantom")
     r.add_argument("--size", type=_size, default=None,
                    help="resize to N x N or HxW (default: 256 for --phantom, the file's own size otherwise)")
@@ -100,27 +93,26 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--threads", default="auto",
                    help="torch CPU threads, or auto: 1 when the load average already fills the CPUs, else "
                         "torch's default")
-    r.add_argument("--out", default=None, help="run folder (default runs/ct-<image>-<model>-<views>v)")
+    r.add_argument("--out", default=None, help="run folder to create, must not exist (default runs/ct-<image>-<model>-<views>v)")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
 
 def save_png(path, array, cmap="gray", vmin=0.0, vmax=1.0) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.image import imsave  # no pyplot, no global backend switch
 
-    plt.imsave(path, np.asarray(array), cmap=cmap, vmin=vmin, vmax=vmax)
+    imsave(path, np.asarray(array), cmap=cmap, vmin=vmin, vmax=vmax, format="png")
 
 
 def comparison_figure(path, truth, recons: dict, metrics: dict, title: str = "") -> None:
     """Truth and each reconstruction (top) with absolute error maps (bottom)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     names = list(recons)
-    fig, ax = plt.subplots(2, len(names) + 1, figsize=(2.6 * (len(names) + 1), 6.4), squeeze=False)
+    fig = Figure(figsize=(2.6 * (len(names) + 1), 6.4))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots(2, len(names) + 1, squeeze=False)
     ax[0, 0].imshow(truth, cmap="gray", vmin=0, vmax=1)
     ax[0, 0].set_title("truth")
     ax[1, 0].axis("off")
@@ -138,7 +130,6 @@ def comparison_figure(path, truth, recons: dict, metrics: dict, title: str = "")
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def _score(rec, truth) -> dict:
@@ -166,27 +157,6 @@ def run_baselines(scan, fbp_filter="ramp", sart_iterations=10, tv_weight=3e-4, t
     return recons, metrics
 
 
-def _prepare_out(out: str) -> str:
-    """A fresh temporary folder beside ``out``; refuses to replace a folder that is not a run folder."""
-    out = os.path.abspath(out)
-    if os.path.exists(out) and not (os.path.isdir(out) and (not os.listdir(out)
-                                                            or os.path.exists(os.path.join(out, "metrics.json")))):
-        raise ValueError(f"--out {out} exists and is not a previous run folder; choose another path")
-    parent = os.path.dirname(out)
-    try:
-        os.makedirs(parent, exist_ok=True)
-        return tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.tmp-", dir=parent)
-    except OSError as e:
-        raise ValueError(f"cannot write --out {out}: {e.strerror}") from None
-
-
-def _finish(tmp: str, out: str) -> None:
-    out = os.path.abspath(out)
-    if os.path.exists(out):
-        shutil.rmtree(out)
-    os.replace(tmp, out)
-
-
 def recon(args) -> dict:
     import torch
 
@@ -199,9 +169,13 @@ def recon(args) -> dict:
         raise ValueError("give exactly one of IMAGE or --phantom")
     if args.readout_noise and args.photons is None:
         raise ValueError("--readout-noise is a standard deviation in detector counts and needs --photons")
-    truth = phantom(args.size or (256, 256)) if args.phantom else load_image(args.image, args.size)
     name = "shepp-logan" if args.phantom else os.path.splitext(os.path.basename(args.image))[0]
     out = args.out or os.path.join("runs", f"ct-{name}-{args.model}-{args.views}v")
+    run = RunFolder(out)   # refuses an existing --out before any work
+    truth = phantom(args.size or (256, 256)) if args.phantom else load_image(args.image, args.size)
+    if min(truth.shape) < MIN_SIZE:
+        raise ValueError(f"the image is {truth.shape[0]}x{truth.shape[1]} pixels; CT reconstruction here needs "
+                         f"at least {MIN_SIZE}x{MIN_SIZE} (use --size)")
     device = resolve_device(args.device)
     if args.threads != "auto":
         try:
@@ -215,8 +189,8 @@ def recon(args) -> dict:
         threads = resolve_threads("auto")
     if threads:
         torch.set_num_threads(threads)
-    tmp = _prepare_out(out)
-    try:
+    with run:
+        tmp = str(run.path)
         scan = simulate(truth, args.views, args.angle_range, not args.full_field, args.photons, args.readout_noise,
                         args.peak_attenuation, seed=args.seed)
         recons, metrics = run_baselines(scan, args.fbp_filter, args.sart_iterations, args.tv_weight,
@@ -252,30 +226,21 @@ def recon(args) -> dict:
                           f"{name} {truth.shape[0]}x{truth.shape[1]}, {args.views} views")
         np.save(os.path.join(tmp, "reconstruction.npy"), image)
         result.write_history(os.path.join(tmp, "history.csv"))
-        torch.save(net.model.state_dict(), os.path.join(tmp, "model.pt"))
-        with open(os.path.join(tmp, "config.json"), "w") as f:
-            json.dump(config, f, indent=2)
-        with open(os.path.join(tmp, "metrics.json"), "w") as f:  # written last: marks a complete run
-            json.dump(summary, f, indent=2)
-        _finish(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        run.save_torch("model.pt", net.model.state_dict())
+        run.write_json("config.json", config)
+        run.write_json("metrics.json", summary)  # written last: marks a complete run
     return {"out": os.path.abspath(out), "metrics": metrics}
 
 
 def main(argv=None) -> int:
-    from inr.train import DivergenceError
-
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
+
+    def command() -> int:
         res = recon(args)
-    except (ValueError, DivergenceError) as e:
-        print(f"{parser.prog}: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    rows = [f"{k:>12s}: {v['psnr']:6.2f} dB  SSIM {v['ssim']:.4f}  {v['seconds']:8.1f} s"
-            for k, v in res["metrics"].items()]
-    print("\n".join(rows))
-    print(f"run folder: {res['out']}")
-    return 0
+        rows = [f"{k:>12s}: {v['psnr']:6.2f} dB  SSIM {v['ssim']:.4f}  {v['seconds']:8.1f} s"
+                for k, v in res["metrics"].items()]
+        print("\n".join(rows))
+        print(f"run folder: {res['out']}")
+        return 0
+    return run_main(parser.prog, command)

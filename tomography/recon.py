@@ -31,33 +31,33 @@ OUTPUTS = ("linear", "sigmoid")
 
 
 def load_image(path: str | os.PathLike, size=None) -> np.ndarray:
-    """Grayscale float64 image in [0, 1] (min-max normalised); colour is averaged to gray;
-    ``size`` ``(H, W)`` resizes (anti-aliased)."""
-    from skimage import io
+    """Grayscale float64 image in [0, 1], read by :func:`inr.signals.load` (its pixel limit and 16-bit
+    decoding; values scaled by the format's maximum, float images taken as they are); colour is averaged
+    to gray and alpha dropped; ``size`` ``(H, W)`` resizes (anti-aliased)."""
     from skimage.transform import resize
+
+    from inr.signals import SignalError, load
 
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise ValueError(f"image file not found: {path}")
     try:
-        img = np.asarray(io.imread(path), dtype=np.float64)
-    except Exception as e:  # any decoder failure is the user's file, not our bug
-        raise ValueError(f"cannot read {path} as an image ({type(e).__name__}: {e})") from None
-    if img.ndim == 3 and img.shape[-1] in (3, 4):
-        img = img[..., :3].mean(-1)
-    if img.ndim != 2:
-        raise ValueError(f"{path}: expected a 2-D grayscale or RGB image, got an array of shape {img.shape}")
-    if min(img.shape) < 2:
-        raise ValueError(f"{path}: image too small ({img.shape}); need at least 2 x 2 pixels")
-    if not np.all(np.isfinite(img)):
-        raise ValueError(f"{path}: image contains non-finite values")
-    lo, hi = img.min(), img.max()
-    if hi <= lo:
+        sig = load(path)
+    except SignalError as e:
+        detail = " ".join(str(e).split())
+        if "2-D" in detail:
+            raise ValueError(f"cannot read {path}: expected a 2-D grayscale or RGB image ({detail})") from None
+        raise ValueError(f"cannot read {path} as an image ({detail})") from None
+    if sig.kind != "image":
+        raise ValueError(f"{path}: expected a 2-D grayscale or RGB image, got {sig.kind}")
+    v = sig.values                       # (H, W, C) in [0, 1]
+    c = v.shape[2]
+    img = v[..., :3].mean(-1) if c >= 3 else v[..., 0]
+    if img.max() <= img.min():
         raise ValueError(f"{path}: image is constant; nothing to reconstruct")
-    img = (img - lo) / (hi - lo)
     if size is not None:
         img = np.clip(resize(img, tuple(size), anti_aliasing=True), 0.0, 1.0)
-    return img
+    return np.ascontiguousarray(img, dtype=np.float64)
 
 
 def phantom(size=(256, 256)) -> np.ndarray:
