@@ -194,7 +194,7 @@ class _BatchUnpickler(pickle.Unpickler):
 
 
 def safe_unpickle(f) -> object:
-    """``pickle.load(f, encoding="bytes")`` restricted to what CIFAR-10 batches contain."""
+    """A restricted unpickler: loads only what CIFAR-10 batches contain (numpy arrays, dtypes, bytes)."""
     return _BatchUnpickler(f, encoding="bytes").load()
 
 
