@@ -380,17 +380,22 @@ def _harmonic_forward_impl(z, omega, phase, alpha, beta, c0, activation: str, ga
     return p
 
 
+PARTIAL_ROWS = 64  # the compiled backward sums its per-element terms over blocks of this many batch rows
+
+
 def _harmonic_backward_impl(z, omega, phase, alpha, beta, c0, grad_phi, activation: str, gamma: float):
-    """dL/dz and the per-element terms whose batch sums are the parameter gradients, in the order
-    omega, phase, alpha_1..K, beta_1..K, c0 (separate outputs: a stacked output compiles to a much
-    slower kernel on the CPU, and so do the batch reductions; both are left to eager code)."""
+    """dL/dz, and the parameter-gradient terms summed over blocks of :data:`PARTIAL_ROWS` batch rows
+    (the batch must be a multiple of it), in the order omega, phase, alpha_1..K, beta_1..K, c0.
+    Separate outputs and in-kernel block sums: a stacked output, or full batch reductions, compile to
+    much slower kernels on the CPU; the remaining (B / 64)-row sums are left to eager code."""
     th = z * omega + phase
     cs, ss, S, dS, env, denv = _harmonic_terms(th, alpha, beta, activation)
     f = 1.0 + gamma * ((S if env is None else env * S) + c0)
     gg = _exclusive_prod_unrolled(f) * (grad_phi.unsqueeze(-1) * gamma)    # dL/dg
     ge = gg if env is None else gg * env                                    # dL/dS
     dth = ge * dS if env is None else ge * dS + gg * denv * S               # dL/dtheta
-    return (dth * omega, dth * z, dth, *[ge * c for c in cs], *[ge * s for s in ss], gg)
+    terms = (dth * z, dth, *[ge * c for c in cs], *[ge * s for s in ss], gg)
+    return (dth * omega, *[t.view(-1, PARTIAL_ROWS, *t.shape[1:]).sum(1) for t in terms])
 
 
 _COMPILED_HARMONIC: dict = {}
@@ -403,7 +408,7 @@ def _compiled_harmonic(which: str):
     return _COMPILED_HARMONIC[which]
 
 
-BACKWARD_ROWS = 8192  # batch rows per compiled backward call (bounds the stacked per-element terms)
+BACKWARD_ROWS = 8192  # batch rows per compiled backward call (a multiple of PARTIAL_ROWS; bounds the temporaries)
 
 
 class CompiledHarmonicFn(torch.autograd.Function):
@@ -432,16 +437,21 @@ class CompiledHarmonicFn(torch.autograd.Function):
                 return (*torch.autograd.grad(phi, (z, omega, phase, alpha, beta, c0), grad_phi, create_graph=True),
                         None, None)
         K = alpha.shape[-1]
-        gz = torch.empty_like(z)
-        sums = None
+        n = z.shape[0]
+        pad = -n % PARTIAL_ROWS
+        if pad:  # zero rows of grad_phi add nothing to any gradient
+            z = torch.cat([z, z.new_zeros(pad, *z.shape[1:])])
+            grad_phi = torch.cat([grad_phi, grad_phi.new_zeros(pad, *grad_phi.shape[1:])])
         grad_phi = grad_phi.contiguous()
+        parts, sums = [], None
         for lo in range(0, z.shape[0], BACKWARD_ROWS):
             hi = min(lo + BACKWARD_ROWS, z.shape[0])
             gzc, *per = _compiled_harmonic("backward")(z[lo:hi], omega, phase, alpha, beta, c0, grad_phi[lo:hi],
                                                        name, gamma)
-            gz[lo:hi] = gzc
+            parts.append(gzc)
             part = torch.stack([t.sum(0) for t in per])                        # (2K + 3, r, dbar)
             sums = part if sums is None else sums + part
+        gz = (parts[0] if len(parts) == 1 else torch.cat(parts))[:n]
         if c0.shape[0] == 1 and z.shape[1] != 1:   # shared components: also sum over the r neurons
             sums = sums.sum(1, keepdim=True)
         g_omega, g_phase = sums[0], sums[1]
