@@ -51,7 +51,7 @@ from .train import TrainConfig, fit, resolve_device, seed_everything
 # there because wider nets want smaller rates: SIREN best 3e-3 (64^2) / 1e-3 (128^2); SPDER best 1e-3,
 # collapses at 3e-3; LRNN best 1e-2, collapses at 3e-2.  Gauss, WIRE, ReLU+PE: the papers' code values.
 DEFAULT_LR = {"siren": 5e-4, "spder": 5e-4, "gauss": 1e-3, "wire": 5e-3, "relu-pe": 1e-3,
-              "lrnn-siren": 3e-3, "lrnn-spder": 3e-3}
+              "lrnn-siren": 3e-3, "lrnn-spder": 3e-3, "hash": 1e-2}
 FALLBACK_LR = 1e-3          # models registered later without an entry above
 AUDIO_W0_FIRST = 3000.0       # SIREN / SPDER audio (methods.md section 1)
 LRNN_AUDIO_W0_FIRST = 300.0   # LRNN audio (our choice, see the module docstring)

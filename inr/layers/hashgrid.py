@@ -27,7 +27,8 @@ Gradients: w.r.t. the table (always) and w.r.t. the input ``x`` (first derivativ
 ``d f_l / d x_i = N_l / 2 * sum_o table_l[.] * d weight_o / d w_i``; a d-linear interpolant is
 piecewise, so this is the derivative inside a cell, with the one-sided value of the upper cell on a cell
 boundary).  Second derivatives (``create_graph=True`` through the encoding, as PDE residuals of order 2
-need) are not supported: the backward is once-differentiable and differentiating it raises an error.
+need) are not supported: a backward with ``create_graph=True`` raises a RuntimeError (rather than return
+a gradient that silently lacks its own graph).
 """
 from __future__ import annotations
 
@@ -35,7 +36,6 @@ import math
 
 import torch
 from torch import nn
-from torch.autograd.function import once_differentiable
 
 PRIMES = (1, 2654435761, 805459861)
 _MASK32 = 0xFFFFFFFF
@@ -98,7 +98,7 @@ class HashGridEncoding(nn.Module):
         fdt = self.embeddings.dtype
         # derived from the configuration: not saved in the state dict
         self.register_buffer("scale", torch.tensor(self.resolutions, dtype=fdt, device=device), persistent=False)
-        self.register_buffer("offsets", torch.tensor(offsets, dtype=torch.int64, device=device)[:, None],
+        self.register_buffer("offsets", torch.tensor(offsets, dtype=torch.int64, device=device)[:, None, None],
                              persistent=False)
         # per level and dimension: the multiplier of the vertex coordinate (dense strides, then the primes)
         mult = [[(n + 1) ** i for i in range(d)] if dense else list(PRIMES[:d])
@@ -125,7 +125,8 @@ class HashGridEncoding(nn.Module):
             self.embeddings.uniform_(-1e-4, 1e-4)
 
     # -- the pieces (used by the autograd function) -----------------------------------------------
-    # Layout: levels then batch, (..., L, B), so every broadcast runs along a contiguous batch row.
+    # Layout: positions are (d, L, B), so every broadcast runs along a contiguous batch row; corner indices
+    # and weights are (L, B, 2^d), one row of 2^d corners per (level, point): embedding_bag's bags.
 
     def positions(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(B, d)`` inputs -> lower cell corners ``c`` (d, L, B) int64 and local coordinates ``w`` (d, L, B)."""
@@ -142,19 +143,19 @@ class HashGridEncoding(nn.Module):
         return [[(k >> (d - 1 - i)) & 1 for i in range(d)] for k in range(1 << d)]
 
     def corners(self, c: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Flat-table indices (2^d, L, B) int64 and d-linear weights (2^d, L, B) of every corner."""
+        """Flat-table indices (L, B, 2^d) int64 and d-linear weights (L, B, 2^d) of every corner."""
         d, k, L = self.in_features, self.n_dense, self.levels
         lo = c * self.mult.t()[:, :, None]                 # (d, L, B): coordinate term of the lower vertex
         hi = lo + self.mult.t()[:, :, None]                # upper vertex
         bits = self.corner_bits()
-        idx = torch.empty((1 << d,) + tuple(c.shape[1:]), dtype=torch.int64, device=c.device)
+        idx = torch.empty(tuple(c.shape[1:]) + (1 << d,), dtype=torch.int64, device=c.device)
         for j, b in enumerate(bits):
             terms = [(hi if b[i] else lo)[i] for i in range(d)]
             for sl, op in ((slice(0, k), torch.add), (slice(k, L), torch.bitwise_xor)):
                 # dense levels: sum of strided coordinates; hashed levels: xor of coordinate * prime
                 if sl.start == sl.stop:
                     continue
-                o = idx[j, sl]
+                o = idx[sl, :, j]
                 if d == 1:
                     o.copy_(terms[0][sl])
                 else:
@@ -162,25 +163,25 @@ class HashGridEncoding(nn.Module):
                     for t in terms[2:]:
                         op(o, t[sl], out=o)
         if k < L:  # low 32 bits (uint32 arithmetic), mod T
-            h = idx[:, k:]
+            h = idx[k:]
             if self.table & (self.table - 1) == 0:  # a power of 2: mod T keeps the low bits
                 h.bitwise_and_(self.table - 1)
             else:
                 h.bitwise_and_(_MASK32).remainder_(self.table)
-        idx.add_(self.offsets)  # (L, 1) -> each level's block of the flat table
+        idx.add_(self.offsets)  # (L, 1, 1) -> each level's block of the flat table
         wts = self.corner_weights(w, bits)
         return idx, wts
 
     @staticmethod
     def corner_weights(w: torch.Tensor, bits, skip: int | None = None) -> torch.Tensor:
         """``prod_i (w_i if bit_i else 1 - w_i)`` per corner -> (2^d, L, B); with ``skip = i`` the factor of
-        dimension i is replaced by its derivative (+1 or -1), giving ``d weight / d w_i``."""
+        dimension i is replaced by its derivative (+1 or -1), giving ``d weight / d w_i``.  (L, B, 2^d)."""
         d = w.shape[0]
         one_minus = 1 - w
-        out = torch.empty((len(bits),) + tuple(w.shape[1:]), dtype=w.dtype, device=w.device)
+        out = torch.empty(tuple(w.shape[1:]) + (len(bits),), dtype=w.dtype, device=w.device)
         for j, b in enumerate(bits):
             facs = [(w if b[i] else one_minus)[i] for i in range(d) if i != skip]
-            o = out[j]
+            o = out[..., j]
             if not facs:
                 o.fill_(1.0)
             elif len(facs) == 1:
@@ -207,11 +208,13 @@ class HashGridEncoding(nn.Module):
 
 
 def _interpolate(idx: torch.Tensor, wts: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-    """``sum_corners wts * table[idx]``: (2^d, L, B) indices and weights -> (B, L * F), one gather per feature."""
-    C, L, B = idx.shape
-    tt = table.t().contiguous()  # (F, sum T_l): each feature's column is contiguous
-    outs = [torch.mul(tt[f].take(idx), wts).sum(0) for f in range(tt.shape[0])]  # (L, B) each
-    return torch.stack(outs, -1).transpose(0, 1).reshape(B, L * tt.shape[0])
+    """``sum_corners wts * table[idx]``: (L, B, 2^d) indices and weights -> (B, L * F), in one fused
+    gather-and-weighted-sum (``embedding_bag``, one bag per level and point)."""
+    L, B, C = idx.shape
+    out = torch.nn.functional.embedding_bag(idx.reshape(L * B, C), table, per_sample_weights=wts.reshape(L * B, C),
+                                            mode="sum")
+    F = table.shape[1]
+    return out.reshape(L, B, F).transpose(0, 1).reshape(B, L * F)
 
 
 class HashGridFn(torch.autograd.Function):
@@ -228,29 +231,31 @@ class HashGridFn(torch.autograd.Function):
         return _interpolate(idx, wts, table)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad):
+        if torch.is_grad_enabled():  # create_graph=True: the backward below is not itself differentiable
+            raise RuntimeError("HashGridEncoding does not support second derivatives (create_graph=True through "
+                               "the encoding): its backward is once-differentiable; first derivatives in x and "
+                               "the table are exact")
         idx, wts, x, table = ctx.saved_tensors
         enc = ctx.enc
-        C, L, B = idx.shape
+        L, B, C = idx.shape
         F = enc.features
-        g = grad.reshape(B, L, F).permute(2, 1, 0)  # (F, L, B)
+        g = grad.reshape(B, L, F).permute(2, 1, 0)[..., None]  # (F, L, B, 1)
         grad_x = grad_table = None
         if ctx.needs_input_grad[1]:
-            # per feature: scatter grad * weight of every corner into that feature's column
-            gt = torch.zeros(F, enc.embeddings.shape[0], dtype=grad.dtype, device=grad.device)
+            # per feature: scatter grad * weight of every corner into that feature's column of the table
+            grad_table = torch.zeros(enc.embeddings.shape, dtype=grad.dtype, device=grad.device)
             flat = idx.reshape(-1)
             for f in range(F):
-                gt[f].scatter_add_(0, flat, (wts * g[f]).reshape(-1))
-            grad_table = gt.t()
+                grad_table[:, f].scatter_add_(0, flat, (wts * g[f]).reshape(-1))
         if ctx.needs_input_grad[0]:
             _, w = enc.positions(x)
             w = w.to(grad.dtype)
-            tt = table.t().contiguous()
-            gdot = sum(tt[f].take(idx) * g[f] for f in range(F))  # (C, L, B): grad . corner entry
+            vals = table.index_select(0, idx.reshape(-1)).reshape(L, B, C, F)
+            gdot = (vals * g.permute(1, 2, 3, 0)).sum(-1)        # (L, B, C): grad . corner entry
             half_n = 0.5 * enc.scale.to(grad.dtype)[:, None]      # dp / dx per level
             bits = enc.corner_bits()
-            cols = [(gdot * enc.corner_weights(w, bits, skip=i)).sum(0).mul_(half_n).sum(0)
+            cols = [(gdot * enc.corner_weights(w, bits, skip=i)).sum(-1).mul_(half_n).sum(0)
                     for i in range(enc.in_features)]
             grad_x = torch.stack(cols, -1).to(x.dtype)
         return grad_x, grad_table, None
