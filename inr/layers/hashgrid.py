@@ -40,9 +40,10 @@ from torch import nn
 PRIMES = (1, 2654435761, 805459861)
 _MASK32 = 0xFFFFFFFF
 # Default finest resolution per input dimension (the caller should set it near the signal's own
-# resolution): 512 covers the built-in 512x512 cameraman, 2^16 lets a 1-D budget of a few hundred
-# thousand parameters be met (a dense 1-D level has only N + 1 entries).
-DEFAULT_FINEST = {1: 1 << 16, 2: 512, 3: 256}
+# resolution): 512 covers the built-in 512x512 cameraman; 2^18 in 1-D (a few seconds of audio) also lets
+# a budget of a few hundred thousand parameters be met with 8 levels, since a dense 1-D level has only
+# N + 1 entries and the table size cannot grow past the all-dense size.
+DEFAULT_FINEST = {1: 1 << 18, 2: 512, 3: 256}
 
 
 def level_resolutions(levels: int, base_resolution: int, finest_resolution: int) -> list[int]:
