@@ -239,3 +239,15 @@ def test_fit_signal_hash_on_a_tiny_image_and_audio(tmp_path):
     a = fitting.fit_signal(test_audio(0.25, 8000), model="hash", params=20_000, steps=100, batch=512, seconds=None,
                            quiet=True, out=tmp_path / "aud")
     assert a["kind"] == "audio" and a["mse"] < 0.05 and (tmp_path / "aud" / "reconstruction.wav").exists()
+
+
+def test_cpu_defaults_for_hash(tmp_path):
+    from conftest import smooth_image
+    from inr import fitting
+    from inr.signals import image_from_array
+
+    assert fitting.default_lr("hash") == 1e-2
+    m = fitting.fit_signal(image_from_array(smooth_image(16, 16)), model="hash", params=5_000, steps=2,
+                           batch="auto", device="cpu", seconds=None, quiet=True, out=tmp_path / "r")
+    assert m["batch"] == fitting.CPU_BATCH_BY_MODEL["hash"] == 2048 and m["lr"] == 1e-2
+    assert build("hash", 2, 1, table=64).body[0].levels == 8  # the model's default level count
