@@ -251,3 +251,14 @@ def test_cpu_defaults_for_hash(tmp_path):
                            batch="auto", device="cpu", seconds=None, quiet=True, out=tmp_path / "r")
     assert m["batch"] == fitting.CPU_BATCH_BY_MODEL["hash"] == 2048 and m["lr"] == 1e-2
     assert build("hash", 2, 1, table=64).body[0].levels == 8  # the model's default level count
+
+
+def test_fine_1d_level_interpolates_precisely_in_float32():
+    # N = 2^17: in float32, u N would carry only ~6 bits of the local coordinate w
+    N = 1 << 17
+    e = HashGridEncoding(1, levels=1, base_resolution=N, finest_resolution=N, table=N + 1, features=1)
+    with torch.no_grad():
+        e.embeddings.copy_(torch.arange(N + 1, dtype=torch.float32)[:, None] / N)  # f(x) = u exactly
+    x = torch.rand(1000) * 2 - 1
+    u = (x.double() + 1) / 2
+    torch.testing.assert_close(e(x[:, None])[:, 0].double(), u, rtol=0, atol=1e-6)

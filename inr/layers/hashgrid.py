@@ -130,13 +130,15 @@ class HashGridEncoding(nn.Module):
     # and weights are (L, B, 2^d), one row of 2^d corners per (level, point): embedding_bag's bags.
 
     def positions(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(B, d)`` inputs -> lower cell corners ``c`` (d, L, B) int64 and local coordinates ``w`` (d, L, B)."""
-        xt = x.to(self.scale.dtype).t()[:, None, :]  # (d, 1, B)
-        half = 0.5 * self.scale[None, :, None]
-        p = (xt + 1) * half
+        """``(B, d)`` inputs -> lower cell corners ``c`` (d, L, B) int64 and local coordinates ``w`` (d, L, B)
+        in the table's dtype.  ``p = u N_l`` is formed in float64 (but on MPS): in float32 its rounding at
+        ``N ~ 2^17`` (the 1-D default finest level) would quantise ``w`` to steps of 1/64."""
+        wide = torch.float32 if x.device.type == "mps" else torch.float64
+        scale = self.scale.to(wide)
+        p = (x.to(wide).t()[:, None, :] + 1) * (0.5 * scale[None, :, None])  # (d, L, B)
         c = torch.floor(p).clamp_(min=0)
-        c = torch.minimum(c, (self.scale - 1)[None, :, None], out=c)
-        return c.to(torch.int64), p.sub_(c)
+        c = torch.minimum(c, (scale - 1)[None, :, None], out=c)
+        return c.to(torch.int64), p.sub_(c).to(self.scale.dtype)
 
     def corner_bits(self) -> list[list[int]]:
         """``bits[k][i]``: whether corner k takes the upper vertex along dimension i."""
