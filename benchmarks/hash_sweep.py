@@ -10,7 +10,7 @@ excluded) at the first evaluation that reached it, so it is resolved to ``eval-e
 ``--adam ngp`` uses Instant-NGP's Adam settings (betas (0.9, 0.99), eps 1e-15) instead of torch's
 defaults (0.9, 0.999, 1e-8), which is what ``inr fit`` uses.
 
-    python benchmarks/hash_sweep.py --seconds 6              # the table in the final report
+    python benchmarks/hash_sweep.py --seconds 5 --lrs 3e-3,1e-2,3e-2 --batches 2048,4096,8192 --levels 8,16
     python benchmarks/hash_sweep.py --quick                  # a 64x64 smoke run (seconds)
 """
 from __future__ import annotations
