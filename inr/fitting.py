@@ -47,12 +47,16 @@ from .runs import RunError, RunFolder, staging_dir
 from .runs import check_out as _check_out  # noqa: F401 - used by inr.batched / inr.shard
 from .train import DivergenceError, TrainConfig, fit, resolve_device, seed_everything
 
-# Adam learning rates.  SIREN/SPDER/LRNN: from a sweep on the cameraman at small scale (64^2 image,
+# Adam learning rates.  hash (Instant-NGP's code uses 1e-2): benchmarks/hash_sweep.py on the cameraman
+# 256^2, ~200k params, 2048-8192 point batches, 5 s: 1e-2 first to 30/35/40 dB at the default 2048 points
+# and 8 levels, 3e-2 close (ahead at 4096-8192 points), 3e-3 clearly slower.  (Instant-NGP's Adam betas
+# (0.9, 0.99) and eps 1e-15, which the training loop does not expose, ended 3-5 dB higher after 5 s there.)
+# SIREN/SPDER/LRNN: from a sweep on the cameraman at small scale (64^2 image,
 # ~3k params, 300 full-batch steps; 128^2, ~12.5k params, 200 steps), one notch below the best rate
 # there because wider nets want smaller rates: SIREN best 3e-3 (64^2) / 1e-3 (128^2); SPDER best 1e-3,
 # collapses at 3e-3; LRNN best 1e-2, collapses at 3e-2.  Gauss, WIRE, ReLU+PE: the papers' code values.
 DEFAULT_LR = {"siren": 5e-4, "spder": 5e-4, "gauss": 1e-3, "wire": 5e-3, "relu-pe": 1e-3,
-              "lrnn-siren": 3e-3, "lrnn-spder": 3e-3}
+              "lrnn-siren": 3e-3, "lrnn-spder": 3e-3, "hash": 1e-2}
 FALLBACK_LR = 1e-3          # models registered later without an entry above
 AUDIO_W0_FIRST = 3000.0       # SIREN / SPDER audio (docs/methods.md section 1)
 LRNN_AUDIO_W0_FIRST = 300.0   # LRNN audio (our choice, see the module docstring)
@@ -61,6 +65,10 @@ PREDICT_CHUNK = 65536       # coordinates per forward pass when predicting a who
 # 38.7 dB (SIREN) / 39.1 dB (SPDER) against ~25-30 dB with 16384 (benchmarks/image_fit.py, README).
 CPU_BATCH = 4096
 MAX_PARAMS = 10**9          # --params above this is refused (a 1e11 budget would exhaust memory)
+# Per-family exceptions: the hash grid's steps cost ~linear in the batch and 2048-point steps learn about as
+# much as 4096-point ones, so 2048 reached 30/35/40 dB first at every rate and level count tried
+# (cameraman 256^2, 200k params: 0.6/1.0/1.8 s against 0.8/1.7/3.1 s; benchmarks/hash_sweep.py).
+CPU_BATCH_BY_MODEL = {"hash": 2048}
 RUN_FILES = ("metrics.json", "config.json", "model.pt", "history.csv", "curves.png")
 
 
@@ -118,7 +126,7 @@ def build_for(signal: Signal, model: str, params: int | None = None, model_optio
               device=None):
     """Build ``model`` for ``signal``: coordinate dim in, channels out, this tool's defaults for the kind."""
     hyper = {**model_defaults(model, signal.kind), **(model_options or {})}
-    if params is not None and any(k in hyper for k in ("hidden", "rank")):
+    if params is not None and any(k in hyper for k in ("hidden", "rank", "table")):
         params = None  # an explicit width wins over the budget
     try:
         return build(model, signal.coord_dim, signal.channels, params=params, device=device, **hyper)
@@ -291,7 +299,7 @@ def fit_signal(signal: Signal | str | os.PathLike | None = None, model: str = "l
         steps, seconds: stop at ``steps`` optimizer steps or ``seconds`` of training, whichever comes first.
         lr: Adam learning rate; None picks :data:`DEFAULT_LR` for the model.
         batch: random points per step; None = every point (full batch); ``"auto"`` = full batch on CUDA,
-            :data:`CPU_BATCH` points on the CPU.
+            :data:`CPU_BATCH` points on the CPU (:data:`CPU_BATCH_BY_MODEL` for some families).
         target_psnr: PSNR targets (dB) whose first crossing by the batch PSNR is timed (images).
         target_mse: MSE targets timed for audio (first batch MSE at or below each).
         device: ``auto``, ``cpu`` or ``cuda``.
@@ -314,7 +322,7 @@ def fit_signal(signal: Signal | str | os.PathLike | None = None, model: str = "l
     sig = signal if isinstance(signal, Signal) else load(signal)
     dev = resolve_device(device)
     if batch == "auto":
-        batch = None if dev.type == "cuda" else CPU_BATCH
+        batch = None if dev.type == "cuda" else CPU_BATCH_BY_MODEL.get(model, CPU_BATCH)
     if batch is not None and (not isinstance(batch, int) or batch <= 0):
         raise RunError(f"--batch must be a positive integer, 'auto' or None (full batch), got {batch!r}")
     lr = default_lr(model) if lr is None else lr

@@ -12,3 +12,5 @@ __all__ += ["QuadraticLinear", "QuadraticConv2d"]
 from .product_unit import ConvPU  # noqa: E402
 from .newton import NewtonBlock  # noqa: E402
 __all__ += ["ConvPU", "NewtonBlock"]
+from .hashgrid import HashGridEncoding  # noqa: E402
+__all__ += ["HashGridEncoding"]
