@@ -4,10 +4,10 @@
     python benchmarks/lrnn_cost.py --batch 65536 --repeats 5
     python benchmarks/lrnn_cost.py --quick
 
-Rows: SIREN, SPDER, the default LRNN-SPDER (fused ProductFn), the same LRNN on plain autograd
-(`memory_efficient=False`), with bf16 hidden projections (`precision="bf16"`), with the torch.compile'd
-kernel pair (`kernel="compiled"`, the GPU speed path), and the issue's naive configuration
-(r=128, dbar=8, m=8) fused and plain.
+Rows: SIREN, SPDER, the default LRNN-SPDER (harmonic components, K = 4, depth 3) with the torch.compile'd
+kernels (what `inr fit` uses where a C++ compiler exists), with the eager fused kernel and on plain autograd;
+the poster's configuration (MLP components m = 4, depth 2) fused, plain, with bf16 hidden projections and
+compiled; and the naive configuration (r=128, dbar=8, m=8) fused and plain.
 Steps of all models are interleaved and the median over repeats is reported, so the ratios hold on a
 shared machine.  Memory = bytes of the tensors autograd saves for backward in one step (deduplicated by
 storage), which is what differs between the models; parameters and optimizer state are ~2.4 MB for all.
@@ -50,19 +50,31 @@ def main(argv=None) -> int:
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     x, y = torch.rand(a.batch, 2) * 2 - 1, torch.rand(a.batch, 1)
+    paper = dict(component="mlp", width=4, band="component", head_init="default", depth=2)
     models = {
         "siren": build("siren", 2, 1, params=a.params),
         "spder": build("spder", 2, 1, params=a.params),
-        "lrnn-spder (fused)": build("lrnn-spder", 2, 1, params=a.params),
-        "lrnn-spder (plain autograd)": build("lrnn-spder", 2, 1, params=a.params, memory_efficient=False),
-        "lrnn-spder (fused, bf16 hidden projections)": build("lrnn-spder", 2, 1, params=a.params, precision="bf16"),
     }
-    if not a.no_compiled:   # the GPU speed path, timed here on whatever device this runs on
-        models["lrnn-spder (compiled kernel)"] = build("lrnn-spder", 2, 1, params=a.params, kernel="compiled")
+    if not a.no_compiled:   # the default LRNN of inr fit where a C++ compiler exists (first step compiles)
+        models["lrnn-spder (default: harmonic K=4, compiled)"] = build("lrnn-spder", 2, 1, params=a.params,
+                                                                       kernel="compiled")
+    models.update({
+        "lrnn-spder (harmonic K=4, fused eager)": build("lrnn-spder", 2, 1, params=a.params),
+        "lrnn-spder (harmonic K=4, plain autograd)": build("lrnn-spder", 2, 1, params=a.params,
+                                                           memory_efficient=False),
+        "lrnn-spder (paper MLP m=4, depth 2, fused)": build("lrnn-spder", 2, 1, params=a.params, **paper),
+        "lrnn-spder (paper MLP, plain autograd)": build("lrnn-spder", 2, 1, params=a.params, memory_efficient=False,
+                                                        **paper),
+        "lrnn-spder (paper MLP, bf16 hidden projections)": build("lrnn-spder", 2, 1, params=a.params,
+                                                                 precision="bf16", **paper),
+    })
+    if not a.no_compiled:
+        models["lrnn-spder (paper MLP, compiled kernel)"] = build("lrnn-spder", 2, 1, params=a.params,
+                                                                  kernel="compiled", **paper)
     if not a.no_naive:
-        models["lrnn-spder r128 d8 m8 (fused)"] = build("lrnn-spder", 2, 1, rank=128, dbar=8, width=8)
+        models["lrnn-spder r128 d8 m8 (fused)"] = build("lrnn-spder", 2, 1, rank=128, dbar=8, width=8, **paper)
         models["lrnn-spder r128 d8 m8 (plain autograd)"] = build("lrnn-spder", 2, 1, rank=128, dbar=8, width=8,
-                                                                 memory_efficient=False)
+                                                                 memory_efficient=False, **paper)
     opts = {k: torch.optim.Adam(m.parameters(), 1e-4) for k, m in models.items()}
     times = {k: [] for k in models}
     for rep in range(a.repeats + 1):  # the first round is warm-up

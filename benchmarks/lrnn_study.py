@@ -37,7 +37,7 @@ IMAGES = ("camera", "moon", "coins", "brick", "gravel", "astronaut")
 AUDIO = ("test_audio", "speech", "music")
 MODELS = ("siren", "spder", "lrnn-siren", "lrnn-spder")
 # Adam learning rates at ~200k parameters (our choices, from the sweep in docs/methods.md section 2.6).
-LR = {"siren": 5e-4, "spder": 5e-4, "lrnn-siren": 1e-3, "lrnn-spder": 1e-3}
+LR = {"siren": 1e-3, "spder": 1e-3, "lrnn-siren": 3e-3, "lrnn-spder": 3e-3}
 AUDIO_LR = {"siren": 1e-4, "spder": 1e-4, "lrnn-siren": 1e-3, "lrnn-spder": 1e-3}
 IMAGE_TARGETS, AUDIO_TARGETS = (30.0, 40.0), (1e-3, 1e-4)
 
@@ -94,6 +94,11 @@ def load_signal(name: str, size: int, audio_seconds: float):
     img = img[(h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]
     img = np.clip(resize(img, (size, size), anti_aliasing=True), 0, 1)
     return image_from_array(img, builtin={"name": name, "size": size})
+
+
+def split_models(text: str) -> list[str]:
+    """Split a comma list of model specs, keeping commas inside [...] options."""
+    return [m.strip() for m in re.findall(r"[^,\[]+(?:\[[^\]]*\])?", text) if m.strip()]
 
 
 def parse_model(spec: str) -> tuple[str, dict]:
@@ -161,23 +166,28 @@ def worker(spec: dict) -> dict:
     return out
 
 
-def run_specs(specs: list[dict]) -> list[dict]:
-    results = []
+def _run_one(spec: dict, label: str) -> dict:
     env = {**os.environ, "PYTHONPATH": str(HERE.parent) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    for i, spec in enumerate(specs):
-        print(f"[{i + 1}/{len(specs)}] {spec['model']} on {spec['signal']}", flush=True)
-        proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True,
-                              text=True, env=env)
-        if proc.returncode != 0:
-            err = (proc.stderr.strip().splitlines() or ["failed"])[-1]
-            print(f"    FAILED: {err}", file=sys.stderr)
-            results.append({**spec, "error": err})
-            continue
-        r = json.loads(proc.stdout.strip().splitlines()[-1])
-        key = "psnr" if "psnr" in r else "mse"
-        print(f"    {key} {r[key]:.4g}  steps {r['steps']}  s/step {r['seconds_per_step']:.3f}", flush=True)
-        results.append(r)
-    return results
+    proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True,
+                          env=env)
+    if proc.returncode != 0:
+        err = (proc.stderr.strip().splitlines() or ["failed"])[-1]
+        print(f"{label}  FAILED: {err}", file=sys.stderr, flush=True)
+        return {**spec, "error": err}
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    key = "psnr" if "psnr" in r else "mse"
+    print(f"{label}  {key} {r[key]:.4g}  steps {r['steps']}  s/step {r['seconds_per_step']:.3f}", flush=True)
+    return r
+
+
+def run_specs(specs: list[dict], jobs: int = 1) -> list[dict]:
+    """Each run in its own process; ``jobs`` at a time (timings are only comparable with jobs x threads
+    <= cores and nothing else running)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    labels = [f"[{i + 1}/{len(specs)}] {s['model']} on {s['signal']}" for i, s in enumerate(specs)]
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as ex:
+        return list(ex.map(_run_one, specs, labels))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -284,7 +294,8 @@ def main(argv=None) -> int:
     p.add_argument("--eval-every", type=int, default=25, help="whole-signal evaluation cadence (steps)")
     p.add_argument("--lr", action="append", default=[], metavar="MODEL=LR", help="override a learning rate")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2, help="torch threads per run")
+    p.add_argument("--jobs", type=int, default=1, help="runs at a time (equal-steps quality does not depend on it)")
     p.add_argument("--out", default="results/lrnn_study")
     p.add_argument("--quick", action="store_true", help="tiny smoke setting (seconds)")
     a = p.parse_args(argv)
@@ -304,7 +315,7 @@ def main(argv=None) -> int:
             out.mkdir(parents=True, exist_ok=True)
             specs = []
             for signal in signals:
-                for model in a.models.split(","):
+                for model in split_models(a.models):
                     name = parse_model(model)[0]
                     lr = lrs.get(model, lrs.get(name, (LR if kind == "image" else AUDIO_LR).get(name, 1e-3)))
                     specs.append({"model": model, "signal": signal, "size": a.size, "audio_seconds": a.audio_seconds,
@@ -313,11 +324,11 @@ def main(argv=None) -> int:
                                   "seconds": None if mode == "steps" else a.seconds,
                                   "eval_every": a.eval_every, "targets": list(targets), "threads": a.threads})
             t0 = time.time()
-            results = run_specs(specs)
+            results = run_specs(specs, a.jobs)
             rows = summarise(results, kind, targets)
             budget = f"{a.steps} steps" if mode == "steps" else f"{a.seconds:g} s"
             header = (f"# LRNN study: {part}, equal {'steps' if mode == 'steps' else 'wall time'} ({budget}, batch "
-                      f"{a.batch}, ~{a.params} params, {a.threads} threads, load {os.getloadavg()[0]:.1f})\n\n")
+                      f"{a.batch}, ~{a.params} params, {a.jobs} x {a.threads} threads, load {os.getloadavg()[0]:.1f})\n\n")
             text = header + markdown(rows) + "\nPer signal (" + ("PSNR dB" if kind == "image" else "MSE") + "):\n\n" \
                 + per_signal_table(results, kind)
             (out / "table.md").write_text(text)

@@ -47,7 +47,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from . import fitting as F
 from .runfiles import versions, write_json
-from .layers.lrnn import CompiledProductFn, LRNNLayer, ProductFn
+from .layers.lrnn import CompiledHarmonicFn, CompiledProductFn, HarmonicProductFn, LRNNLayer, ProductFn
 from .models import count_params
 from .signals import AUDIO_SUFFIXES, IMAGE_SUFFIXES, Signal, SignalError, load
 from .train import DivergenceError, FitResult, TrainConfig, fit, resolve_device, seed_everything
@@ -135,7 +135,7 @@ def _fusable_lrnn(net: nn.Module) -> bool:
     body, head = getattr(net, "body", None), getattr(net, "head", None)
     return (isinstance(body, nn.Sequential) and len(body) > 0 and isinstance(head, nn.Linear)
             and not getattr(net, "complex_out", False)
-            and all(isinstance(m, LRNNLayer) and m.memory_efficient and m.component == "mlp" for m in body))
+            and all(isinstance(m, LRNNLayer) and m.memory_efficient for m in body))
 
 
 def _lrnn_stacked_forward(base: nn.Module, p: dict, x: torch.Tensor) -> torch.Tensor:
@@ -159,10 +159,16 @@ def _lrnn_stacked_forward(base: nn.Module, p: dict, x: torch.Tensor) -> torch.Te
                 z = z * layer.scale
         B_ = z.shape[1]
         z = z.view(N, B_, r, dbar).transpose(0, 1).reshape(B_, N * r, dbar)
-        comp = [q(k) for k in ("a", "b", "c", "c0")]
+        mlp = layer.component == "mlp"
+        comp = [q(k) for k in (("a", "b", "c", "c0") if mlp else ("omega", "phase", "alpha", "beta", "c0"))]
         comp = [t.expand(N, r, *t.shape[2:]).reshape(N * r, *t.shape[2:]) for t in comp]
-        fn = CompiledProductFn if layer.kernel == "compiled" else ProductFn
-        phi = fn.apply(z, *comp, layer.comp_w0, layer.activation, layer.gamma)                    # (B, N*r)
+        if mlp:
+            fn = CompiledProductFn if layer.kernel == "compiled" else ProductFn
+            phi = fn.apply(z, *comp, layer.comp_w0, layer.activation, layer.gamma)                # (B, N*r)
+        elif layer.kernel == "compiled":
+            phi = CompiledHarmonicFn.apply(z, *comp, layer.activation, layer.gamma)
+        else:
+            phi = HarmonicProductFn.apply(z, *comp, layer.activation, layer.gamma)[0]
         h = phi.view(B_, N, r).transpose(0, 1)
         if layer.norm is not None:
             h = torch.nn.functional.layer_norm(h, (r,), eps=layer.norm.eps)

@@ -31,6 +31,7 @@ import math
 import os
 import pickle
 import platform
+import shutil
 import resource
 import sys
 import time
@@ -103,12 +104,23 @@ def check_model_options(model_options: dict | None, params: int | None) -> None:
 # Model and loss
 
 
+def compiled_kernels_available() -> bool:
+    """Whether LRNN fits use the torch.compile'd component kernels: a C++ compiler is on the PATH (Inductor
+    needs one on the CPU) and ``INR_COMPILE`` is not ``0``.  The first fit on a machine spends ~15-40 s
+    compiling; later processes load the kernels from Inductor's on-disk cache."""
+    if os.environ.get("INR_COMPILE", "1") == "0":
+        return False
+    return torch.cuda.is_available() or any(shutil.which(c) for c in ("c++", "g++", "gcc", "clang"))
+
+
 def model_defaults(model: str, kind: str) -> dict:
     """Hyper-parameters this tool sets for ``model`` on an ``"image"`` or ``"audio"`` signal
     (anything passed in ``model_options`` overrides them)."""
-    if kind != "audio":
-        return {}
     d = {}
+    if model in ("lrnn-siren", "lrnn-spder"):
+        d["kernel"] = "compiled" if compiled_kernels_available() else "fused"
+    if kind != "audio":
+        return d
     if model in ("siren", "spder"):
         d["w0_first"] = AUDIO_W0_FIRST
     if model in ("lrnn-siren", "lrnn-spder"):

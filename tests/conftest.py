@@ -1,8 +1,15 @@
 """Shared fixtures: tiny images and WAV files written into tmp_path, and a one-thread torch."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
+
+# LRNN fits default to torch.compile'd kernels where a C++ compiler exists; compiling costs ~15-40 s per
+# kernel and process, so the suite fits with the eager kernels.  The compiled kernels are tested directly
+# (test_lrnn_kernels.py, test_lrnn_harmonic.py), and the choice itself in test_lrnn_harmonic.py.
+os.environ.setdefault("INR_COMPILE", "0")
 
 
 @pytest.fixture

@@ -130,15 +130,17 @@ def test_bad_options_and_empty_input(tmp_path):
     assert not (tmp_path / "r").exists()
 
 
-@pytest.mark.parametrize("shared,kernel", [(False, "fused"), (True, "fused"), (True, "compiled")])
-def test_fused_lrnn_stack_matches_each_model_and_its_gradients(torch_one_thread, shared, kernel):
+@pytest.mark.parametrize("shared,kernel,component", [(False, "fused", "harmonic"), (True, "fused", "harmonic"),
+                                                     (True, "compiled", "harmonic"), (False, "fused", "mlp"),
+                                                     (True, "compiled", "mlp")])
+def test_fused_lrnn_stack_matches_each_model_and_its_gradients(torch_one_thread, shared, kernel, component):
     """The wide-ProductFn LRNN path (no vmap) against each model's own forward and backward, float64
     (kernel="compiled": the torch.compile'd pair, in the stack and in each model)."""
     from inr.models import build
 
     torch.manual_seed(1)
     nets = [build("lrnn-spder", 2, 2, rank=4, depth=2, width=3, shared=shared, dtype=torch.float64,
-                  kernel=kernel) for _ in range(3)]
+                  kernel=kernel, component=component) for _ in range(3)]
     st = B.StackedINR(nets)
     assert st.fused
     x = torch.rand(3, 9, 2, dtype=torch.float64) * 2 - 1

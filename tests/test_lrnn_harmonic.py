@@ -120,3 +120,16 @@ def test_harmonic_count_and_small_head():
     # a budget is honoured with harmonic components too
     m = build("lrnn-spder", 2, 1, params=50_000, component="harmonic", depth=3)
     assert abs(count_params(m) - 50_000) / 50_000 < 0.02
+
+
+def test_fit_defaults_pick_the_compiled_kernel_when_available(monkeypatch):
+    from inr import fitting
+    monkeypatch.setenv("INR_COMPILE", "0")
+    assert fitting.model_defaults("lrnn-spder", "image")["kernel"] == "fused"
+    monkeypatch.setenv("INR_COMPILE", "1")
+    monkeypatch.setattr(fitting.shutil, "which", lambda name: "/usr/bin/" + name)
+    assert fitting.model_defaults("lrnn-spder", "image")["kernel"] == "compiled"
+    monkeypatch.setattr(fitting.shutil, "which", lambda name: None)
+    monkeypatch.setattr(fitting.torch.cuda, "is_available", lambda: False)
+    assert fitting.model_defaults("lrnn-siren", "audio")["kernel"] == "fused"
+    assert "kernel" not in fitting.model_defaults("siren", "image")
