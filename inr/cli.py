@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from .cliutil import EXIT_USAGE, Parser, number, parse_args, positive_float, run_main
-from .fitting import DEFAULT_LR, MAX_PARAMS, RunError, evaluate_run, fit_signal
+from .fitting import DEFAULT_LR, EVAL_EVERY, MAX_PARAMS, RunError, evaluate_run, fit_signal
 from .models import MODELS
 from .train import resolve_threads
 
@@ -128,6 +128,14 @@ def make_parser() -> argparse.ArgumentParser:
     f.add_argument("--batch", type=_batch, default="auto",
                    help="random points per step, 'full' for every point; 'auto' = full on CUDA, 4096 on "
                         "the CPU (default: %(default)s)")
+    f.add_argument("--eval-every", type=number(int, "--eval-every", 0), default=EVAL_EVERY, metavar="N",
+                   help="evaluate the whole signal every N steps, off the training clock (0: only after the "
+                        "last step); time to target counts these evaluations (default: %(default)s)")
+    f.add_argument("--warmup", type=number(int, "--warmup", 0), default=0, metavar="STEPS",
+                   help="linear learning-rate warm-up over this many steps (default: %(default)s)")
+    f.add_argument("--schedule-by", choices=("auto", "steps", "time"), default="auto",
+                   help="progress of the cosine learning-rate decay: 'steps' (step/--steps), 'time' "
+                        "(elapsed/--seconds) or 'auto', the larger of both (default: %(default)s)")
     f.add_argument("--target-psnr", type=_floats("--target-psnr"), action="append", default=None,
                    metavar="DB[,DB...]", help="PSNR targets to time (images; repeatable; default: 30,40)")
     f.add_argument("--target-mse", type=_floats("--target-mse"), action="append", default=None,
@@ -216,13 +224,15 @@ def _cmd_fit(a) -> int:
                    batch=None if a.batch == "full" else a.batch,
                    target_psnr=_flat(a.target_psnr, (30.0, 40.0)), target_mse=_flat(a.target_mse, (1e-3, 1e-4)),
                    device=a.device, seed=a.seed, out=a.out, quiet=a.quiet, model_options=_model_options(a),
-                   resume=a.resume, checkpoint_every=a.checkpoint_every)
+                   resume=a.resume, checkpoint_every=a.checkpoint_every, eval_every=a.eval_every,
+                   warmup=a.warmup, schedule_by=a.schedule_by)
     if not a.quiet:
         reached = ", ".join(f"{t}: {'%.1f s' % v['seconds'] if v else 'not reached'}"
                             for t, v in m["time_to_target"].items())
         print(f"{m['model']} ({m['params']:,} params) on {m['signal']}: {_fmt_metrics(m)}")
         print(f"{m['steps']} steps in {m['seconds']:.1f} s ({1000 * m['seconds_per_step']:.1f} ms/step, "
-              f"stopped by {m['stopped_by']}); targets: {reached or 'none'}")
+              f"stopped by {m['stopped_by']}; +{m['eval_seconds']:.1f} s for {m['evaluations']} whole-signal "
+              f"evaluations); targets (whole signal): {reached or 'none'}")
         print(f"run folder: {m['run_dir']}")
     return 0
 
