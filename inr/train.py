@@ -264,7 +264,8 @@ def _progress_bar(cfg: TrainConfig, initial: int):
 
 def fit(model: nn.Module, loss_fn: Callable, cfg: TrainConfig, *, param_groups: Iterable | None = None,
         optimizer: torch.optim.Optimizer | None = None, evaluate: Callable | None = None,
-        eval_every: int = 0, post_step: Callable | None = None) -> FitResult:
+        eval_every: int = 0, post_step: Callable | None = None,
+        extra_state: tuple[Callable[[], dict], Callable[[dict], None]] | None = None) -> FitResult:
     """Minimise ``loss_fn(step)`` over the parameters of ``model``.
 
     Args:
@@ -280,6 +281,9 @@ def fit(model: nn.Module, loss_fn: Callable, cfg: TrainConfig, *, param_groups: 
             too: ``time_to_target_batch`` (loss_fn's info) and ``time_to_target_eval`` (evaluate's values);
             ``time_to_target`` is whichever came first.
         post_step: ``step -> None`` after each optimizer step (e.g. ReLinear-sw shrinkage).
+        extra_state: ``(get, set)`` for state of the caller that a resumed run needs (a private sampler
+            generator, a running best): ``get()`` -> a dict of tensors / plain values stored in each
+            checkpoint, ``set(d)`` called with it on resume.
 
     Schedule: the learning rate follows ``cfg.schedule`` over the progress ``step / steps``
     (``schedule_by="steps"``), ``elapsed / seconds`` (``"time"``) or the larger of the two (``"auto"``),
@@ -327,6 +331,8 @@ def fit(model: nn.Module, loss_fn: Callable, cfg: TrainConfig, *, param_groups: 
             eval_seconds, n_evals = float(state.get("eval_seconds", 0.0)), int(state.get("evaluations", 0))
             best, n_finite = float(state.get("best_loss", math.inf)), int(state.get("n_finite", 0))
             set_rng_state(state["rng"])
+            if extra_state is not None:
+                extra_state[1](state["extra"])
         except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
             raise CheckpointError(f"checkpoint {ckpt} does not fit this run: {' '.join(str(e).split())[:200]}") \
                 from None
@@ -428,7 +434,8 @@ def fit(model: nn.Module, loss_fn: Callable, cfg: TrainConfig, *, param_groups: 
                         "events": events, "reached": reached, "reached_batch": reached_by["batch"],
                         "reached_eval": reached_by["eval"], "eval_seconds": eval_seconds, "evaluations": n_evals,
                         "rng": rng_state(), "best_loss": best,
-                        "n_finite": n_finite, "fingerprint": cfg.fingerprint}, ckpt)
+                        "n_finite": n_finite, "fingerprint": cfg.fingerprint,
+                        "extra": extra_state[0]() if extra_state is not None else None}, ckpt)
         if bar is not None:
             bar.update(1)
             post = {"loss": f"{loss_val:.3g}"}
