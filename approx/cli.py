@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from inr.cliutil import run_main
+from inr.cliutil import Parser, add_common, add_version, apply_threads, parse_args, run_main
 
 QUICK = {"widths": (1, 4, 4, 1), "n_train": 11, "n_test": 20, "seeds": 1, "steps": 60}
 
@@ -39,7 +39,6 @@ def _runge_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--n-test", type=int, default=d.n_test, help="test points off the training grid")
     p.add_argument("--strategies", default=",".join(STRATEGIES), help="comma list from " + ", ".join(STRATEGIES))
     p.add_argument("--seeds", type=int, default=d.seeds, help="runs per strategy (seeds seed .. seed+N-1)")
-    p.add_argument("--seed", type=int, default=d.seed, help="first seed")
     p.add_argument("--steps", type=int, default=d.steps, help="full-batch Adam steps per run")
     p.add_argument("--lr", type=float, default=d.lr, help="learning rate of r terms and everything else")
     p.add_argument("--lr-g", type=float, default=d.lr_g, help="ReLinear-sg learning rate of the g terms")
@@ -48,12 +47,15 @@ def _runge_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=float, default=d.alpha, help="ReLinear-sw-L1 soft threshold per step")
     p.add_argument("--beta", type=float, default=d.beta, help="ReLinear-sw-L2 decay fraction per step")
     p.add_argument("--compact", action="store_true", help="compact quadratic neurons (no product term)")
-    p.add_argument("--device", default=d.device, help="auto, cpu or cuda (default cpu: the nets are tiny)")
     p.add_argument("--pieces-tol", type=float, default=d.pieces_tol, help="tolerance of the pieces check")
-    p.add_argument("--out", default="results/runge", help="output folder to create, must not exist (default %(default)s)")
     p.add_argument("--quick", action="store_true", help="tiny setting for smoke tests: " +
                    ", ".join(f"{k}={v}" for k, v in QUICK.items()) + " (explicit options still win)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars or per-run lines")
+    # the networks are tiny: one thread is fastest (extra threads spin: 40x slower measured on a busy 2-core box)
+    add_common(p, device=d.device, seed=d.seed, threads=1, out="results/runge",
+               device_help="auto, cpu or cuda (cpu by default: the nets are tiny)", seed_help="first seed",
+               threads_help="CPU threads for torch, or 'auto' (inr.train.resolve_threads); the networks are "
+                            "tiny, so one thread is fastest and extra threads only wait",
+               out_help="output folder to create, must not exist", quiet_help="no progress bars or per-run lines")
     return p
 
 
@@ -151,17 +153,17 @@ def main(argv=None) -> int:
     import torch
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(prog="python -m approx",
-                                     description="Quadratic networks: the Runge study and exact symbolic pieces.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = Parser(prog="python -m approx",
+                    description="Quadratic networks: the Runge study and exact symbolic pieces.")
+    add_version(parser)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     _runge_parser(sub)
     _pieces_parser(sub)
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
+    if isinstance(args, int):   # --help / --version (0) or a usage error (2), already reported
+        return args
     args._explicit = {a.split("=")[0].lstrip("-").replace("-", "_"): True for a in argv if a.startswith("--")}
-    # The networks here are tiny: one thread is fastest, and extra threads spin (40x slower measured on a
-    # busy 2-core machine).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    threads = apply_threads(getattr(args, "threads", 1))   # pieces: one thread too
     try:  # user-caused errors: one line, exit 2 (inr.cliutil.run_main)
         return run_main("python -m approx", lambda: run_runge(args) if args.command == "runge" else run_pieces(args))
     finally:

@@ -6,6 +6,8 @@ import ast
 import json
 import sys
 
+from inr.cliutil import Parser, add_common, add_version, parse_args
+
 
 def _model_arg(s: str):
     key, eq, val = s.partition("=")
@@ -15,14 +17,6 @@ def _model_arg(s: str):
         return key, ast.literal_eval(val)
     except (ValueError, SyntaxError):
         return key, val   # a bare string such as norm=none
-
-
-def _threads(s: str):
-    if s == "auto":
-        return s
-    if not s.isdigit() or int(s) < 1:
-        raise argparse.ArgumentTypeError(f"--threads must be a positive integer or auto, got {s!r}")
-    return int(s)
 
 
 def _floats(s: str):
@@ -41,9 +35,10 @@ def _ints(s: str):
 
 def parser() -> argparse.ArgumentParser:
     from .models import MODELS
-    p = argparse.ArgumentParser(prog="python -m classify", description="ResNet / PURe / QResNet / Newton-ResNet "
-                                "image classification (single process or torchrun DDP).")
-    sub = p.add_subparsers(dest="cmd", required=True)
+    p = Parser(prog="python -m classify", description="ResNet / PURe / QResNet / Newton-ResNet "
+               "image classification (single process or torchrun DDP).")
+    add_version(p)
+    sub = p.add_subparsers(dest="cmd", required=True, parser_class=Parser)
 
     t = sub.add_parser("train", help="train a model; writes a run folder",
                        description="Train a classifier. Unset optimiser options take the paper's defaults for the "
@@ -56,7 +51,6 @@ def parser() -> argparse.ArgumentParser:
                         "blocks=[2,2,1,1], rezero=True)")
     t.add_argument("--data", default="digits",
                    help="digits | digits:1 | cifar10:DIR | galaxy10:FILE.h5 | folder:DIR (default digits)")
-    t.add_argument("--out", default="runs/classify", help="run folder to create; must not exist, except with --resume (default runs/classify)")
     t.add_argument("--epochs", type=int, default=10)
     t.add_argument("--batch-size", type=int, default=None, help="global batch size (default: the paper's)")
     t.add_argument("--lr", type=float, default=None)
@@ -69,8 +63,6 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--lr-g", type=float, default=None, help="QResNet: learning rate of the g terms (default 1e-5)")
     t.add_argument("--lr-b", type=float, default=None, help="QResNet: learning rate of the b terms (default 1e-5)")
     t.add_argument("--grad-clip", type=float, default=None, help="clip the gradient norm to this value")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--device", default="auto", help="auto | cpu | cuda")
     t.add_argument("--workers", type=int, default=0, help="data-loader worker processes (lazy data sets)")
     t.add_argument("--compile", action="store_true", help="torch.compile the model")
     t.add_argument("--amp", choices=("auto", "bf16", "off"), default="auto", help="bf16 autocast (auto: on CUDA)")
@@ -87,18 +79,18 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--target", type=_floats, default=(), help="test accuracies to time, e.g. 0.8,0.9")
     t.add_argument("--noise-peak", type=float, default=None, help="also report Poisson-noise accuracy at the end")
     t.add_argument("--eval-batch-size", type=int, default=256)
-    t.add_argument("--threads", type=_threads, default="auto",
-                   help="CPU threads per process, or auto (default): 1 when the load average already reaches "
-                        "the CPU count (extra threads then only wait), else torch's default")
+    add_common(t, out="runs/classify", out_help="run folder to create; must not exist, except with --resume",
+               threads_help="CPU threads per process; 'auto' = every core, or only the cores left free when "
+                            "other processes are running right now (inr.train.resolve_threads)",
+               quiet_help="no progress output")
     t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-    t.add_argument("--quiet", action="store_true")
 
     e = sub.add_parser("eval", help="clean and Poisson-noise accuracy of a run folder (writes eval.json)")
     e.add_argument("run_dir")
     e.add_argument("--noise-peak", type=float, default=10.0, help="photon count at intensity 1 (default 10)")
     e.add_argument("--noise-seed", type=int, default=None, help="default: the run's split seed")
     e.add_argument("--data", default=None, help="evaluate on another data spec (same format)")
-    e.add_argument("--device", default="auto")
+    add_common(e, skip=("seed", "threads", "out", "quiet"))
     e.add_argument("--batch-size", type=int, default=256)
     e.add_argument("--workers", type=int, default=0)
 
@@ -109,7 +101,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = parser().parse_args(argv)
+    args = parse_args(parser(), argv)
+    if isinstance(args, int):   # --help / --version (0) or a usage error (2), already reported
+        return args
     from inr.cliutil import run_main
 
     from .train import TrainError

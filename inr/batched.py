@@ -20,8 +20,15 @@ whole chunk (a non-finite loss in one model restores and slows down every model 
 
 Run folder (``out``): one subfolder per signal with the files of a single ``fit_signal`` run
 (reconstruction, error map, metrics.json, history.csv, curves.png, model.pt, config.json), plus
-``summary.json``, ``summary.md`` and ``summary.csv``.  It is assembled under ``.<out>.partial`` and
-renamed when complete (:mod:`inr.shard` shares that staging folder between torchrun ranks).
+``summary.json``, ``summary.md`` and ``summary.csv``.  In one process it is an
+:class:`inr.runs.RunFolder` (``out`` checked before any work, assembled under ``.<out>.partial``,
+renamed when complete, removed if the run fails); under torchrun :mod:`inr.shard` shares that staging
+folder between the ranks and rank 0 renames it.  Model options are validated as for a single fit
+(:func:`inr.fitting.check_model_options`).
+
+Time to target: a batched fit evaluates each whole signal only after the last step, so
+``time_to_target`` (whole signal, the headline as in a single fit) holds the final step for the targets
+the final model reaches; ``time_to_target_batch`` is the first crossing by the training batches.
 A file that cannot be loaded, or a chunk whose training fails, is reported in the summary and
 skipped; the others finish.
 
@@ -48,6 +55,7 @@ from torch.func import functional_call, stack_module_state, vmap
 from . import fitting as F
 from .runfiles import versions, write_json
 from .layers.lrnn import CompiledHarmonicFn, CompiledProductFn, HarmonicProductFn, LRNNLayer, ProductFn
+from .runs import RunFolder
 from .models import count_params
 from .signals import AUDIO_SUFFIXES, IMAGE_SUFFIXES, Signal, SignalError, load
 from .train import DivergenceError, FitResult, TrainConfig, fit, resolve_device, seed_everything
@@ -369,14 +377,23 @@ def fit_many(files, model: str = "lrnn-spder", params: int | None = 200_000, ste
         raise F.RunError(f"--batch must be a positive integer, 'auto' or None (full batch), got {batch!r}")
     if steps is None or steps <= 0:
         raise F.RunError(f"--steps must be > 0, got {steps}")
-    if seconds is not None and seconds <= 0:
-        raise F.RunError(f"--seconds must be > 0, got {seconds}")
-    lr = F.default_lr(model) if lr is None else float(lr)
-    if not lr > 0:
-        raise F.RunError(f"--lr must be > 0, got {lr}")
+    if seconds is not None:
+        F._positive_finite("--seconds", seconds)
+    lr = F.default_lr(model) if lr is None else F._positive_finite("--lr", lr)
+    F.check_model_options(model_options, params)   # as a single fit: before any work, naming the option
     pick_engine(engine, dev)
     out = Path(out) if out is not None else Path("runs") / f"batch-{model}-{time.strftime('%Y%m%d-%H%M%S')}"
     rank, world = shard
+    if world == 1 and merge:
+        # one process: the run folder is a RunFolder (checked now, built under a hidden name, renamed at
+        # the end, removed if the run fails), as for a single fit
+        with RunFolder(out) as run:
+            part = _fit_files(run.path, files, rank, world, model, params, steps, seconds, lr, batch, target_psnr,
+                              target_mse, dev, seed, quiet, model_options, group_size, schedule, lr_final, engine)
+            summary = merge_records(run.path, out, 1)
+        summary["run_dir"] = str(out)
+        return summary
+    # sharded: every rank writes into the shared staging folder; rank 0 merges (merge_run) at the end
     stage = F.staging_dir(out)
     if out.exists():
         raise F.RunError(f"--out {out}: already exists; choose a new run folder")
@@ -385,7 +402,17 @@ def fit_many(files, model: str = "lrnn-spder", params: int | None = 200_000, ste
         if stage.exists():
             shutil.rmtree(stage)   # a stale attempt at the same folder
     stage.mkdir(parents=True, exist_ok=True)
+    part = _fit_files(stage, files, rank, world, model, params, steps, seconds, lr, batch, target_psnr, target_mse,
+                      dev, seed, quiet, model_options, group_size, schedule, lr_final, engine)
+    if not merge:
+        return part
+    return merge_run(out)
 
+
+def _fit_files(stage: Path, files, rank, world, model, params, steps, seconds, lr, batch, target_psnr, target_mse,
+               dev, seed, quiet, model_options, group_size, schedule, lr_final, engine) -> dict:
+    """This rank's share of ``files``: fit in chunks, one subfolder per signal in ``stage``, and the
+    shard record ``.shard-RANK-of-WORLD.json``; returns the record."""
     names = folder_names(files)
     mine = files[rank::world]
     fit_options = {"model": model, "params_budget": params, "steps": int(steps), "seconds": seconds, "lr": lr,
@@ -419,9 +446,7 @@ def fit_many(files, model: str = "lrnn-spder", params: int | None = 200_000, ste
             results.append(m)
     part = {"rank": rank, "world_size": world, "results": results, "failures": failures}
     write_json(part, stage / f".shard-{rank}-of-{world}.json")
-    if not merge:
-        return part
-    return merge_run(out)
+    return part
 
 
 def _write_signal_run(stage: Path, folder: str, sig, f, net, res, info, group_n, fit_options, dev) -> dict:
@@ -430,13 +455,21 @@ def _write_signal_run(stage: Path, folder: str, sig, f, net, res, info, group_n,
     m = {"signal": sig.name, "file": str(f), "kind": sig.kind, "model": fit_options["model"],
          "params": count_params(net), **F.signal_metrics(sig, pred),
          "steps": res.steps, "seconds": res.seconds, "seconds_per_step": res.seconds_per_step,
-         "stopped_by": res.stopped_by, "final_loss": res.final_loss, "time_to_target": res.time_to_target,
+         "stopped_by": res.stopped_by, "final_loss": res.final_loss,
          "divergence_events": res.events, "batch": fit_options["batch"], "lr": fit_options["lr"],
          "device": str(dev),
          "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",
          "group_size": group_n, "seconds_are": "wall time of the whole chunk of signals trained together",
          "memory": {**info, "peak_rss_bytes": F.peak_rss_bytes()}, "seed": fit_options["seed"],
          "versions": versions(), "config": {"fit": fit_options, "model": net.config}}
+    key = "psnr" if sig.kind == "image" else "mse"
+    final = m.get(key)
+    hit = {"seconds": round(res.seconds, 4), "step": res.steps}
+    m["time_to_target"] = {t: (hit if final is not None and (final >= float(t) if key == "psnr" else final <= float(t))
+                               else None) for t in res.time_to_target}
+    m["time_to_target_batch"] = res.time_to_target
+    m["time_to_target_note"] = ("time_to_target: the whole-signal evaluation after the last step (batched fits "
+                                "evaluate only then); time_to_target_batch: first training batch at or beyond it")
     config = {"model": net.config, "fit": fit_options, "signal": sig.describe()}
     tmp, dst = stage / f".{folder}.tmp", stage / folder
     if tmp.exists():
@@ -464,6 +497,15 @@ def merge_run(out, world_size: int | None = None) -> dict:
         if (out / "summary.json").is_file():
             raise F.RunError(f"{out}: already merged")
         raise F.RunError(f"{out}: no run in progress (no {stage.name} folder)")
+    summary = merge_records(stage, out, world_size)
+    os.replace(stage, out)
+    summary["run_dir"] = str(out)
+    return summary
+
+
+def merge_records(stage: Path, out, world_size: int | None = None) -> dict:
+    """Combine the shard records in ``stage`` into summary.json / .md / .csv there (the records are
+    removed); returns the summary.  ``out`` names the run in messages."""
     parts = {}
     for p in stage.glob(".shard-*-of-*.json"):
         try:
@@ -489,8 +531,6 @@ def merge_run(out, world_size: int | None = None) -> dict:
     _write_text(summary_csv(summary), stage / "summary.csv")
     for p in stage.glob(".shard-*-of-*.json"):
         p.unlink()
-    os.replace(stage, out)
-    summary["run_dir"] = str(out)
     return summary
 
 

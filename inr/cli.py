@@ -13,10 +13,10 @@ import math
 import sys
 from pathlib import Path
 
-from .cliutil import EXIT_USAGE, Parser, number, parse_args, positive_float, run_main
-from .fitting import DEFAULT_LR, MAX_PARAMS, RunError, evaluate_run, fit_signal
+from .cliutil import (EXIT_USAGE, Parser, add_common, add_version, apply_threads, number, parse_args, positive_float,
+                      run_main)
+from .fitting import DEFAULT_LR, EVAL_EVERY, MAX_PARAMS, RunError, evaluate_run, fit_signal
 from .models import MODELS
-from .train import resolve_threads
 
 # model hyper-parameter options: registry keyword -> (type, help)
 _HYPER = {
@@ -46,10 +46,6 @@ def _positive_int(name, high=None):
 
 
 _seconds = positive_float("--seconds", allow_none=True)
-
-
-def _threads(s):
-    return "auto" if s == "auto" else _positive_int("--threads")(s)
 
 
 def _batch(s):
@@ -95,6 +91,7 @@ def _key_value(s):
 def make_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="inr", description="Fit implicit neural representations (SIREN, SPDER, WIRE, Gauss, "
                                         "ReLU+PE, LRNN) to images and audio.")
+    add_version(p)
     sub = p.add_subparsers(dest="command", metavar="{fit,eval,merge}", parser_class=_Parser)
     sub.required = True
 
@@ -128,23 +125,24 @@ def make_parser() -> argparse.ArgumentParser:
     f.add_argument("--batch", type=_batch, default="auto",
                    help="random points per step, 'full' for every point; 'auto' = full on CUDA, 4096 on "
                         "the CPU (default: %(default)s)")
+    f.add_argument("--eval-every", type=number(int, "--eval-every", 0), default=EVAL_EVERY, metavar="N",
+                   help="evaluate the whole signal every N steps, off the training clock (0: only after the "
+                        "last step); time to target counts these evaluations (default: %(default)s)")
+    f.add_argument("--warmup", type=number(int, "--warmup", 0), default=0, metavar="STEPS",
+                   help="linear learning-rate warm-up over this many steps (default: %(default)s)")
+    f.add_argument("--schedule-by", choices=("auto", "steps", "time"), default="auto",
+                   help="progress of the cosine learning-rate decay: 'steps' (step/--steps), 'time' "
+                        "(elapsed/--seconds) or 'auto', the larger of both (default: %(default)s)")
     f.add_argument("--target-psnr", type=_floats("--target-psnr"), action="append", default=None,
                    metavar="DB[,DB...]", help="PSNR targets to time (images; repeatable; default: 30,40)")
     f.add_argument("--target-mse", type=_floats("--target-mse"), action="append", default=None,
                    metavar="MSE[,MSE...]", help="MSE targets to time (audio; repeatable; default: 1e-3,1e-4)")
-    f.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
-    f.add_argument("--seed", type=int, default=0, help="seeds python, numpy and torch (default: %(default)s)")
-    f.add_argument("--out", default=None, help="run folder to create (must not exist; default: "
-                                               "runs/<name>-<model>-<time>)")
-    f.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
+    add_common(f, out_help="run folder to create (must not exist; default: runs/<name>-<model>-<time>)",
+               quiet_help="no progress bar and no summary")
     f.add_argument("--resume", action="store_true",
                    help="continue the interrupted run at --out from its last checkpoint")
     f.add_argument("--checkpoint-every", type=number(int, "--checkpoint-every", 0), default=0, metavar="N",
                    help="checkpoint every N steps so an interrupted run can be resumed (default: off)")
-    f.add_argument("--threads", type=_threads, default="auto",
-                   help="CPU threads for torch; 'auto' = torch's choice, or 1 when the machine is already "
-                        "busy (load average >= CPU count), where extra threads spin-wait and run many times "
-                        "slower (default: %(default)s)")
     f.add_argument("--group-size", type=_positive_int("--group-size"), default=16,
                    help="several files: at most this many same-shape signals train together; memory per step "
                         "grows with group size x --batch (default: %(default)s)")
@@ -164,7 +162,7 @@ def make_parser() -> argparse.ArgumentParser:
                                    "the signal it was fitted to, and recompute the metrics (written to "
                                    "RUN_DIR/eval.json).")
     e.add_argument("run_dir", help="a run folder written by 'inr fit'")
-    e.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
+    add_common(e, skip=("seed", "threads", "out", "quiet"))
     e.add_argument("--json", action="store_true", help="print the metrics as JSON")
 
     m = sub.add_parser("merge", help="finish a sharded batch run whose ranks ran as separate jobs",
@@ -207,22 +205,20 @@ def _cmd_fit(a) -> int:
     a.file = a.file[0] if a.file else None
     if a.resume and a.out is None:
         raise RunError("--resume needs --out: the folder of the interrupted run")
-    threads = resolve_threads(a.threads)
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
+    apply_threads(a.threads)
     m = fit_signal(a.file, model=a.model, params=a.params, steps=a.steps, seconds=a.seconds, lr=a.lr,
                    batch=None if a.batch == "full" else a.batch,
                    target_psnr=_flat(a.target_psnr, (30.0, 40.0)), target_mse=_flat(a.target_mse, (1e-3, 1e-4)),
                    device=a.device, seed=a.seed, out=a.out, quiet=a.quiet, model_options=_model_options(a),
-                   resume=a.resume, checkpoint_every=a.checkpoint_every)
+                   resume=a.resume, checkpoint_every=a.checkpoint_every, eval_every=a.eval_every,
+                   warmup=a.warmup, schedule_by=a.schedule_by)
     if not a.quiet:
         reached = ", ".join(f"{t}: {'%.1f s' % v['seconds'] if v else 'not reached'}"
                             for t, v in m["time_to_target"].items())
         print(f"{m['model']} ({m['params']:,} params) on {m['signal']}: {_fmt_metrics(m)}")
         print(f"{m['steps']} steps in {m['seconds']:.1f} s ({1000 * m['seconds_per_step']:.1f} ms/step, "
-              f"stopped by {m['stopped_by']}); targets: {reached or 'none'}")
+              f"stopped by {m['stopped_by']}; +{m['eval_seconds']:.1f} s for {m['evaluations']} whole-signal "
+              f"evaluations); targets (whole signal): {reached or 'none'}")
         print(f"run folder: {m['run_dir']}")
     return 0
 
@@ -230,11 +226,7 @@ def _cmd_fit(a) -> int:
 def _cmd_fit_many(a, env) -> int:
     if a.resume or a.checkpoint_every:
         raise RunError("--resume and --checkpoint-every apply to a single file, not to several files or a folder")
-    threads = resolve_threads(a.threads)
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
+    apply_threads(a.threads)
     from .shard import fit_sharded
 
     s = fit_sharded(a.file, a.out, model=a.model, params=a.params, steps=a.steps, seconds=a.seconds, lr=a.lr,

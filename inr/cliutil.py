@@ -2,6 +2,10 @@
 
 - number parsers for argparse that accept only finite numbers in a range (:func:`number`,
   :func:`positive_int`, :func:`positive_float`);
+- the options every tool shares, named and parsed the same way everywhere: :func:`add_common`
+  (``--device --seed --threads --out --quiet``) on the parser of each command that runs, and
+  :func:`add_version` (``--version``) on each tool's top-level parser; :class:`Parser` reports usage
+  errors in one line (exit code 2) and its ``--help`` shows every default (:class:`HelpFormatter`);
 - :func:`run_main`: calls a command and turns the errors a user can cause -- ``ValueError`` and its
   subclasses (``SignalError``, ``RunError``, ``CheckpointError``, ``DataError``, ...), ``FileExistsError``,
   ``FileNotFoundError``, ``PermissionError`` and other ``OSError``, ``DivergenceError`` -- into one line
@@ -18,8 +22,33 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends ``(default: X)`` to every option's help, except where the help already names its default
+    or there is nothing to show (no default, or an on/off flag that is off)."""
+
+    def _format_action(self, action):
+        if (action.help is None and action.option_strings and action.default not in (None, False)
+                and action.default is not argparse.SUPPRESS):
+            action.help = "(default: %(default)s)"   # an option without help text still shows its default
+        return super()._format_action(action)
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if ("default" in text.lower() or action.default is None or action.default is False
+                or action.default is argparse.SUPPRESS or isinstance(action, argparse._VersionAction)
+                or (isinstance(action.default, (list, tuple)) and not action.default)):
+            return text
+        return super()._get_help_string(action)
+
+
 class Parser(argparse.ArgumentParser):
-    """argparse that reports a usage error in one line (and exit code 2) instead of usage + message."""
+    """argparse that reports a usage error in one line (and exit code 2) instead of usage + message,
+    and shows the defaults in ``--help`` (:class:`HelpFormatter`; also for its sub-command parsers when
+    ``add_subparsers(parser_class=Parser)``)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
@@ -53,6 +82,65 @@ def positive_int(name: str, high=None):
 
 def positive_float(name: str, allow_none: bool = False):
     return number(float, name, 0, low_open=True, allow_none=allow_none)
+
+
+def threads_arg(s):
+    """``--threads``: 'auto' or a positive integer."""
+    if str(s).lower() == "auto":
+        return "auto"
+    try:
+        v = int(s)
+    except (TypeError, ValueError):
+        v = 0
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"--threads must be a positive integer or 'auto', got {s!r}")
+    return v
+
+
+THREADS_HELP = ("CPU threads for torch; 'auto' = every core, or only the cores left free when other "
+                "processes are running right now (inr.train.resolve_threads)")
+
+
+def add_version(p: argparse.ArgumentParser) -> None:
+    """``--version``: prints ``PROG VERSION`` (the package version) and exits 0."""
+    from inr import __version__
+
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}",
+                   help="print the version and exit")
+
+
+def add_common(p: argparse.ArgumentParser, *, device: str | None = "auto", seed: int | None = 0,
+               threads: str | int | None = "auto", out: str | None = None, out_help: str | None = None,
+               quiet_help: str = "no progress bar", device_help: str = "auto, cpu or cuda",
+               seed_help: str = "seeds python, numpy and torch", threads_help: str = THREADS_HELP,
+               skip: tuple = ()) -> None:
+    """Add the shared options to a command's parser: ``--device`` (auto/cpu/cuda), ``--seed`` (int),
+    ``--threads`` (auto or N; see :func:`apply_threads`), ``--out`` and ``--quiet``, in that order, with
+    the given defaults and help texts.  ``skip``: names of options this command does not take."""
+    if "device" not in skip:
+        p.add_argument("--device", default=device, help=device_help)
+    if "seed" not in skip:
+        p.add_argument("--seed", type=number(int, "--seed", 0), default=seed, help=seed_help)
+    if "threads" not in skip:
+        p.add_argument("--threads", type=threads_arg, default=threads, help=threads_help)
+    if "out" not in skip:
+        p.add_argument("--out", default=out, help=out_help or "run folder to create (must not exist)")
+    if "quiet" not in skip:
+        p.add_argument("--quiet", action="store_true", help=quiet_help)
+
+
+def apply_threads(threads) -> int:
+    """Set torch's CPU threads from a ``--threads`` value ('auto' -> :func:`inr.train.resolve_threads`);
+    returns the previous count so in-process callers can restore it."""
+    import torch
+
+    from inr.train import resolve_threads
+
+    before = torch.get_num_threads()
+    k = resolve_threads(threads)
+    if k:
+        torch.set_num_threads(int(k))
+    return before
 
 
 def one_line(e: BaseException) -> str:

@@ -6,8 +6,18 @@ registry, trains it with :func:`inr.train.fit` and writes a run folder:
 - ``reconstruction.png`` (input size; 16-bit for 16-bit input) or ``reconstruction.wav`` (input rate,
   channels, subtype); ``error.png`` for images (|prediction - truth| averaged over channels, colour-mapped,
   scaled so that the largest error is white-hot: its value is ``metrics["error_map_max"]``);
+- ``comparison.png`` for images: original, reconstruction and the error map with a colour bar side by
+  side, PSNR / SSIM in the title;
 - ``metrics.json``, ``history.csv``, ``curves.png``, ``model.pt`` (state dict) and ``config.json``
   (model config, fit options, signal description).
+
+Time to target: every ``eval_every`` steps (default :data:`EVAL_EVERY`) and after the last step the model
+is evaluated on the WHOLE signal, off the training clock (the time it takes is reported as
+``eval_seconds``).  ``metrics["time_to_target"]`` -- the headline -- counts only these whole-signal
+evaluations: the first evaluation at or beyond a target, timed by the training clock at that step (so a
+target is seen at most ``eval_every`` steps late).  ``metrics["time_to_target_batch"]`` is the older,
+noisier measure from each step's random batch before its update (optimistic: a batch can score above the
+whole signal).  ``history.csv`` holds the evaluations as rows with ``eval_psnr`` / ``eval_mse``.
 
 The folder is assembled under a hidden temporary name next to ``out`` and renamed at the end, so a
 run that fails or is interrupted never leaves a complete-looking folder.  With ``checkpoint_every``
@@ -65,12 +75,18 @@ PREDICT_CHUNK = 65536       # coordinates per forward pass when predicting a who
 # Random points per step on a CPU for batch="auto": on cameraman 256x256 in 60 s, 4096-point batches reached
 # 38.7 dB (SIREN) / 39.1 dB (SPDER) against ~25-30 dB with 16384 (benchmarks/image_fit.py, README).
 CPU_BATCH = 4096
+# Whole-signal evaluations every this many steps (time to target; off the clock).  Measured: `inr fit
+# --seconds 20 --threads 1` (512^2 cameraman, SIREN 200k, 4096-point batches) on the loaded 2-core CPU ran
+# 291 steps at 69 ms/step, and one whole-image evaluation took 2.9 s, about 43 steps' worth.  Every 100
+# steps the evaluations add ~40% wall time outside the training clock and time targets to within 100 steps.
+EVAL_EVERY = 100
 MAX_PARAMS = 10**9          # --params above this is refused (a 1e11 budget would exhaust memory)
 # Per-family exceptions: the hash grid's steps cost ~linear in the batch and 2048-point steps learn about as
 # much as 4096-point ones, so 2048 reached 30/35/40 dB first at every rate and level count tried
 # (cameraman 256^2, 200k params: 0.6/1.0/1.8 s against 0.8/1.7/3.1 s; benchmarks/hash_sweep.py).
 CPU_BATCH_BY_MODEL = {"hash": 2048}
 RUN_FILES = ("metrics.json", "config.json", "model.pt", "history.csv", "curves.png")
+IMAGE_FILES = ("reconstruction.png", "error.png", "comparison.png")
 
 
 def _positive_finite(name: str, v) -> float:
@@ -194,6 +210,31 @@ def predict(model, coords: torch.Tensor, kind: str, chunk: int = PREDICT_CHUNK) 
     return torch.cat(parts)
 
 
+def make_evaluator(model, coords: torch.Tensor, values: torch.Tensor, kind: str, chunk: int = PREDICT_CHUNK):
+    """``step -> dict``: the model on the WHOLE signal (in chunks), for :func:`inr.train.fit`'s ``evaluate``.
+    Images: ``psnr`` (dB) and ``mse`` of the prediction clamped to [0, 1], as in :func:`signal_metrics`;
+    audio: ``mse`` on the [-1, 1] amplitude scale.  Draws no random numbers, so the run is unchanged."""
+    n_values = values.numel()
+
+    @torch.no_grad()
+    def evaluate(step):
+        was_training = model.training
+        model.eval()
+        sse = 0.0
+        for i in range(0, coords.shape[0], chunk):
+            p = from_network(model(coords[i:i + chunk]), kind)
+            if kind == "image":
+                p = p.clamp(0, 1)
+            sse += float(((p.double() - values[i:i + chunk].double()) ** 2).sum())
+        model.train(was_training)
+        mse = sse / n_values
+        if kind == "image":
+            return {"psnr": M.psnr_from_mse(mse), "mse": mse}
+        return {"mse": mse}
+
+    return evaluate
+
+
 def signal_metrics(signal: Signal, pred) -> dict:
     """Images: PSNR and SSIM (data range 1) of the prediction clamped to [0, 1].
     Audio: MSE on the [-1, 1] amplitude scale and rho_AG."""
@@ -266,12 +307,60 @@ def write_error_map(signal: Signal, pred, path: Path) -> float:
     return top
 
 
+COMPARISON_WIDTH_IN, COMPARISON_DPI = 13.0, 100   # comparison.png: 1300 pixels wide
+
+
+def comparison_size(shape) -> tuple[float, float]:
+    """(width, height) in inches of comparison.png for an image of ``shape`` (H, W, ...): three panels
+    side by side keeping the image's aspect ratio (clamped to 1:3 .. 3:1), plus room for the title."""
+    aspect = min(3.0, max(1 / 3, shape[0] / shape[1]))
+    return COMPARISON_WIDTH_IN, round(0.9 + 3.6 * aspect, 2)
+
+
+def write_comparison(signal: Signal, pred, path: Path, metrics: dict | None = None):
+    """``comparison.png``: original | reconstruction | |error| (mean over channels, with a colour bar),
+    PSNR / SSIM in the title.  Gray images (and the first channel of gray+alpha) in gray, colour as RGB
+    (alpha dropped).  Returns the matplotlib Figure (Agg canvas; pyplot is never used)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    truth = signal.values
+    rec = np.clip(signal.reshape(pred), 0, 1)
+    err = np.abs(rec - truth).mean(-1)
+
+    def shown(a):
+        return (a[..., 0], "gray") if a.shape[2] < 3 else (a[..., :3], None)
+
+    fig = Figure(figsize=comparison_size(truth.shape))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 3)
+    for ax, (title, img) in zip(axes[:2], (("original", truth), ("reconstruction", rec))):
+        a, cmap = shown(img)
+        ax.imshow(a, cmap=cmap, vmin=0, vmax=1, interpolation="nearest" if max(a.shape[:2]) <= 256 else "antialiased")
+        ax.set_title(title)
+    im = axes[2].imshow(err, cmap="inferno", vmin=0, vmax=float(err.max()) or 1.0)
+    axes[2].set_title("|error| (mean over channels)")
+    fig.colorbar(im, ax=axes[2], fraction=0.046, pad=0.04)
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    m = metrics if metrics is not None else signal_metrics(signal, pred)
+    psnr_text = "n/a" if m.get("psnr") is None else f"{m['psnr']:.2f} dB"
+    ssim_text = "n/a" if m.get("ssim") is None else f"{m['ssim']:.4f}"
+    fig.suptitle(f"{signal.name}: PSNR {psnr_text}   SSIM {ssim_text}")
+    fig.savefig(path, dpi=COMPARISON_DPI, format="png")
+    return fig
+
+
 def write_curves(history: list, kind: str, path: Path) -> None:
     """Loss (and PSNR for images) against step and against seconds."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     rows = [r for r in history if "loss" in r]
+    evals = [r for r in history if any(k.startswith("eval_") for k in r)]
+    # whole-signal evaluations drawn over the batch curve where they share its scale
+    overlay = {"psnr": "eval_psnr"} if kind == "image" else {"loss": "eval_mse"}
     keys = ["loss"] + (["psnr"] if kind == "image" else [])
     fig = Figure(figsize=(9, 3.2 * len(keys)))
     FigureCanvasAgg(fig)
@@ -281,11 +370,17 @@ def write_curves(history: list, kind: str, path: Path) -> None:
             ax = axes[i][j]
             pts = [(r[x], r[k]) for r in rows if r.get(k) is not None and math.isfinite(r[k])]
             if pts:
-                ax.plot(*zip(*pts), lw=1)
+                ax.plot(*zip(*pts), lw=1, label="training batch")
+            ek = overlay.get(k)
+            epts = [(r[x], r[ek]) for r in evals if ek and isinstance(r.get(ek), (int, float))
+                    and math.isfinite(r[ek])]
+            if epts:
+                ax.plot(*zip(*epts), "o-", ms=3, lw=1, label="whole signal")
+                ax.legend(fontsize=8)
             if k == "loss":
                 ax.set_yscale("log")
             ax.set_xlabel(x)
-            ax.set_ylabel("training MSE ([-1,1] scale)" if k == "loss" else "batch PSNR (dB)")
+            ax.set_ylabel("training MSE ([-1,1] scale)" if k == "loss" else "PSNR (dB)")
             ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -301,7 +396,8 @@ def fit_signal(signal: Signal | str | os.PathLike | None = None, model: str = "l
                target_mse=(1e-3, 1e-4), device: str = "auto", seed: int = 0,
                out: str | os.PathLike | None = None, quiet: bool = False, model_options: dict | None = None,
                resume: bool = False, checkpoint_every: int = 0, schedule: str = "cosine",
-               lr_final: float = 0.1) -> dict:
+               lr_final: float = 0.1, eval_every: int = EVAL_EVERY, warmup: int = 0,
+               schedule_by: str = "auto") -> dict:
     """Fit ``model`` to a signal and write a run folder; returns the metrics dict (also in metrics.json).
 
     Args:
@@ -312,15 +408,20 @@ def fit_signal(signal: Signal | str | os.PathLike | None = None, model: str = "l
         lr: Adam learning rate; None picks :data:`DEFAULT_LR` for the model.
         batch: random points per step; None = every point (full batch); ``"auto"`` = full batch on CUDA,
             :data:`CPU_BATCH` points on the CPU (:data:`CPU_BATCH_BY_MODEL` for some families).
-        target_psnr: PSNR targets (dB) whose first crossing by the batch PSNR is timed (images).
-        target_mse: MSE targets timed for audio (first batch MSE at or below each).
+        target_psnr: PSNR targets (dB) whose first crossing is timed (images): ``time_to_target`` from
+            the whole-signal evaluations, ``time_to_target_batch`` from the training batches.
+        target_mse: MSE targets timed for audio (first MSE at or below each), likewise.
+        eval_every: evaluate the whole signal every this many steps, off the clock (0: only after the last
+            step); see the module docstring.
         device: ``auto``, ``cpu`` or ``cuda``.
         seed: seeds python, numpy and torch (initialisation and the point sampler).
         out: run folder (must not exist); None -> ``runs/<name>-<model>-<time>``.
         model_options: extra hyper-parameters for the model (``hidden``, ``rank``, ``w0``, ...).
         resume, checkpoint_every: write ``checkpoint.pt`` every N steps into the staging folder and
             continue from it when ``resume`` is set.
-        schedule, lr_final: learning-rate schedule (see :class:`inr.train.TrainConfig`).
+        schedule, lr_final, warmup, schedule_by: learning-rate schedule (see :class:`inr.train.TrainConfig`):
+            shape, final fraction, linear warm-up steps, and whether its progress follows steps, time or
+            the larger of both (``auto``).
     """
     if steps is None or steps <= 0:
         raise RunError(f"--steps must be > 0, got {steps}")
@@ -328,6 +429,14 @@ def fit_signal(signal: Signal | str | os.PathLike | None = None, model: str = "l
         _positive_finite("--seconds", seconds)
     if checkpoint_every < 0:
         raise RunError(f"--checkpoint-every must be >= 0, got {checkpoint_every}")
+    if eval_every is None or eval_every < 0:
+        raise RunError(f"--eval-every must be >= 0, got {eval_every}")
+    if warmup is None or warmup < 0:
+        raise RunError(f"--warmup must be >= 0, got {warmup}")
+    if schedule_by not in ("auto", "steps", "time"):
+        raise RunError(f"--schedule-by must be steps, time or auto, got {schedule_by!r}")
+    if schedule_by == "time" and seconds is None:
+        raise RunError("--schedule-by time needs a time budget (--seconds)")
     if lr is not None:
         lr = _positive_finite("--lr", lr)
     check_model_options(model_options, params)
@@ -348,17 +457,20 @@ def fit_signal(signal: Signal | str | os.PathLike | None = None, model: str = "l
     fingerprint = json.dumps({"signal": {"kind": sig.kind, "shape": list(sig.shape), "channels": sig.channels,
                                          "sha256": sig.digest()},
                               "model": net.config}, sort_keys=True, default=str)
-    cfg = TrainConfig(steps=int(steps), seconds=seconds, lr=lr, lr_final=lr_final, schedule=schedule, seed=seed,
+    cfg = TrainConfig(steps=int(steps), seconds=seconds, lr=lr, lr_final=lr_final, schedule=schedule,
+                      schedule_by=schedule_by, warmup=int(warmup), seed=seed,
                       device=str(dev), targets=targets, target_key="psnr" if sig.kind == "image" else "mse",
                       target_mode="max" if sig.kind == "image" else "min", quiet=quiet,
                       checkpoint_every=int(checkpoint_every), checkpoint_path=str(run.checkpoint),
                       resume=resume, fingerprint=fingerprint, desc=f"{model} {sig.name}")
     coords, values = sig.coords(device=dev), sig.targets(device=dev)
     loss_fn = make_loss(net, coords, values, sig.kind, batch)
+    evaluate = make_evaluator(net, coords, values, sig.kind)
     fit_options = {"model": model, "params_budget": params, "steps": int(steps), "seconds": seconds, "lr": lr,
                    "lr_final": lr_final, "schedule": schedule, "batch": batch, "targets": list(targets),
                    "device": str(dev), "seed": seed, "model_options": model_options or {},
-                   "checkpoint_every": checkpoint_every}
+                   "checkpoint_every": checkpoint_every, "eval_every": int(eval_every), "warmup": int(warmup),
+                   "schedule_by": schedule_by}
 
     with run:
         # Measured before training (and with the generator state restored) so the run itself is unchanged.
@@ -368,7 +480,7 @@ def fit_signal(signal: Signal | str | os.PathLike | None = None, model: str = "l
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
             torch.cuda.reset_peak_memory_stats(dev)
-        result = fit(net, loss_fn, cfg)
+        result = fit(net, loss_fn, cfg, evaluate=evaluate, eval_every=int(eval_every))
         pred = predict(net, coords, sig.kind)
         if not torch.isfinite(pred).all():
             raise DivergenceError(f"{model} on {sig.name}: the trained model predicts non-finite values; "
@@ -382,7 +494,7 @@ def fit_signal(signal: Signal | str | os.PathLike | None = None, model: str = "l
              "stopped_by": result.stopped_by, "final_loss": result.final_loss,
              "final_loss_note": "training MSE ([-1,1] scale) of the final parameters, after the last update",
              "last_step_loss": result.last_step_loss,
-             "time_to_target": result.time_to_target, "divergence_events": result.events,
+             **target_metrics(result, int(eval_every)), "divergence_events": result.events,
              "batch": batch, "lr": lr, "device": str(dev),
              "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",
              "memory": memory, "seed": seed, "versions": versions(), "config": {"fit": fit_options,
@@ -391,6 +503,18 @@ def fit_signal(signal: Signal | str | os.PathLike | None = None, model: str = "l
         write_run(run.path, sig, net, pred, m, config, result)
     m["run_dir"] = str(out)
     return m
+
+
+def target_metrics(result, eval_every: int) -> dict:
+    """The time-to-target entries of metrics.json from a :class:`inr.train.FitResult` (module docstring)."""
+    when = f"every {eval_every} steps and after the last step" if eval_every else "after the last step only"
+    return {"time_to_target": result.time_to_target_eval,
+            "time_to_target_batch": result.time_to_target_batch,
+            "time_to_target_note": "time_to_target: training seconds / step at the first whole-signal "
+                                   f"evaluation ({when}) at or beyond each target; time_to_target_batch: first training batch (before its "
+                                   "update) at or beyond it - noisier and optimistic",
+            "eval_every": eval_every, "evaluations": result.evaluations,
+            "eval_seconds": result.eval_seconds}
 
 
 def _check_budget(net, model: str, params: int | None, model_options: dict | None) -> None:
@@ -411,6 +535,7 @@ def write_run(folder: Path, sig: Signal, net, pred, metrics: dict, config: dict,
     sig.write(pred, folder / ("reconstruction.png" if sig.kind == "image" else "reconstruction.wav"))
     if sig.kind == "image":
         metrics["error_map_max"] = write_error_map(sig, pred, folder / "error.png")
+        write_comparison(sig, pred, folder / "comparison.png", metrics)
     result.write_history(folder / "history.csv")
     write_curves(result.history, sig.kind, folder / "curves.png")
     save_torch({k: v.detach().cpu() for k, v in net.state_dict().items()}, folder / "model.pt")

@@ -90,16 +90,53 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return torch.device(device)
 
 
-def resolve_threads(threads) -> int | None:
-    """Thread count to set (None: leave torch's default).  On a machine whose load average already
-    reaches its CPU count, one thread: torch's worker threads then wait on descheduled peers."""
+def _own_running_threads() -> int:
+    """Threads of this process in state R (running / runnable) right now, from /proc/self/task."""
+    n = 0
+    try:
+        for tid in os.listdir("/proc/self/task"):
+            try:
+                with open(f"/proc/self/task/{tid}/stat") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            if stat[stat.rindex(")") + 2:].startswith("R"):
+                n += 1
+    except OSError:
+        return 1  # no /proc: count the thread asking
+    return max(n, 1)
+
+
+def running_elsewhere() -> int | None:
+    """Threads of *other* processes runnable right now: the 4th field of /proc/loadavg ("R/T", runnable
+    scheduling entities system-wide, counted at the moment of reading) minus this process's own running
+    threads.  None where /proc/loadavg does not exist (not Linux)."""
+    try:
+        with open("/proc/loadavg") as f:
+            runnable = int(f.read().split()[3].split("/")[0])
+    except (OSError, IndexError, ValueError):
+        return None
+    return max(0, runnable - _own_running_threads())
+
+
+def resolve_threads(threads, *, cpus: int | None = None, others: int | None | Callable = running_elsewhere):
+    """Thread count to set (None: leave torch's default, i.e. use every core).
+
+    ``threads`` is a positive int (returned as is) or ``"auto"``.  The auto rule: with ``k`` threads of
+    other processes runnable *now* (:func:`running_elsewhere`, not the load average, which still counts
+    our own just-finished work for minutes) on ``cpus`` cores, ``k == 0`` -> None (all cores);
+    otherwise ``max(1, cpus - k)``: torch's worker threads synchronise at every operation, so a thread
+    that has to share its core with another process makes all of them wait; keeping to the free cores
+    avoids that (on a busy 2-core machine 2 threads ran many times slower than 1).  Where the reading is
+    unavailable (not Linux), None.  ``cpus`` / ``others`` (an int or a callable) are injectable for tests.
+    """
     if threads != "auto":
         return threads
-    try:
-        busy = os.getloadavg()[0] >= (os.cpu_count() or 1)
-    except OSError:  # no load average on this platform
-        busy = False
-    return 1 if busy else None
+    cpus = cpus or os.cpu_count() or 1
+    k = others() if callable(others) else others
+    if k is None or k <= 0:
+        return None
+    return max(1, cpus - k)
 
 
 @dataclass
@@ -109,7 +146,8 @@ class TrainConfig:
     lr: float = 1e-3
     lr_final: float = 0.1             # learning rate at the end, as a fraction of lr
     schedule: str = "cosine"          # cosine | exponential | constant
-    warmup: int = 0
+    schedule_by: str = "auto"         # progress of the schedule: steps | time | auto (the larger of both)
+    warmup: int = 0                   # linear warm-up over this many steps
     optimizer: str = "adam"           # adam | sgd
     weight_decay: float = 0.0
     momentum: float = 0.9
@@ -140,6 +178,12 @@ class TrainConfig:
             raise ValueError(f"learning rate must be a finite number > 0, got {self.lr}")
         if self.schedule not in ("cosine", "exponential", "constant"):
             raise ValueError(f"schedule must be cosine, exponential or constant, got {self.schedule!r}")
+        if self.schedule_by not in ("auto", "steps", "time"):
+            raise ValueError(f"schedule_by must be steps, time or auto, got {self.schedule_by!r}")
+        if self.schedule_by == "time" and self.seconds is None:
+            raise ValueError("a schedule by time needs a time budget (seconds)")
+        if self.warmup < 0:
+            raise ValueError(f"warmup must be >= 0 steps, got {self.warmup}")
         if self.optimizer not in ("adam", "sgd"):
             raise ValueError(f"optimizer must be adam or sgd, got {self.optimizer!r}")
 
@@ -155,6 +199,12 @@ class FitResult:
     final_loss: float
     history: list = field(default_factory=list)
     time_to_target: dict = field(default_factory=dict)   # target -> {"seconds", "step"} or None
+    # time_to_target counts both sources; these count one each: loss_fn's info (the batch the step was
+    # computed from, before the update) and evaluate()'s values (off-the-clock evaluations)
+    time_to_target_batch: dict = field(default_factory=dict)
+    time_to_target_eval: dict = field(default_factory=dict)
+    eval_seconds: float = 0.0                                # time spent in evaluate() (not in ``seconds``)
+    evaluations: int = 0
     events: list = field(default_factory=list)           # divergence-guard actions
     seconds_per_step: float = float("nan")
     stopped_by: str = "steps"
@@ -214,7 +264,8 @@ def _progress_bar(cfg: TrainConfig, initial: int):
 
 def fit(model: nn.Module, loss_fn: Callable, cfg: TrainConfig, *, param_groups: Iterable | None = None,
         optimizer: torch.optim.Optimizer | None = None, evaluate: Callable | None = None,
-        eval_every: int = 0, post_step: Callable | None = None) -> FitResult:
+        eval_every: int = 0, post_step: Callable | None = None,
+        extra_state: tuple[Callable[[], dict], Callable[[dict], None]] | None = None) -> FitResult:
     """Minimise ``loss_fn(step)`` over the parameters of ``model``.
 
     Args:
@@ -225,8 +276,18 @@ def fit(model: nn.Module, loss_fn: Callable, cfg: TrainConfig, *, param_groups: 
             the schedule scales.  Default: all of ``model.parameters()``.
         optimizer: a ready optimizer instead of Adam/SGD from ``cfg``.
         evaluate: ``step -> dict`` run every ``eval_every`` steps and at the end, off the clock, with
-            gradients disabled; its values go into the history and may also hit targets.
+            gradients disabled; its values go into the history (``eval_`` prefix) and may also hit
+            targets.  Its wall time is reported in ``FitResult.eval_seconds``.  Targets are timed per source
+            too: ``time_to_target_batch`` (loss_fn's info) and ``time_to_target_eval`` (evaluate's values);
+            ``time_to_target`` is whichever came first.
         post_step: ``step -> None`` after each optimizer step (e.g. ReLinear-sw shrinkage).
+        extra_state: ``(get, set)`` for state of the caller that a resumed run needs (a private sampler
+            generator, a running best): ``get()`` -> a dict of tensors / plain values stored in each
+            checkpoint, ``set(d)`` called with it on resume.
+
+    Schedule: the learning rate follows ``cfg.schedule`` over the progress ``step / steps``
+    (``schedule_by="steps"``), ``elapsed / seconds`` (``"time"``) or the larger of the two (``"auto"``),
+    after ``cfg.warmup`` steps of linear warm-up.
 
     Divergence guard: every ``cfg.guard_every`` steps the state is snapshotted (only while every parameter
     is finite).  A step whose loss is non-finite, or a *blow-up* -- a finite loss above
@@ -246,6 +307,8 @@ def fit(model: nn.Module, loss_fn: Callable, cfg: TrainConfig, *, param_groups: 
         g.setdefault("base_lr", g["lr"])
     history: list[dict] = []
     reached: dict = {float(t): None for t in cfg.targets}
+    reached_by = {"batch": dict(reached), "eval": dict(reached)}
+    eval_seconds, n_evals = 0.0, 0
     events: list[dict] = []
     start_step, elapsed, lr_scale = 0, 0.0, 1.0
 
@@ -263,8 +326,13 @@ def fit(model: nn.Module, loss_fn: Callable, cfg: TrainConfig, *, param_groups: 
             start_step, elapsed, lr_scale = int(state["step"]), float(state["elapsed"]), float(state["lr_scale"])
             history, events = list(state["history"]), list(state["events"])
             reached.update({float(k): v for k, v in state["reached"].items()})
+            for src in reached_by:
+                reached_by[src].update({float(k): v for k, v in state.get(f"reached_{src}", {}).items()})
+            eval_seconds, n_evals = float(state.get("eval_seconds", 0.0)), int(state.get("evaluations", 0))
             best, n_finite = float(state.get("best_loss", math.inf)), int(state.get("n_finite", 0))
             set_rng_state(state["rng"])
+            if extra_state is not None:
+                extra_state[1](state["extra"])
         except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
             raise CheckpointError(f"checkpoint {ckpt} does not fit this run: {' '.join(str(e).split())[:200]}") \
                 from None
@@ -283,13 +351,23 @@ def fit(model: nn.Module, loss_fn: Callable, cfg: TrainConfig, *, param_groups: 
     def crossed(value: float, target: float) -> bool:
         return value >= target if cfg.target_mode == "max" else value <= target
 
-    def record_targets(info: dict, now: float, at_step: int):
+    def record_targets(info: dict, now: float, at_step: int, source: str):
         v = info.get(cfg.target_key)
         if v is None or not math.isfinite(float(v)):
             return
-        for t in reached:
-            if reached[t] is None and crossed(float(v), t):
-                reached[t] = {"seconds": round(now, 4), "step": at_step}
+        for d in (reached, reached_by[source]):
+            for t in d:
+                if d[t] is None and crossed(float(v), t):
+                    d[t] = {"seconds": round(now, 4), "step": at_step}
+
+    def run_eval(at_step: int) -> dict:
+        nonlocal eval_seconds, n_evals
+        t = time.perf_counter()
+        with torch.no_grad():
+            ev = evaluate(at_step)
+        eval_seconds += time.perf_counter() - t
+        n_evals += 1
+        return ev
 
     def record_event(at_step: int, text: str, now: float) -> None:
         events.append({"step": at_step, "event": text, "lr_scale": lr_scale})
@@ -300,7 +378,8 @@ def fit(model: nn.Module, loss_fn: Callable, cfg: TrainConfig, *, param_groups: 
         if cfg.seconds is not None and now >= cfg.seconds:
             stopped_by = "seconds"
             break
-        progress = max(step / cfg.steps, now / cfg.seconds if cfg.seconds else 0.0)
+        by_time = now / cfg.seconds if cfg.seconds else 0.0
+        progress = {"steps": step / cfg.steps, "time": by_time}.get(cfg.schedule_by, max(step / cfg.steps, by_time))
         f = lr_factor(progress, cfg, step) * lr_scale
         for g in optimizer.param_groups:
             g["lr"] = g["base_lr"] * f
@@ -338,23 +417,25 @@ def fit(model: nn.Module, loss_fn: Callable, cfg: TrainConfig, *, param_groups: 
         best, n_finite = min(best, loss_val), n_finite + 1
         now = time.perf_counter() - t0
         info = {k: (float(v) if torch.is_tensor(v) else v) for k, v in info.items()}
-        record_targets(info, now, step)
+        record_targets(info, now, step, "batch")
         if step % cfg.log_every == 0 or step == cfg.steps:
             history.append({"step": step, "seconds": round(now, 4), "loss": loss_val, "lr": cfg.lr * f, **info})
         if step % cfg.guard_every == 0 and params_finite():
             good = snapshot()
         if evaluate is not None and eval_every and step % eval_every == 0 and step < cfg.steps:
             paused = time.perf_counter()
-            with torch.no_grad():
-                ev = evaluate(step)
+            ev = run_eval(step)
             t0 += time.perf_counter() - paused  # evaluation is off the clock
-            record_targets(ev, now, step)
+            record_targets(ev, now, step, "eval")
             history.append({"step": step, "seconds": round(now, 4), **{f"eval_{k}": v for k, v in ev.items()}})
         if ckpt and cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
             save_torch({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
                         "elapsed": time.perf_counter() - t0, "lr_scale": lr_scale, "history": history,
-                        "events": events, "reached": reached, "rng": rng_state(), "best_loss": best,
-                        "n_finite": n_finite, "fingerprint": cfg.fingerprint}, ckpt)
+                        "events": events, "reached": reached, "reached_batch": reached_by["batch"],
+                        "reached_eval": reached_by["eval"], "eval_seconds": eval_seconds, "evaluations": n_evals,
+                        "rng": rng_state(), "best_loss": best,
+                        "n_finite": n_finite, "fingerprint": cfg.fingerprint,
+                        "extra": extra_state[0]() if extra_state is not None else None}, ckpt)
         if bar is not None:
             bar.update(1)
             post = {"loss": f"{loss_val:.3g}"}
@@ -375,13 +456,15 @@ def fit(model: nn.Module, loss_fn: Callable, cfg: TrainConfig, *, param_groups: 
             raise DivergenceError("training left non-finite parameters and no finite state to restore")
     final_loss, final_info = _final_loss(model, loss_fn, step)
     if evaluate is not None:
-        with torch.no_grad():
-            ev = evaluate(step)
-        record_targets(ev, seconds, step)
+        ev = run_eval(step)
+        record_targets(ev, seconds, step, "eval")
         history.append({"step": step, "seconds": round(seconds, 4), **{f"eval_{k}": v for k, v in ev.items()}})
     done = step - start_step
     return FitResult(steps=step, seconds=seconds, final_loss=final_loss, history=history,
-                     time_to_target={str(k): v for k, v in reached.items()}, events=events,
+                     time_to_target={str(k): v for k, v in reached.items()},
+                     time_to_target_batch={str(k): v for k, v in reached_by["batch"].items()},
+                     time_to_target_eval={str(k): v for k, v in reached_by["eval"].items()},
+                     eval_seconds=eval_seconds, evaluations=n_evals, events=events,
                      seconds_per_step=(seconds - elapsed) / done if done else float("nan"), stopped_by=stopped_by,
                      last_step_loss=loss_val, final_info=final_info)
 

@@ -51,6 +51,7 @@ class SolveConfig:
     eval_res: int | None = None                  # grid points per axis; default 256 (2-D), 8193 (1-D)
     eval_every: int = 0
     residual_points: int = 4096                  # held-out interior points for the final residual
+    checkpoint_every: int = 0                    # checkpoint every N steps (needs a checkpoint path)
     quiet: bool = False
 
     def validate(self) -> None:
@@ -72,6 +73,8 @@ class SolveConfig:
             raise ValueError(f"--penalty must be > 0, got {self.penalty}")
         if self.dtype not in DTYPES:
             raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.checkpoint_every < 0:
+            raise ValueError(f"--checkpoint-every must be >= 0, got {self.checkpoint_every}")
         if self.eval_res is not None and self.eval_res < 2:
             raise ValueError(f"--eval-res must be >= 2, got {self.eval_res}")
 
@@ -118,8 +121,23 @@ def evaluate_errors(ansatz: Ansatz, problem: problems.Problem, grid: torch.Tenso
             pred, truth)
 
 
-def solve(cfg: SolveConfig) -> Solution:
-    """Train a PINN for ``cfg`` and measure it; see the module docstring for the loss."""
+def fingerprint(cfg: SolveConfig, model_config: dict) -> str:
+    """What a checkpoint must match to be resumed: the problem, the model and everything that shapes
+    the training data (budgets, schedule and output options may differ)."""
+    import json
+
+    keep = ("problem", "n", "model", "params", "hyper", "boundary", "penalty", "points", "boundary_points",
+            "resample", "seed", "dtype")
+    return json.dumps({"solve": {k: getattr(cfg, k) for k in keep}, "model": model_config}, sort_keys=True,
+                      default=str)
+
+
+def solve(cfg: SolveConfig, checkpoint_path: str | None = None, resume: bool = False) -> Solution:
+    """Train a PINN for ``cfg`` and measure it; see the module docstring for the loss.
+
+    ``checkpoint_path``: with ``cfg.checkpoint_every`` the training state (weights, optimizer, generators
+    including the collocation sampler's) is saved there every N steps; ``resume`` continues from it, giving
+    the same final weights as an uninterrupted run."""
     cfg.validate()
     problem = problems.get(cfg.problem, cfg.n)
     device, dtype = resolve_device(cfg.device), DTYPES[cfg.dtype]
@@ -148,6 +166,8 @@ def solve(cfg: SolveConfig) -> Solution:
             info["boundary"] = b.detach().sqrt()
         return loss, info
 
+    if not cfg.resample:
+        sample()   # the fixed points, drawn before training so a resumed run draws the same ones
     grid = eval_grid(problem, cfg.eval_res, dtype).to(device)
 
     def evaluate(step: int) -> dict:
@@ -157,8 +177,11 @@ def solve(cfg: SolveConfig) -> Solution:
     tcfg = TrainConfig(steps=cfg.steps, seconds=cfg.seconds, lr=lr, lr_final=cfg.lr_final, schedule=cfg.schedule,
                        seed=cfg.seed, device=str(device), targets=(1e-2, 1e-3), target_key="rel_l2",
                        target_mode="min", quiet=cfg.quiet, desc=f"{cfg.model} {cfg.problem} n={cfg.n}",
-                       log_every=max(1, min(50, cfg.steps // 200)))
-    result = fit(ansatz, loss_fn, tcfg, evaluate=evaluate if cfg.eval_every else None, eval_every=cfg.eval_every)
+                       log_every=max(1, min(50, cfg.steps // 200)), checkpoint_every=cfg.checkpoint_every,
+                       checkpoint_path=checkpoint_path, resume=resume,
+                       fingerprint=fingerprint(cfg, model_config))
+    result = fit(ansatz, loss_fn, tcfg, evaluate=evaluate if cfg.eval_every else None, eval_every=cfg.eval_every,
+                 extra_state=(lambda: {"sampler": gen.get_state()}, lambda d: gen.set_state(d["sampler"])))
 
     errors, pred, truth = evaluate_errors(ansatz, problem, grid)
     held = problem.sample_interior(cfg.residual_points, torch.Generator().manual_seed(cfg.seed + 1), device, dtype)

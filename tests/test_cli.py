@@ -36,7 +36,7 @@ def test_fit_image_writes_a_complete_run_and_eval_reproduces_it(tmp_path, tiny_p
     path, truth = tiny_png
     out = tmp_path / "run"
     assert main(["fit", str(path), *TINY_IMAGE, "--out", str(out), "--target-psnr", "5,10", "--target-psnr", "60"]) == 0
-    assert _files(out) == RUN_FILES | {"reconstruction.png", "error.png"}
+    assert _files(out) == RUN_FILES | {"reconstruction.png", "error.png", "comparison.png"}
     m = json.loads((out / "metrics.json").read_text())
     for key in ("psnr", "ssim", "params", "steps", "seconds", "seconds_per_step", "time_to_target", "memory",
                 "device", "versions", "seed", "config"):
@@ -70,7 +70,11 @@ def test_fit_image_writes_a_complete_run_and_eval_reproduces_it(tmp_path, tiny_p
     ev = json.loads((out / "eval.json").read_text())
     assert ev["psnr"] == pytest.approx(m["psnr"], abs=1e-9) and ev["ssim"] == pytest.approx(m["ssim"], abs=1e-9)
     history = (out / "history.csv").read_text().splitlines()
-    assert history[0].startswith("step,seconds,loss,lr,psnr") and len(history) == 7
+    # 6 training rows + the whole-signal evaluation after the last step (eval_every 50 > 6 steps)
+    assert history[0].startswith("step,seconds,loss,lr,psnr,eval_psnr,eval_mse") and len(history) == 8
+    last = dict(zip(history[0].split(","), history[-1].split(",")))
+    assert last["step"] == "6" and float(last["eval_psnr"]) == pytest.approx(m["psnr"], abs=1e-4)
+    assert m["evaluations"] == 1 and m["eval_seconds"] >= 0 and set(m["time_to_target_batch"]) == {"5.0", "10.0", "60.0"}
 
 
 def test_fit_audio(tmp_path, tiny_wav):
@@ -80,7 +84,8 @@ def test_fit_audio(tmp_path, tiny_wav):
     assert _files(out) == RUN_FILES | {"reconstruction.wav"}
     m = json.loads((out / "metrics.json").read_text())
     assert {"mse", "rho_ag"} <= set(m) and "psnr" not in m
-    assert m["time_to_target"]["10.0"]["step"] == 1  # the first batch MSE is far below 10
+    assert m["time_to_target_batch"]["10.0"]["step"] == 1  # the first batch MSE is far below 10
+    assert m["time_to_target"]["10.0"]["step"] == 6  # whole-signal evaluation: only after the last step here
     config = json.loads((out / "config.json").read_text())
     assert config["model"]["activation"] == "spder-atan" and config["model"]["w0_first"] == 300
     info = sf.info(out / "reconstruction.wav")

@@ -11,18 +11,15 @@ import time
 
 import numpy as np
 
-from inr.cliutil import number, run_main
+from inr.cliutil import EXIT_USAGE, Parser, add_common, add_version, apply_threads, number, parse_args, run_main
 from inr.runfiles import versions
 from inr.runs import RunFolder
 
-EXIT_USAGE = 2
 MIN_SIZE = 8       # SSIM (7 x 7 window) and a meaningful scan need at least 8 x 8 pixels
 MAX_SIZE = 8192
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+_Parser = Parser
 
 
 def _number(kind, name, low=None, allow_none=False):
@@ -50,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .recon import OUTPUTS
 
     p = _Parser(prog="python -m tomography", description="Sparse-view parallel-beam CT reconstruction.")
+    add_version(p)
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     r = sub.add_parser("recon", help="simulate a scan of an image and reconstruct it (INR, FBP, SART, TV)")
     r.add_argument("image", nargs="?", help="image file read by inr.signals (grayscale or RGB, averaged to gray; 8/16-bit scaled by "
@@ -88,13 +86,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="TV weight (see tomography.baselines.tv_reconstruct; default 3e-4)")
     r.add_argument("--tv-iterations", type=_number(int, "--tv-iterations", 0), default=300,
                    help="Chambolle-Pock iterations (default 300)")
-    r.add_argument("--seed", type=int, default=0, help="seeds noise, initialisation and everything else")
-    r.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    r.add_argument("--threads", default="auto",
-                   help="torch CPU threads, or auto: 1 when the load average already fills the CPUs, else "
-                        "torch's default")
-    r.add_argument("--out", default=None, help="run folder to create, must not exist (default runs/ct-<image>-<model>-<views>v)")
-    r.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_common(r, seed_help="seeds noise, initialisation and everything else",
+               out_help="run folder to create, must not exist (default runs/ct-<image>-<model>-<views>v)")
+    r.add_argument("--checkpoint-every", type=number(int, "--checkpoint-every", 0), default=0, metavar="N",
+                   help="checkpoint the INR fit every N steps (kept in the hidden staging folder after an "
+                        "interruption so --resume can continue; 0: off)")
+    r.add_argument("--resume", action="store_true",
+                   help="continue the interrupted run at --out from its last checkpoint (same options)")
     return p
 
 
@@ -171,24 +169,13 @@ def recon(args) -> dict:
         raise ValueError("--readout-noise is a standard deviation in detector counts and needs --photons")
     name = "shepp-logan" if args.phantom else os.path.splitext(os.path.basename(args.image))[0]
     out = args.out or os.path.join("runs", f"ct-{name}-{args.model}-{args.views}v")
-    run = RunFolder(out)   # refuses an existing --out before any work
+    run = RunFolder(out, resume=args.resume)   # refuses an existing --out before any work
     truth = phantom(args.size or (256, 256)) if args.phantom else load_image(args.image, args.size)
     if min(truth.shape) < MIN_SIZE:
         raise ValueError(f"the image is {truth.shape[0]}x{truth.shape[1]} pixels; CT reconstruction here needs "
                          f"at least {MIN_SIZE}x{MIN_SIZE} (use --size)")
     device = resolve_device(args.device)
-    if args.threads != "auto":
-        try:
-            threads = int(args.threads)
-        except ValueError:
-            threads = 0
-        if threads < 1:
-            raise ValueError(f"--threads must be a positive integer or auto, got {args.threads!r}")
-    else:
-        from inr.train import resolve_threads
-        threads = resolve_threads("auto")
-    if threads:
-        torch.set_num_threads(threads)
+    apply_threads(args.threads)
     with run:
         tmp = str(run.path)
         scan = simulate(truth, args.views, args.angle_range, not args.full_field, args.photons, args.readout_noise,
@@ -197,7 +184,8 @@ def recon(args) -> dict:
                                         args.tv_iterations, device=device)
         image, result, net = reconstruct_inr(scan, args.model, args.params, args.steps, args.seconds, args.lr,
                                              args.output, args.seed, device, args.quiet,
-                                             mask_outside=not args.no_mask)
+                                             mask_outside=not args.no_mask, checkpoint_path=str(run.checkpoint),
+                                             checkpoint_every=args.checkpoint_every, resume=args.resume)
         recons[args.model] = image
         oracle = max((h.get("oracle_best_psnr", -np.inf) for h in result.history), default=None)
         metrics[args.model] = {**_score(image, truth), "seconds": round(result.seconds, 3), "steps": result.steps,
@@ -234,7 +222,9 @@ def recon(args) -> dict:
 
 def main(argv=None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
+    if isinstance(args, int):   # --help / --version (0) or a usage error (2), already reported
+        return args
 
     def command() -> int:
         res = recon(args)

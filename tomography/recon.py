@@ -155,10 +155,20 @@ def inr_problem(scan: Scan, model: str, params: int | None = 180_000, output: st
     return CTImage(net, scan.geometry.shape, output, support).to(device), P, scan.measured.to(device)
 
 
+def _fingerprint(scan: Scan, img: CTImage, output: str, mask_outside: bool) -> str:
+    import hashlib
+    import json
+
+    digest = hashlib.sha256(scan.measured.detach().cpu().numpy().tobytes()).hexdigest()
+    return json.dumps({"sinogram_sha256": digest, "model": img.model.config, "output": output,
+                       "mask_outside": mask_outside}, sort_keys=True, default=str)
+
+
 def reconstruct_inr(scan: Scan, model: str = "lrnn-siren", params: int | None = 180_000, steps: int = 5000,
                     seconds: float | None = None, lr: float | None = None, output: str = "linear",
                     seed: int = 0, device="auto", quiet: bool = False, log_every: int = 10,
-                    hyper: dict | None = None, mask_outside: bool = True):
+                    hyper: dict | None = None, mask_outside: bool = True, checkpoint_path: str | None = None,
+                    checkpoint_every: int = 0, resume: bool = False):
     """Fit a registry model to ``scan.measured``.
 
     Returns ``(image, result, net)``: the final iterate as an (H, W) numpy array, the
@@ -166,6 +176,10 @@ def reconstruct_inr(scan: Scan, model: str = "lrnn-siren", params: int | None = 
     PSNR against the truth and the best PSNR seen so far, labelled oracle), and the trained
     :class:`CTImage`.  ``mask_outside`` (circle geometry only): pixels no ray passes through are
     fixed at 0 and not modelled, as FBP and SART do (see :class:`CTImage`).
+
+    ``checkpoint_path`` / ``checkpoint_every`` / ``resume``: the training loop's checkpointing
+    (:class:`inr.train.TrainConfig`); a checkpoint is only resumed for the same measured sinogram and
+    model (fingerprint), and the resumed run ends with the same weights as an uninterrupted one.
     """
     dev = resolve_device(device)
     seed_everything(seed)
@@ -184,8 +198,11 @@ def reconstruct_inr(scan: Scan, model: str = "lrnn-siren", params: int | None = 
 
     cfg = TrainConfig(steps=steps, seconds=seconds, lr=lr if lr is not None else DEFAULT_LR.get(model, 1e-3),
                       lr_final=0.1, schedule="exponential", seed=seed, device=str(dev), quiet=quiet,
-                      log_every=log_every, desc=f"ct {model}")
-    result: FitResult = fit(img, loss_fn, cfg)
+                      log_every=log_every, desc=f"ct {model}", checkpoint_every=int(checkpoint_every),
+                      checkpoint_path=checkpoint_path, resume=resume,
+                      fingerprint=_fingerprint(scan, img, output, mask_outside))
+    result: FitResult = fit(img, loss_fn, cfg, extra_state=(lambda: {"best_psnr": best["psnr"]},
+                                                            lambda d: best.update(psnr=float(d["best_psnr"]))))
     with torch.no_grad():
         final = img().double().cpu().numpy()
     return final, result, img
