@@ -85,6 +85,10 @@ MAX_PARAMS = 10**9          # --params above this is refused (a 1e11 budget woul
 # much as 4096-point ones, so 2048 reached 30/35/40 dB first at every rate and level count tried
 # (cameraman 256^2, 200k params: 0.6/1.0/1.8 s against 0.8/1.7/3.1 s; benchmarks/hash_sweep.py).
 CPU_BATCH_BY_MODEL = {"hash": 2048}
+# Adam settings per family (default betas (0.9, 0.999), eps 1e-8).  The hash grid uses Instant-NGP's:
+# sparse table rows get rare gradients, which a fast second-moment decay and a tiny eps keep from being
+# damped; in paired 5 s runs on cameraman 256^2 it ended 3-5 dB higher (benchmarks/hash_sweep.py --adam ngp).
+ADAM_BY_MODEL = {"hash": {"betas": (0.9, 0.99), "eps": 1e-15}}
 RUN_FILES = ("metrics.json", "config.json", "model.pt", "history.csv", "curves.png")
 IMAGE_FILES = ("reconstruction.png", "error.png", "comparison.png")
 
@@ -458,7 +462,7 @@ def fit_signal(signal: Signal | str | os.PathLike | None = None, model: str = "l
                                          "sha256": sig.digest()},
                               "model": net.config}, sort_keys=True, default=str)
     cfg = TrainConfig(steps=int(steps), seconds=seconds, lr=lr, lr_final=lr_final, schedule=schedule,
-                      schedule_by=schedule_by, warmup=int(warmup), seed=seed,
+                      schedule_by=schedule_by, warmup=int(warmup), seed=seed, **ADAM_BY_MODEL.get(model, {}),
                       device=str(dev), targets=targets, target_key="psnr" if sig.kind == "image" else "mse",
                       target_mode="max" if sig.kind == "image" else "min", quiet=quiet,
                       checkpoint_every=int(checkpoint_every), checkpoint_path=str(run.checkpoint),

@@ -151,6 +151,8 @@ class TrainConfig:
     optimizer: str = "adam"           # adam | sgd
     weight_decay: float = 0.0
     momentum: float = 0.9
+    betas: tuple = (0.9, 0.999)       # Adam's moment decay rates
+    eps: float = 1e-8                 # Adam's denominator floor
     grad_clip: float | None = None
     seed: int = 0
     device: str = "auto"
@@ -246,7 +248,7 @@ def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
     groups = list(params)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
 
 
 def _finite(x) -> bool:
