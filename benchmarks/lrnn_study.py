@@ -37,7 +37,7 @@ IMAGES = ("camera", "moon", "coins", "brick", "gravel", "astronaut")
 AUDIO = ("test_audio", "speech", "music")
 MODELS = ("siren", "spder", "lrnn-siren", "lrnn-spder")
 # Adam learning rates at ~200k parameters (our choices, from the sweep in docs/methods.md section 2.6).
-LR = {"siren": 1e-3, "spder": 1e-3, "lrnn-siren": 3e-3, "lrnn-spder": 3e-3}
+LR = {"siren": 1e-3, "spder": 5e-4, "lrnn-siren": 3e-3, "lrnn-spder": 3e-3}
 AUDIO_LR = {"siren": 1e-4, "spder": 1e-4, "lrnn-siren": 1e-3, "lrnn-spder": 1e-3}
 IMAGE_TARGETS, AUDIO_TARGETS = (30.0, 40.0), (1e-3, 1e-4)
 

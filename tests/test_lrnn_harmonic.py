@@ -107,6 +107,10 @@ def test_projection_band_is_siren_first_layer():
     assert torch.allclose(L.project(x), 30.0 * (x @ L.proj.weight.T + L.proj.bias))
     M = LRNNLayer(2, 8, dbar=2, width=3, w0=30.0, is_first=True, band="projection", dtype=torch.float64)
     assert M.comp_w0 == 1.0 and torch.all(M.a == torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64))
+    # the band grows with w0, the step multiplier does not (audio: w0 = 3000)
+    A = LRNNLayer(1, 64, dbar=2, w0=3000.0, is_first=True, band="projection", component="harmonic",
+                  dtype=torch.float64)
+    assert A.scale == 30.0 and 90 < A.proj.weight.abs().max() <= 100
     # hidden layers ignore the band option
     H = LRNNLayer(8, 8, band="projection", dtype=torch.float64)
     assert H.scale == 1.0 and H.comp_w0 == 30.0

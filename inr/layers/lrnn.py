@@ -462,6 +462,7 @@ class CompiledHarmonicFn(torch.autograd.Function):
 
 KERNELS = ("fused", "compiled", "plain")
 COMPONENTS = ("mlp", "harmonic")
+STEP_SCALE = 30.0  # band="projection": the first layer's fixed projection multiplier (SIREN's image w0)
 BANDS = ("component", "projection")
 PRECISIONS = ("fp32", "bf16")
 
@@ -481,8 +482,10 @@ class LRNNLayer(nn.Module):
         dbar: factors per product.
         width: m, hidden width of each univariate component MLP (1 -> m -> 1); ``component="mlp"`` only.
         w0: frequency factor.  MLP components: inside the component activation.  With
-            ``band="projection"`` on the first layer it scales the projection instead (SIREN-style
-            ``z = w0 (P x + p)``) and the components run at unit frequency.
+            ``band="projection"`` on the first layer it sets the projection's band instead (SIREN-style,
+            ``z = s (P x + p)`` with ``s P ~ U(-w0/n, w0/n)`` and a fixed ``s = STEP_SCALE = 30``, so the
+            size of an Adam step on the band does not grow with w0), and the components run at unit
+            frequency.
         activation: ``"sin"`` (LRNN-SIREN), ``"spder"`` (LRNN-SPDER, images) or ``"spder-atan"`` (audio).
         shared: one set of dbar components shared by all r neurons (dbar components instead of r*dbar).
         is_first: the layer reads raw coordinates in [-1, 1]; sets the frequency initialisation.
@@ -491,10 +494,9 @@ class LRNNLayer(nn.Module):
             env = 1 for sin, sqrt|theta| for spder, arctan for spder-atan; one sin and cos per element).
         harmonics: K, the number of harmonics of a harmonic component.
         band: first layer only. ``"component"``: the band comes from the component frequencies (w0 * a,
-            the original choice); ``"projection"``: from the projection ``z = w0 (P x + p)``,
-            ``P ~ U(-1/n, 1/n)`` as SIREN's first layer, so the band is a single uniform draw rather
-            than a product of two random factors and Adam's step on the components does not scale
-            with w0.
+            the original choice); ``"projection"``: from the projection (see w0), as SIREN's first
+            layer, so the band is a single uniform draw rather than a product of two random factors and
+            Adam's steps on the components and the projection do not scale with w0.
         component_std: sigma_g, the standard deviation of each component at initialisation; then
             Var[phi] <= exp(sigma_g^2) - 1 whatever dbar is (Lemma 1 of the paper).
         layernorm: LayerNorm over the r outputs (the paper's deep models need it).
@@ -531,8 +533,10 @@ class LRNNLayer(nn.Module):
         self.memory_efficient = self.kernel != "plain"
         self.precision = precision
         self.gamma = dbar ** -0.5
-        # band="projection" moves w0 from the components (first layer) to the projection
-        self.scale = self.w0 if (self.is_first and band == "projection") else 1.0
+        # band="projection" moves w0 from the components (first layer) to the projection: z = s (P x + p)
+        # with a FIXED s = STEP_SCALE and P ~ U(-w0/(s n), w0/(s n)), so w0 sets the band and s alone sets
+        # how far one Adam step moves a first-layer frequency (s * lr), whatever the band (audio w0 ~ 3000)
+        self.scale = STEP_SCALE if (self.is_first and band == "projection") else 1.0
         self.comp_w0 = 1.0 if self.scale != 1.0 else self.w0
         self.proj = nn.Linear(in_features, rank * dbar, **fk)
         R = 1 if shared else rank
@@ -556,7 +560,7 @@ class LRNNLayer(nn.Module):
     def _init_grid(self) -> torch.Tensor:
         """Points standing in for the distribution of z at initialisation (float64)."""
         if self.scale != 1.0:  # first layer, band="projection": z spans about w0 * [-1, 1]
-            return self.scale * torch.linspace(-1.0, 1.0, 2048, dtype=torch.float64)
+            return self.w0 * torch.linspace(-1.0, 1.0, 2048, dtype=torch.float64)  # spacing need not resolve a period
         return _quantile_grid()  # z ~ N(0, 1): LayerNorm'd h and the projection bound below
 
     def reset_parameters(self) -> None:
@@ -565,8 +569,8 @@ class LRNNLayer(nn.Module):
         n = self.in_features
         with torch.no_grad():
             if self.scale != 1.0:
-                # SIREN's first layer: z = w0 (P x + p), P ~ U(-1/n, 1/n); a uniform phase spread.
-                self.proj.weight.uniform_(-1.0 / n, 1.0 / n)
+                # SIREN's first layer: z = w0 P x + s p with w0 P ~ U(-w0/n, w0/n); a uniform phase spread.
+                self.proj.weight.uniform_(-1.0 / n, 1.0 / n).mul_(self.w0 / self.scale)
                 self.proj.bias.uniform_(-1.0 / math.sqrt(n), 1.0 / math.sqrt(n))
             else:
                 # Projection: unit-variance z for unit-variance h (LayerNorm'd hidden features);
