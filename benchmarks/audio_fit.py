@@ -39,6 +39,8 @@ def main(argv=None) -> int:
     p.add_argument("--lr", action="append", default=[], metavar="MODEL=LR")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default="results/audio_fit")
+    p.add_argument("--eval-every", type=int, default=25,
+                   help="whole-signal evaluation cadence in steps (off the clock); time to target uses it")
     p.add_argument("--quick", action="store_true", help="tiny smoke setting (0.05 s clip, 2 models, 2 s)")
     a = p.parse_args(argv)
     if a.quick:
@@ -59,7 +61,7 @@ def main(argv=None) -> int:
             for model in a.models.split(","):
                 specs.append({"model": model, "signal": sig, "params": a.params, "seconds": a.seconds,
                               "steps": a.steps, "lr": lrs.get(model, SETTINGS.get(model, 1e-3)), "batch": a.batch,
-                              "targets": list(targets), "seed": seed, "threads": a.threads,
+                              "targets": list(targets), "seed": seed, "eval_every": a.eval_every, "threads": a.threads,
                               "out": str(out / "runs" / f"{i}-{stem}-{model}-s{seed}")})
     names = ", ".join(Path(s["path"]).name if "path" in s else f"generated clip {a.clip_seconds:g} s at {a.rate} Hz"
                       for s in signals)

@@ -42,6 +42,8 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=None, help="pixel batch for every model (default: per model)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default="results/image_fit")
+    p.add_argument("--eval-every", type=int, default=25,
+                   help="whole-signal evaluation cadence in steps (off the clock); time to target uses it")
     p.add_argument("--quick", action="store_true", help="tiny smoke setting (32x32, 2 models, 2 s)")
     a = p.parse_args(argv)
     if a.quick:
@@ -49,7 +51,7 @@ def main(argv=None) -> int:
     lrs = {k: float(v) for k, v in (s.split("=", 1) for s in a.lr)}
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    targets = (30, 40)
+    targets = (30, 35, 40)
     specs = []
     for seed in (int(s) for s in a.seeds.split(",")):
         for image in a.images.split(","):
@@ -58,6 +60,7 @@ def main(argv=None) -> int:
                 specs.append({"model": model, "signal": {"builtin": image, "size": a.size}, "params": a.params,
                               "seconds": a.seconds, "steps": a.steps, "lr": lrs.get(model, lr),
                               "batch": a.batch or batch, "targets": list(targets), "seed": seed,
+                              "eval_every": a.eval_every,
                               "threads": a.threads, "out": str(out / "runs" / f"{image}-{model}-s{seed}")})
     header = (f"Images: {a.images} ({a.size}x{a.size}, gray); {a.params} parameters; {a.seconds:g} s wall budget "
               f"per run; seeds {a.seeds}; {a.threads} threads. PSNR = 10 log10(1/MSE) on [0, 1] (final iterate, "

@@ -261,7 +261,7 @@ def fit_group(signals: list[Signal], seeds: list[int], model: str, *, params=200
     if any((s.kind, s.shape, s.channels) != (s0.kind, s0.shape, s0.channels) for s in signals):
         raise ValueError("fit_group needs signals of one kind, grid shape and channel count")
     dev = resolve_device(device)
-    lr = F.default_lr(model) if lr is None else float(lr)
+    lr = F.default_lr(model, s0.kind) if lr is None else float(lr)
     nets, gens = [], []
     for sig, seed in zip(signals, seeds):
         seed_everything(seed)
@@ -379,7 +379,7 @@ def fit_many(files, model: str = "lrnn-spder", params: int | None = 200_000, ste
         raise F.RunError(f"--steps must be > 0, got {steps}")
     if seconds is not None:
         F._positive_finite("--seconds", seconds)
-    lr = F.default_lr(model) if lr is None else F._positive_finite("--lr", lr)
+    lr = None if lr is None else F._positive_finite("--lr", lr)   # None: per signal kind (fit_group)
     F.check_model_options(model_options, params)   # as a single fit: before any work, naming the option
     pick_engine(engine, dev)
     out = Path(out) if out is not None else Path("runs") / f"batch-{model}-{time.strftime('%Y%m%d-%H%M%S')}"

@@ -71,6 +71,9 @@ DEFAULT_LR = {"siren": 5e-4, "spder": 5e-4, "gauss": 1e-3, "wire": 5e-3, "relu-p
 FALLBACK_LR = 1e-3          # models registered later without an entry above
 AUDIO_W0_FIRST = 3000.0       # SIREN / SPDER audio (docs/methods.md section 1)
 LRNN_AUDIO_W0_FIRST = 300.0   # LRNN audio (our choice, see the module docstring)
+# LRNN on audio: 1e-3 (3e-3, the image rate, stalled: test clip, 50k params, 150 steps, whole-clip MSE
+# 0.038 at 3e-3, 2.1e-3 at 1e-3, 1.6e-3 at 3e-4; docs/methods.md section 2.6)
+AUDIO_LR = {"lrnn-siren": 1e-3, "lrnn-spder": 1e-3}
 PREDICT_CHUNK = 65536       # coordinates per forward pass when predicting a whole signal
 # Random points per step on a CPU for batch="auto": on cameraman 256x256 in 60 s, 4096-point batches reached
 # 38.7 dB (SIREN) / 39.1 dB (SPDER) against ~25-30 dB with 16384 (benchmarks/image_fit.py, README).
@@ -150,7 +153,10 @@ def model_defaults(model: str, kind: str) -> dict:
     return d
 
 
-def default_lr(model: str) -> float:
+def default_lr(model: str, kind: str = "image") -> float:
+    """Adam learning rate for ``model`` on an ``"image"`` or ``"audio"`` signal."""
+    if kind == "audio" and model in AUDIO_LR:
+        return AUDIO_LR[model]
     return DEFAULT_LR.get(model, FALLBACK_LR)
 
 
@@ -450,7 +456,7 @@ def fit_signal(signal: Signal | str | os.PathLike | None = None, model: str = "l
         batch = None if dev.type == "cuda" else CPU_BATCH_BY_MODEL.get(model, CPU_BATCH)
     if batch is not None and (not isinstance(batch, int) or batch <= 0):
         raise RunError(f"--batch must be a positive integer, 'auto' or None (full batch), got {batch!r}")
-    lr = default_lr(model) if lr is None else lr
+    lr = default_lr(model, sig.kind) if lr is None else lr
     targets = tuple(float(t) for t in ((target_psnr if sig.kind == "image" else target_mse) or ()))
     out = Path(out) if out is not None else default_out(sig, model)
     run = RunFolder(out, resume=resume)   # checks --out before any work
