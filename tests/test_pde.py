@@ -92,7 +92,10 @@ def test_laplacian_of_known_functions_is_exact(expr):
 @pytest.mark.parametrize("name,hyper", [
     ("lrnn-siren", {"rank": 6, "w0": 3.0, "memory_efficient": True}),
     ("lrnn-siren", {"rank": 6, "w0": 3.0, "memory_efficient": False}),
-    ("lrnn-spder", {"rank": 5, "dbar": 3, "w0": 2.0}),
+    # the poster's configuration, which pde uses (pde.models.model_defaults)
+    ("lrnn-spder", {"rank": 5, "dbar": 3, "w0": 2.0, "component": "mlp", "band": "component", "depth": 2,
+                    "head_init": "default"}),
+    ("lrnn-siren", {"rank": 5, "dbar": 3, "w0": 2.0, "harmonics": 3}),   # harmonic components (the default)
     ("siren", {"hidden": 12, "hidden_layers": 2, "w0_first": 6.0}),
     ("mlp-tanh", {"hidden": 10, "hidden_layers": 2}),
 ])
