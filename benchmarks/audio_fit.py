@@ -17,6 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fitbench  # noqa: E402
+from inr.runs import check_out  # noqa: E402
 
 MODELS = ("hash", "siren", "spder", "gauss", "wire", "relu-pe", "lrnn-siren", "lrnn-spder", fitbench.PEER)
 # siren/spder/LRNN use first-layer w0 = 3000 and (SPDER, LRNN-SPDER) sin(z) arctan(z) on audio: inr.fitting's
@@ -52,7 +53,8 @@ def main(argv=None) -> int:
     signals = ([{"path": str(Path(w).resolve())} for w in a.wavs]
                or [{"builtin": "test_audio", "seconds": a.clip_seconds, "rate": a.rate}])
     out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
+    check_out(out)   # an earlier result is never overwritten
+    out.mkdir(parents=True)
     targets = (1e-3, 1e-4)
     specs = []
     for seed in (int(s) for s in a.seeds.split(",")):

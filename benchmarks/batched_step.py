@@ -29,6 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 from inr.batched import LoopINR, StackedINR  # noqa: E402
 from inr.models import MODELS, build, count_params  # noqa: E402
+from inr.runs import check_out  # noqa: E402
 
 
 def engines(model: str, params: int, n: int, x: torch.Tensor, Y: torch.Tensor, lr: float = 1e-4) -> dict:
@@ -121,7 +122,8 @@ def main(argv=None) -> int:
                        f"torch {torch.__version__}"}
     rows = []
     out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
+    check_out(out)   # an earlier result is never overwritten
+    out.mkdir(parents=True)
     for b in budgets:
         rows.append(measure(a.model, b, a.signals, a.points, a.repeats))
         print(json.dumps(rows[-1]), flush=True)

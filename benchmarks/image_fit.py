@@ -16,6 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fitbench  # noqa: E402
+from inr.runs import check_out  # noqa: E402
 
 IMAGES = ("camera", "moon", "coins", "brick", "gravel")
 MODELS = ("hash", "siren", "spder", "gauss", "wire", "relu-pe", "lrnn-siren", "lrnn-spder", fitbench.PEER)
@@ -50,7 +51,8 @@ def main(argv=None) -> int:
         a.images, a.models, a.size, a.params, a.seconds, a.steps = "camera", "siren,lrnn-spder", 32, 5000, 2.0, 20
     lrs = {k: float(v) for k, v in (s.split("=", 1) for s in a.lr)}
     out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
+    check_out(out)   # an earlier result is never overwritten
+    out.mkdir(parents=True)
     targets = (30, 35, 40)
     specs = []
     for seed in (int(s) for s in a.seeds.split(",")):

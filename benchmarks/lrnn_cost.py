@@ -27,6 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 from inr.fitting import saved_tensor_bytes  # noqa: E402
 from inr.models import build, count_params  # noqa: E402
+from inr.runs import check_out  # noqa: E402
 
 
 def saved_bytes(model, x, y) -> int:
@@ -94,7 +95,8 @@ def main(argv=None) -> int:
         rows.append({"model": k, "params": count_params(m), "s_per_step": t, "x_siren_time": t / base_t,
                      "saved_MB": mem / 2**20, "x_siren_memory": mem / base_m})
     out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
+    check_out(out)   # an earlier result is never overwritten
+    out.mkdir(parents=True)
     lines = [f"batch {a.batch}, {a.threads} threads, median of {a.repeats} interleaved steps\n",
              "| model | params | s/step | x SIREN time | saved MB | x SIREN memory |", "|---|---|---|---|---|---|"]
     lines += [f"| {r['model']} | {r['params']} | {r['s_per_step']:.3f} | {r['x_siren_time']:.2f} | "

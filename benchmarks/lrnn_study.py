@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from inr.runs import check_out  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 IMAGES = ("camera", "moon", "coins", "brick", "gravel", "astronaut")
@@ -306,13 +307,16 @@ def main(argv=None) -> int:
     lrs = {k: float(v) for k, v in (s.split("=", 1) for s in a.lr)}
     parts = ("images", "audio") if a.part == "all" else (a.part,)
     modes = ("steps", "time") if a.mode == "both" else (a.mode,)
+    for part in parts:   # refuse an existing result folder before any work
+        for mode in modes:
+            check_out(Path(a.out) / f"{part}_{mode}")
     for part in parts:
         kind = "image" if part == "images" else "audio"
         signals = (a.images if part == "images" else a.audio).split(",")
         targets = IMAGE_TARGETS if kind == "image" else AUDIO_TARGETS
         for mode in modes:
             out = Path(a.out) / f"{part}_{mode}"
-            out.mkdir(parents=True, exist_ok=True)
+            out.mkdir(parents=True)   # checked above: an earlier study is never overwritten
             specs = []
             for signal in signals:
                 for model in split_models(a.models):
@@ -343,4 +347,8 @@ if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--worker":
         print(json.dumps(worker(json.loads(sys.argv[2])), default=str))
     else:
-        sys.exit(main())
+        try:
+            sys.exit(main())
+        except ValueError as e:   # e.g. an existing --out folder
+            print(f"lrnn_study: {e}", file=sys.stderr)
+            sys.exit(2)
