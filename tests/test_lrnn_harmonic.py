@@ -137,3 +137,23 @@ def test_fit_defaults_pick_the_compiled_kernel_when_available(monkeypatch):
     monkeypatch.setattr(fitting.torch.cuda, "is_available", lambda: False)
     assert fitting.model_defaults("lrnn-siren", "audio")["kernel"] == "fused"
     assert "kernel" not in fitting.model_defaults("siren", "image")
+
+
+@pytest.mark.parametrize("activation", ["sin", "spder"])
+def test_width_one_mlp_component(activation):
+    """The width-1 MLP component (g = c sigma(w0 (a t + b)) + c0), a registry option: the fused kernel
+    against plain autograd and finite differences, float64."""
+    from inr.layers.lrnn import ProductFn, product_reference
+
+    torch.manual_seed(6)
+    L = LRNNLayer(3, 4, dbar=2, width=1, w0=3.0, activation=activation, dtype=torch.float64)
+    z = torch.randn(5, 4, 2, dtype=torch.float64, requires_grad=True)
+    args = (z, L.a, L.b, L.c, L.c0)
+    f = lambda *a: ProductFn.apply(*a, L.w0, activation, L.gamma)
+    assert torch.autograd.gradcheck(f, args)
+    ref = product_reference(*args, L.w0, activation, L.gamma)
+    g = torch.randn_like(ref)
+    for a, b in zip(torch.autograd.grad(f(*args), args, g), torch.autograd.grad(ref, args, g)):
+        assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)
+    m = build("lrnn-spder", 2, 1, rank=8, component="mlp", width=1)
+    assert all(layer.width == 1 and layer.a.shape[-1] == 1 for layer in m.body)
