@@ -147,7 +147,8 @@ def model_defaults(model: str, kind: str) -> dict:
     if model in ("siren", "spder"):
         d["w0_first"] = AUDIO_W0_FIRST
     if model in ("lrnn-siren", "lrnn-spder"):
-        d["w0_first"] = LRNN_AUDIO_W0_FIRST
+        # the band from a SIREN-style projection with a fixed step multiplier (docs/methods.md section 2.6)
+        d["w0_first"], d["band"] = LRNN_AUDIO_W0_FIRST, "projection"
     if model in ("spder", "lrnn-spder"):
         d["activation"] = "spder-atan"
     return d

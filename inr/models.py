@@ -82,12 +82,13 @@ def _relu_pe(in_features, out_features, hidden=256, hidden_layers=3, n_freqs=10,
 
 
 def _lrnn_family(activation_default: str):
-    # Defaults from benchmarks/lrnn_study.py (docs/methods.md section 2.6): harmonic components (K = 4), the
-    # first-layer band from a w0-scaled projection, SIREN's small read-out init, depth 3.  The poster's
-    # configuration is component="mlp", width=4, band="component", head_init="default", depth=2.
+    # Defaults from benchmarks/lrnn_study.py (docs/methods.md section 2.6): harmonic components (K = 4), w0
+    # in the first layer's component frequencies (band="component"; audio fits use band="projection"),
+    # SIREN's small read-out init, depth 3.  The poster's configuration is component="mlp", width=4,
+    # band="component", head_init="default", depth=2.
     def make(in_features, out_features, rank=128, depth=3, dbar=2, width=4, w0=30.0, w0_first=None,
              activation=activation_default, shared=False, component_std=1.0, memory_efficient=True,
-             kernel="fused", precision="fp32", component="harmonic", harmonics=4, band="projection",
+             kernel="fused", precision="fp32", component="harmonic", harmonics=4, band="component",
              head_init="small", **fk):
         if head_init not in ("default", "small"):
             raise ValueError(f"head_init must be 'default' or 'small', got {head_init!r}")
