@@ -107,6 +107,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="results/batched_step")
     p.add_argument("--quick", action="store_true")
     a = p.parse_args(argv)
+    check_out(a.out)   # before any work: an earlier result is never overwritten
     if a.quick:
         a.params, a.signals, a.points, a.repeats = "500", 3, 64, 1
     try:
@@ -122,7 +123,6 @@ def main(argv=None) -> int:
                        f"torch {torch.__version__}"}
     rows = []
     out = Path(a.out)
-    check_out(out)   # an earlier result is never overwritten
     out.mkdir(parents=True)
     for b in budgets:
         rows.append(measure(a.model, b, a.signals, a.points, a.repeats))

@@ -66,7 +66,7 @@ def main(argv=None) -> int:
                               "threads": a.threads, "out": str(out / "runs" / f"{image}-{model}-s{seed}")})
     header = (f"Images: {a.images} ({a.size}x{a.size}, gray); {a.params} parameters; {a.seconds:g} s wall budget "
               f"per run; seeds {a.seeds}; {a.threads} threads. PSNR = 10 log10(1/MSE) on [0, 1] (final iterate, "
-              f"whole image); success = share of runs whose whole-image PSNR (evaluated every 100 steps, off the clock) reached the target; seconds to a target from those evaluations.\n\n")
+              f"whole image); success = share of runs whose whole-image PSNR (evaluated every {a.eval_every} steps, off the clock) reached the target; seconds to a target from those evaluations.\n\n")
     fitbench.report(specs, targets, "image", header, out, vars(a), "psnr_vs_time.png")
     return 0
 

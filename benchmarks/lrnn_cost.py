@@ -46,6 +46,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="results/lrnn_cost")
     p.add_argument("--quick", action="store_true")
     a = p.parse_args(argv)
+    check_out(a.out)   # before any work: an earlier result is never overwritten
     if a.quick:
         a.batch, a.params, a.repeats, a.no_naive = 256, 5000, 2, True
     torch.set_num_threads(a.threads)
@@ -95,7 +96,6 @@ def main(argv=None) -> int:
         rows.append({"model": k, "params": count_params(m), "s_per_step": t, "x_siren_time": t / base_t,
                      "saved_MB": mem / 2**20, "x_siren_memory": mem / base_m})
     out = Path(a.out)
-    check_out(out)   # an earlier result is never overwritten
     out.mkdir(parents=True)
     lines = [f"batch {a.batch}, {a.threads} threads, median of {a.repeats} interleaved steps\n",
              "| model | params | s/step | x SIREN time | saved MB | x SIREN memory |", "|---|---|---|---|---|---|"]

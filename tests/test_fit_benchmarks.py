@@ -26,24 +26,30 @@ def test_benchmark_quick(script, plot, tmp_path):
 def test_lrnn_cost_quick(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "lrnn_cost.py"), "--quick", "--threads", "1",
                            "--no-compiled",
-                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
+                           "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    rows = {r["model"]: r for r in json.loads((tmp_path / "metrics.json").read_text())["rows"]}
+    rows = {r["model"]: r for r in json.loads((tmp_path / "out" / "metrics.json").read_text())["rows"]}
     # the fused LRNN path must save less than plain autograd on the same model (independent of timing noise)
-    assert rows["lrnn-spder (harmonic K=4, fused eager)"]["saved_MB"] < rows["lrnn-spder (harmonic K=4, plain autograd)"]["saved_MB"]
-    assert rows["lrnn-spder (paper MLP m=4, depth 2, fused)"]["saved_MB"] < rows["lrnn-spder (paper MLP, plain autograd)"]["saved_MB"]
+    for fused, plain in (("harmonic K=4, fused eager", "harmonic K=4, plain autograd"),
+                         ("paper MLP m=4, depth 2, fused", "paper MLP, plain autograd")):
+        assert rows[f"lrnn-spder ({fused})"]["saved_MB"] < rows[f"lrnn-spder ({plain})"]["saved_MB"]
     assert rows["siren"]["x_siren_time"] == 1.0
 
 
 def test_batched_step_quick(tmp_path):
+    out = tmp_path / "out"
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "batched_step.py"), "--quick",
-                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
+                           "--out", str(out)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    (row,) = json.loads((tmp_path / "metrics.json").read_text())["rows"]
+    (row,) = json.loads((out / "metrics.json").read_text())["rows"]
     assert set(row["ms_per_step"]) == {"sequential", "stacked", "loop"}
     assert all(v > 0 for v in row["ms_per_step"].values())
     assert row["speedup_vs_sequential"]["sequential"] == 1.0
-    assert (tmp_path / "table.md").read_text().count("\n|") == 3
+    assert (out / "table.md").read_text().count("\n|") == 3
+    # an existing result folder is refused before any work
+    again = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "batched_step.py"), "--quick",
+                            "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert again.returncode != 0 and "already exists" in again.stderr
 
 
 def test_lrnn_study_quick(tmp_path):
