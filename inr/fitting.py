@@ -30,9 +30,10 @@ Defaults (our choice, docs/methods.md section 1 where it speaks):
 
 - learning rates (Adam, cosine decay to 0.1x): see :data:`DEFAULT_LR` and the sweep noted there;
 - audio: SIREN/SPDER first-layer ``w0_first=3000``; SPDER and LRNN-SPDER use ``sin(z) arctan(z)``
-  (``spder-atan``); LRNN audio models use ``w0_first=300`` (:data:`LRNN_AUDIO_W0_FIRST`): their
-  first-layer projection already spans U(-3, 3), and on the 0.5 s / 8 kHz :func:`inr.signals.test_audio`
-  clip (~20k params, 150 steps) 300 gave MSE 3.0e-4 against 2.0e-3 for 1000 and 1.6e-2 for 3000.
+  (``spder-atan``); LRNN audio models use ``w0_first=300`` (:data:`LRNN_AUDIO_W0_FIRST`) with
+  ``band="projection"`` and Adam 1e-3 (:data:`AUDIO_LR`): their K = 4 harmonics and products already widen
+  the band, and on :func:`inr.signals.test_audio` (50k params, 150 steps) w0 600, 1000 and 3000 stalled or
+  were slower (docs/methods.md section 2.6).
 """
 from __future__ import annotations
 
