@@ -183,12 +183,11 @@ def _compiled_backward_impl(z, a, b, c, c0, grad_phi, w0: float, activation: str
 _COMPILED: dict = {}
 
 
-def _compiled(which: str):
-    """torch.compile'd forward / backward, built on first use (dynamic batch size)."""
-    if which not in _COMPILED:
-        fn = product_reference if which == "forward" else _compiled_backward_impl
-        _COMPILED[which] = torch.compile(fn, dynamic=True)
-    return _COMPILED[which]
+def _compiled(fn):
+    """``torch.compile(fn)``, built on first use and cached (dynamic batch size)."""
+    if fn not in _COMPILED:
+        _COMPILED[fn] = torch.compile(fn, dynamic=True)
+    return _COMPILED[fn]
 
 
 class CompiledProductFn(ProductFn):
@@ -202,14 +201,14 @@ class CompiledProductFn(ProductFn):
 
     @staticmethod
     def forward(z, a, b, c, c0, w0, activation, gamma):
-        return _compiled("forward")(z, a, b, c, c0, w0, activation, gamma)
+        return _compiled(product_reference)(z, a, b, c, c0, w0, activation, gamma)
 
     @staticmethod
     def backward(ctx, grad_phi):
         if torch.is_grad_enabled():  # create_graph=True: ProductFn differentiates the plain graph
             return ProductFn.backward(ctx, grad_phi)
         z, a, b, c, c0 = ctx.saved_tensors
-        grads = _compiled("backward")(z, a, b, c, c0, grad_phi.contiguous(), ctx.w0, ctx.activation, ctx.gamma)
+        grads = _compiled(_compiled_backward_impl)(z, a, b, c, c0, grad_phi.contiguous(), ctx.w0, ctx.activation, ctx.gamma)
         return (*grads, None, None, None)
 
 
@@ -361,13 +360,7 @@ def _harmonic_terms(th, alpha, beta, activation: str):
         ss.append(2.0 * c1 * ss[-1] - (ss[-2] if len(ss) > 1 else 0.0))
     S = sum(alpha[..., k] * cs[k] + beta[..., k] * ss[k] for k in range(len(cs)))
     dS = sum((k + 1) * (beta[..., k] * cs[k] - alpha[..., k] * ss[k]) for k in range(len(cs)))
-    if activation == "sin":
-        return cs, ss, S, dS, None, None
-    if activation == "spder":
-        at = th.abs()
-        env = at.clamp_min(SQRT_FLOOR).sqrt()
-        return cs, ss, S, dS, env, torch.where(at <= SQRT_FLOOR, torch.zeros_like(th), 0.5 * torch.sign(th) / env)
-    return cs, ss, S, dS, torch.atan(th), 1.0 / (1.0 + th * th)
+    return (cs, ss, S, dS, *_envelope(activation, th))
 
 
 def _harmonic_forward_impl(z, omega, phase, alpha, beta, c0, activation: str, gamma: float):
@@ -398,16 +391,6 @@ def _harmonic_backward_impl(z, omega, phase, alpha, beta, c0, grad_phi, activati
     return (dth * omega, *[t.view(-1, PARTIAL_ROWS, *t.shape[1:]).sum(1) for t in terms])
 
 
-_COMPILED_HARMONIC: dict = {}
-
-
-def _compiled_harmonic(which: str):
-    if which not in _COMPILED_HARMONIC:
-        fn = _harmonic_forward_impl if which == "forward" else _harmonic_backward_impl
-        _COMPILED_HARMONIC[which] = torch.compile(fn, dynamic=True)
-    return _COMPILED_HARMONIC[which]
-
-
 BACKWARD_ROWS = 8192  # batch rows per compiled backward call (a multiple of PARTIAL_ROWS; bounds the temporaries)
 
 
@@ -419,7 +402,7 @@ class CompiledHarmonicFn(torch.autograd.Function):
 
     @staticmethod
     def forward(z, omega, phase, alpha, beta, c0, activation, gamma):
-        return _compiled_harmonic("forward")(z, omega, phase, alpha, beta, c0, activation, gamma)
+        return _compiled(_harmonic_forward_impl)(z, omega, phase, alpha, beta, c0, activation, gamma)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -446,8 +429,8 @@ class CompiledHarmonicFn(torch.autograd.Function):
         parts, sums = [], None
         for lo in range(0, z.shape[0], BACKWARD_ROWS):
             hi = min(lo + BACKWARD_ROWS, z.shape[0])
-            gzc, *per = _compiled_harmonic("backward")(z[lo:hi], omega, phase, alpha, beta, c0, grad_phi[lo:hi],
-                                                       name, gamma)
+            gzc, *per = _compiled(_harmonic_backward_impl)(z[lo:hi], omega, phase, alpha, beta, c0,
+                                                           grad_phi[lo:hi], name, gamma)
             parts.append(gzc)
             part = torch.stack([t.sum(0) for t in per])                        # (2K + 3, r, dbar)
             sums = part if sums is None else sums + part
