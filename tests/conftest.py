@@ -60,3 +60,27 @@ def tiny_wav(tmp_path):
     p = tmp_path / "tiny.wav"
     sf.write(p, a, 8000, subtype="PCM_16")
     return p, a
+
+
+@pytest.fixture
+def interrupt_fit_at(monkeypatch):
+    """``interrupt_fit_at(step)``: the next fit_signal raises KeyboardInterrupt when it reaches ``step``
+    (once), as a Ctrl-C would."""
+    from inr import fitting
+
+    def arm(at_step):
+        real = fitting.make_loss
+        state = {"armed": True}
+
+        def make_loss(*args, **kw):
+            inner = real(*args, **kw)
+
+            def loss_fn(step):
+                if state["armed"] and step == at_step:
+                    state["armed"] = False
+                    raise KeyboardInterrupt
+                return inner(step)
+            return loss_fn
+
+        monkeypatch.setattr(fitting, "make_loss", make_loss)
+    return arm

@@ -163,36 +163,19 @@ def test_eval_refuses_a_changed_source_or_a_corrupt_run(tmp_path, tiny_png, caps
     assert main(["eval", str(out)]) == 2 and "corrupt run folder" in capsys.readouterr().err
 
 
-def _interrupt_at(monkeypatch, at_step):
-    real = fitting.make_loss
-    state = {"armed": True}
-
-    def make_loss(*args, **kw):
-        inner = real(*args, **kw)
-
-        def loss_fn(step):
-            if state["armed"] and step == at_step:
-                state["armed"] = False
-                raise KeyboardInterrupt
-            return inner(step)
-        return loss_fn
-
-    monkeypatch.setattr(fitting, "make_loss", make_loss)
-
-
-def test_ctrl_c_leaves_no_folder(tmp_path, tiny_png, monkeypatch, capsys):
-    _interrupt_at(monkeypatch, 2)
+def test_ctrl_c_leaves_no_folder(tmp_path, tiny_png, interrupt_fit_at, capsys):
+    interrupt_fit_at(2)
     out = tmp_path / "runs" / "x"
     assert main(["fit", str(tiny_png[0]), *TINY_IMAGE, "--out", str(out)]) == 130
     assert not out.exists() and os.listdir(tmp_path / "runs") == []
     assert "interrupted" in capsys.readouterr().err
 
 
-def test_resume_after_interrupt_matches_an_uninterrupted_run(tmp_path, tiny_png, monkeypatch):
+def test_resume_after_interrupt_matches_an_uninterrupted_run(tmp_path, tiny_png, interrupt_fit_at):
     base = ["fit", str(tiny_png[0]), "--model", "siren", "--hidden", "16", "--steps", "6", "--batch", "50",
             "--seconds", "none", "--quiet"]
     assert main([*base, "--out", str(tmp_path / "straight")]) == 0
-    _interrupt_at(monkeypatch, 5)
+    interrupt_fit_at(5)
     out = tmp_path / "resumed"
     assert main([*base, "--out", str(out), "--checkpoint-every", "2"]) == 130
     assert not out.exists() and (tmp_path / ".resumed.partial" / "checkpoint.pt").exists()

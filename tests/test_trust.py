@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 import torch
 
-from inr import fitting
 from inr.cli import main as inr_main
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -52,22 +51,6 @@ class Payload:
         return (open, (self.marker, "w"))
 
 
-def _interrupt_at(monkeypatch, at_step):
-    real = fitting.make_loss
-    state = {"armed": True}
-
-    def make_loss(*args, **kw):
-        inner = real(*args, **kw)
-
-        def loss_fn(step):
-            if state["armed"] and step == at_step:
-                state["armed"] = False
-                raise KeyboardInterrupt
-            return inner(step)
-        return loss_fn
-    monkeypatch.setattr(fitting, "make_loss", make_loss)
-
-
 # ----------------------------------------------------------------------------- 1. checkpoints
 def test_resume_refuses_a_checkpoint_that_runs_code(tmp_path, tiny_png):
     out, marker = tmp_path / "run", tmp_path / "PWNED"
@@ -93,7 +76,7 @@ def test_checkpoint_holds_only_plain_values(tmp_path):
     assert state["step"] == 2 and "rng" in state
 
 
-def test_resume_refuses_another_signal_and_a_truncated_checkpoint(tmp_path, tiny_png, monkeypatch, capsys):
+def test_resume_refuses_another_signal_and_a_truncated_checkpoint(tmp_path, tiny_png, monkeypatch, interrupt_fit_at, capsys):
     from PIL import Image
 
     from conftest import smooth_image
@@ -101,7 +84,7 @@ def test_resume_refuses_another_signal_and_a_truncated_checkpoint(tmp_path, tiny
     other = tmp_path / "other.png"
     Image.fromarray(smooth_image(32, 32, seed=5)).save(other)
     out = tmp_path / "run"
-    _interrupt_at(monkeypatch, 3)
+    interrupt_fit_at(3)
     assert inr_main(["fit", str(tiny_png[0]), *TINY, "--out", str(out), "--checkpoint-every", "2"]) == 130
     ck = tmp_path / ".run.partial" / "checkpoint.pt"
     assert ck.exists()
@@ -118,9 +101,9 @@ def test_resume_refuses_another_signal_and_a_truncated_checkpoint(tmp_path, tiny
     assert not out.exists()
 
 
-def test_resume_at_or_past_the_last_step_writes_valid_json(tmp_path, tiny_png, monkeypatch, capsys):
+def test_resume_at_or_past_the_last_step_writes_valid_json(tmp_path, tiny_png, monkeypatch, interrupt_fit_at, capsys):
     out = tmp_path / "run"
-    _interrupt_at(monkeypatch, 3)
+    interrupt_fit_at(3)
     base = ["fit", str(tiny_png[0]), *TINY, "--out", str(out), "--checkpoint-every", "2"]
     assert inr_main(base) == 130
     assert inr_main([*base, "--resume", "--steps", "2"]) == 0
