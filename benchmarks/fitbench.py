@@ -86,11 +86,11 @@ def load_signal(desc: dict):
 
     from inr.signals import image_from_array
     img = getattr(data, desc["builtin"])()
-    if img.ndim == 3:
+    if img.ndim == 3 and not desc.get("rgb"):   # gray unless {"rgb": true}
         img = rgb2gray(img[..., :3])
     img = img.astype(np.float64)
     img = img / (255.0 if img.max() > 1 else 1.0)
-    h, w = img.shape
+    h, w = img.shape[:2]
     s = min(h, w)  # centre square crop, then area-averaged resize
     img = img[(h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]
     size = desc.get("size", 256)

@@ -34,6 +34,8 @@ import numpy as np
 from inr.runs import check_out  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import fitbench  # noqa: E402  (signal loading and tables shared with image_fit.py / audio_fit.py)
 IMAGES = ("camera", "moon", "coins", "brick", "gravel", "astronaut")
 AUDIO = ("test_audio", "speech", "music")
 MODELS = ("siren", "spder", "lrnn-siren", "lrnn-spder")
@@ -70,7 +72,7 @@ def music_clip(seconds: float = 4.0, rate: int = 44100) -> np.ndarray:
 
 
 def load_signal(name: str, size: int, audio_seconds: float):
-    from inr.signals import audio_from_array, image_from_array, load, test_audio
+    from inr.signals import audio_from_array, load, test_audio
 
     if name == "test_audio":
         return test_audio()
@@ -80,21 +82,7 @@ def load_signal(name: str, size: int, audio_seconds: float):
         sig = load(HERE / "data" / "speech.wav")
         n = min(sig.values.shape[0], int(round(audio_seconds * sig.rate)))
         return audio_from_array(sig.values[:n], sig.rate)
-    from skimage import data
-    from skimage.color import rgb2gray
-    from skimage.transform import resize
-
-    img = getattr(data, name)()
-    rgb = name == "astronaut"
-    if img.ndim == 3 and not rgb:
-        img = rgb2gray(img[..., :3])
-    img = img.astype(np.float64)
-    img = img / (255.0 if img.max() > 1 else 1.0)
-    h, w = img.shape[:2]
-    s = min(h, w)  # centre square crop, then area-averaged resize (as image_fit.py)
-    img = img[(h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]
-    img = np.clip(resize(img, (size, size), anti_aliasing=True), 0, 1)
-    return image_from_array(img, builtin={"name": name, "size": size})
+    return fitbench.load_signal({"builtin": name, "size": size, "rgb": name == "astronaut"})
 
 
 def split_models(text: str) -> list[str]:
@@ -242,13 +230,6 @@ def per_signal_table(results: list[dict], kind: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def markdown(rows: list[dict]) -> str:
-    keys = list(dict.fromkeys(k for r in rows for k in r))
-    fmt = lambda v: "-" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))
-    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    return "\n".join(lines + ["| " + " | ".join(fmt(r.get(k)) for k in keys) + " |" for r in rows]) + "\n"
-
-
 def plot(results: list[dict], kind: str, path: Path, title: str) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -333,7 +314,7 @@ def main(argv=None) -> int:
             budget = f"{a.steps} steps" if mode == "steps" else f"{a.seconds:g} s"
             header = (f"# LRNN study: {part}, equal {'steps' if mode == 'steps' else 'wall time'} ({budget}, batch "
                       f"{a.batch}, ~{a.params} params, {a.jobs} x {a.threads} threads, load {os.getloadavg()[0]:.1f})\n\n")
-            text = header + markdown(rows) + "\nPer signal (" + ("PSNR dB" if kind == "image" else "MSE") + "):\n\n" \
+            text = header + fitbench.markdown_table(rows) + "\nPer signal (" + ("PSNR dB" if kind == "image" else "MSE") + "):\n\n" \
                 + per_signal_table(results, kind)
             (out / "table.md").write_text(text)
             (out / "metrics.json").write_text(json.dumps({"summary": rows, "runs": results, "settings": vars(a),

@@ -68,8 +68,9 @@ def test_lrnn_study_quick(tmp_path):
     assert (out / "images_steps" / "psnr_curves.png").stat().st_size > 0
 
 
-def test_music_clip_is_deterministic_and_normalised():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
+def test_music_clip_is_deterministic_and_normalised(monkeypatch):
+    # the benchmarks folder holds classify.py: keep it off sys.path after this test (the package wins)
+    monkeypatch.setattr(sys, "path", [str(ROOT / "benchmarks")] + sys.path)
     import numpy as np
     from lrnn_study import music_clip, parse_model
     a, b = music_clip(0.5, 8000), music_clip(0.5, 8000)
