@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fitbench  # noqa: E402
-from inr.runs import check_out  # noqa: E402
+from inr.runs import RunFolder  # noqa: E402
 
 MODELS = ("hash", "siren", "spder", "gauss", "wire", "relu-pe", "lrnn-siren", "lrnn-spder", fitbench.PEER)
 # siren/spder/LRNN use first-layer w0 = 3000 and (SPDER, LRNN-SPDER) sin(z) arctan(z) on audio: inr.fitting's
@@ -52,9 +52,9 @@ def main(argv=None) -> int:
     lrs = {k: float(v) for k, v in (s.split("=", 1) for s in a.lr)}
     signals = ([{"path": str(Path(w).resolve())} for w in a.wavs]
                or [{"builtin": "test_audio", "seconds": a.clip_seconds, "rate": a.rate}])
-    out = Path(a.out)
-    check_out(out)   # an earlier result is never overwritten
-    out.mkdir(parents=True)
+    # refused now if it exists (before any work); built under a hidden name, renamed when complete
+    run = RunFolder(a.out)
+    out = run.path
     targets = (1e-3, 1e-4)
     specs = []
     for seed in (int(s) for s in a.seeds.split(",")):
@@ -70,7 +70,8 @@ def main(argv=None) -> int:
     header = (f"Audio: {names}; {a.params} parameters; {a.seconds:g} s wall budget per run; seeds {a.seeds}; "
               f"{a.threads} threads. MSE on the [-1, 1] amplitude scale (x 1e-4), final iterate; success = share "
               f"of runs whose whole-clip MSE (evaluated every {a.eval_every} steps, off the clock) reached the target (1e-3, 1e-4).\n\n")
-    fitbench.report(specs, targets, "audio", header, out, vars(a), "mse_vs_time.png")
+    with run:
+        fitbench.report(specs, targets, "audio", header, out, vars(a), "mse_vs_time.png")
     return 0
 
 

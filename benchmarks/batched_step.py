@@ -29,7 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 from inr.batched import LoopINR, StackedINR  # noqa: E402
 from inr.models import MODELS, build, count_params  # noqa: E402
-from inr.runs import check_out  # noqa: E402
+from inr.runs import RunFolder, check_out  # noqa: E402
 
 
 def engines(model: str, params: int, n: int, x: torch.Tensor, Y: torch.Tensor, lr: float = 1e-4) -> dict:
@@ -122,13 +122,12 @@ def main(argv=None) -> int:
             "machine": f"{os.cpu_count()} CPU cores, load average {load:.1f} at start, {a.threads} torch thread(s), "
                        f"torch {torch.__version__}"}
     rows = []
-    out = Path(a.out)
-    out.mkdir(parents=True)
-    for b in budgets:
-        rows.append(measure(a.model, b, a.signals, a.points, a.repeats))
-        print(json.dumps(rows[-1]), flush=True)
-        (out / "metrics.json").write_text(json.dumps({**meta, "rows": rows}, indent=2))
-        (out / "table.md").write_text(table(rows, meta))
+    with RunFolder(a.out) as run:   # built under a hidden name, renamed when complete
+        for b in budgets:
+            rows.append(measure(a.model, b, a.signals, a.points, a.repeats))
+            print(json.dumps(rows[-1]), flush=True)
+            run.write_json("metrics.json", {**meta, "rows": rows})
+            run.write_text("table.md", table(rows, meta))
     print(table(rows, meta))
     return 0
 

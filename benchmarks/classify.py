@@ -222,19 +222,22 @@ def main(argv=None):
             return 2
     amp = a.amp == "bf16" or (a.amp == "auto" and gpu)
     channels_last = a.channels_last == "on" or (a.channels_last == "auto" and gpu)
-    os.makedirs(a.out, exist_ok=True)
+    from inr.runs import RunFolder
+    run = RunFolder(a.out)   # refused now if it exists; built under a hidden name, renamed when complete
     meta = {"machine": f"{platform.node()} ({os.cpu_count()} CPUs, shared with other jobs)" if not gpu else
             torch.cuda.get_device_name(device), "device": str(device), "torch": torch.__version__,
             "command": "python benchmarks/classify.py " + " ".join(argv if argv is not None else sys.argv[1:]),
             "epochs": a.epochs, "seeds": a.seeds, "batch_size": a.batch_size, "noise_peak": a.noise_peak,
             "amp": amp, "channels_last": channels_last, "iters": a.iters, "quick": a.quick}
-    digits = [] if a.skip_digits else run_digits(a, a.out)
-    thr = [] if a.skip_throughput else run_throughput(a, device, amp, channels_last)
-    metrics = {"meta": meta, "digits": digits, "throughput": thr}
-    _atomic_write(os.path.join(a.out, "metrics.json"), json.dumps(metrics, indent=2))
-    _atomic_write(os.path.join(a.out, "table.md"), table(meta, digits, thr))
-    if digits:
-        plot(digits, os.path.join(a.out, "digits.png"))
+    with run:
+        out = str(run.path)
+        digits = [] if a.skip_digits else run_digits(a, out)
+        thr = [] if a.skip_throughput else run_throughput(a, device, amp, channels_last)
+        metrics = {"meta": meta, "digits": digits, "throughput": thr}
+        _atomic_write(os.path.join(out, "metrics.json"), json.dumps(metrics, indent=2))
+        _atomic_write(os.path.join(out, "table.md"), table(meta, digits, thr))
+        if digits:
+            plot(digits, os.path.join(out, "digits.png"))
     print(table(meta, digits, thr))
     return 0
 

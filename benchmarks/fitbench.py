@@ -116,6 +116,7 @@ def run_all(specs: list[dict], out_dir: Path, quiet: bool = False) -> list[dict]
             continue
         m = json.loads(proc.stdout.strip().splitlines()[-1])
         m["wall_total"] = time.time() - t0
+        m["run_dir"] = os.path.relpath(spec["out"], out_dir)   # relative: the study folder is renamed at the end
         m["seed"] = spec["seed"]
         results.append(m)
         if not quiet:
@@ -193,7 +194,7 @@ def plot_curves(results: list[dict], out_dir: Path, kind: str, path: Path) -> No
     for r in results:
         if "error" in r:
             continue
-        hist = Path(r["run_dir"]) / "history.csv"
+        hist = Path(out_dir) / r["run_dir"] / "history.csv"
         if not hist.exists():
             continue
         with open(hist) as f:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fitbench  # noqa: E402
-from inr.runs import check_out  # noqa: E402
+from inr.runs import RunFolder  # noqa: E402
 
 IMAGES = ("camera", "moon", "coins", "brick", "gravel")
 MODELS = ("hash", "siren", "spder", "gauss", "wire", "relu-pe", "lrnn-siren", "lrnn-spder", fitbench.PEER)
@@ -50,9 +50,9 @@ def main(argv=None) -> int:
     if a.quick:
         a.images, a.models, a.size, a.params, a.seconds, a.steps = "camera", "siren,lrnn-spder", 32, 5000, 2.0, 20
     lrs = {k: float(v) for k, v in (s.split("=", 1) for s in a.lr)}
-    out = Path(a.out)
-    check_out(out)   # an earlier result is never overwritten
-    out.mkdir(parents=True)
+    # refused now if it exists (before any work); built under a hidden name, renamed when complete
+    run = RunFolder(a.out)
+    out = run.path
     targets = (30, 35, 40)
     specs = []
     for seed in (int(s) for s in a.seeds.split(",")):
@@ -67,7 +67,8 @@ def main(argv=None) -> int:
     header = (f"Images: {a.images} ({a.size}x{a.size}, gray); {a.params} parameters; {a.seconds:g} s wall budget "
               f"per run; seeds {a.seeds}; {a.threads} threads. PSNR = 10 log10(1/MSE) on [0, 1] (final iterate, "
               f"whole image); success = share of runs whose whole-image PSNR (evaluated every {a.eval_every} steps, off the clock) reached the target; seconds to a target from those evaluations.\n\n")
-    fitbench.report(specs, targets, "image", header, out, vars(a), "psnr_vs_time.png")
+    with run:
+        fitbench.report(specs, targets, "image", header, out, vars(a), "psnr_vs_time.png")
     return 0
 
 

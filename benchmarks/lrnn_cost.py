@@ -27,7 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 from inr.fitting import saved_tensor_bytes  # noqa: E402
 from inr.models import build, count_params  # noqa: E402
-from inr.runs import check_out  # noqa: E402
+from inr.runs import RunFolder, check_out  # noqa: E402
 
 
 def saved_bytes(model, x, y) -> int:
@@ -95,14 +95,13 @@ def main(argv=None) -> int:
         t, mem = statistics.median(times[k]), saved_bytes(m, x, y)
         rows.append({"model": k, "params": count_params(m), "s_per_step": t, "x_siren_time": t / base_t,
                      "saved_MB": mem / 2**20, "x_siren_memory": mem / base_m})
-    out = Path(a.out)
-    out.mkdir(parents=True)
     lines = [f"batch {a.batch}, {a.threads} threads, median of {a.repeats} interleaved steps\n",
              "| model | params | s/step | x SIREN time | saved MB | x SIREN memory |", "|---|---|---|---|---|---|"]
     lines += [f"| {r['model']} | {r['params']} | {r['s_per_step']:.3f} | {r['x_siren_time']:.2f} | "
               f"{r['saved_MB']:.0f} | {r['x_siren_memory']:.2f} |" for r in rows]
-    (out / "table.md").write_text("\n".join(lines) + "\n")
-    (out / "metrics.json").write_text(json.dumps({"rows": rows, "settings": vars(a)}, indent=2))
+    with RunFolder(a.out) as run:   # built under a hidden name, renamed when complete
+        run.write_text("table.md", "\n".join(lines) + "\n")
+        run.write_json("metrics.json", {"rows": rows, "settings": vars(a)})
     print("\n".join(lines))
     return 0
 

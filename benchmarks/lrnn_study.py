@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from inr.runs import check_out  # noqa: E402
+from inr.runs import RunFolder, check_out  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -296,30 +296,31 @@ def main(argv=None) -> int:
         signals = (a.images if part == "images" else a.audio).split(",")
         targets = IMAGE_TARGETS if kind == "image" else AUDIO_TARGETS
         for mode in modes:
-            out = Path(a.out) / f"{part}_{mode}"
-            out.mkdir(parents=True)   # checked above: an earlier study is never overwritten
-            specs = []
-            for signal in signals:
-                for model in split_models(a.models):
-                    name = parse_model(model)[0]
-                    lr = lrs.get(model, lrs.get(name, (LR if kind == "image" else AUDIO_LR).get(name, 1e-3)))
-                    specs.append({"model": model, "signal": signal, "size": a.size, "audio_seconds": a.audio_seconds,
-                                  "params": a.params, "lr": lr, "batch": a.batch, "seed": a.seed,
-                                  "steps": a.steps if mode == "steps" else 10 ** 9,
-                                  "seconds": None if mode == "steps" else a.seconds,
-                                  "eval_every": a.eval_every, "targets": list(targets), "threads": a.threads})
-            t0 = time.time()
-            results = run_specs(specs, a.jobs)
-            rows = summarise(results, kind, targets)
-            budget = f"{a.steps} steps" if mode == "steps" else f"{a.seconds:g} s"
-            header = (f"# LRNN study: {part}, equal {'steps' if mode == 'steps' else 'wall time'} ({budget}, batch "
-                      f"{a.batch}, ~{a.params} params, {a.jobs} x {a.threads} threads, load {os.getloadavg()[0]:.1f})\n\n")
-            text = header + fitbench.markdown_table(rows) + "\nPer signal (" + ("PSNR dB" if kind == "image" else "MSE") + "):\n\n" \
-                + per_signal_table(results, kind)
-            (out / "table.md").write_text(text)
-            (out / "metrics.json").write_text(json.dumps({"summary": rows, "runs": results, "settings": vars(a),
-                                                          "wall_seconds": time.time() - t0}, indent=2, default=str))
-            plot(results, kind, out / f"{'psnr' if kind == 'image' else 'mse'}_curves.png", header.strip("# \n"))
+            # built under a hidden name and renamed when complete; an earlier study is never overwritten
+            with RunFolder(Path(a.out) / f"{part}_{mode}") as folder:
+                out = folder.path
+                specs = []
+                for signal in signals:
+                    for model in split_models(a.models):
+                        name = parse_model(model)[0]
+                        lr = lrs.get(model, lrs.get(name, (LR if kind == "image" else AUDIO_LR).get(name, 1e-3)))
+                        specs.append({"model": model, "signal": signal, "size": a.size, "audio_seconds": a.audio_seconds,
+                                      "params": a.params, "lr": lr, "batch": a.batch, "seed": a.seed,
+                                      "steps": a.steps if mode == "steps" else 10 ** 9,
+                                      "seconds": None if mode == "steps" else a.seconds,
+                                      "eval_every": a.eval_every, "targets": list(targets), "threads": a.threads})
+                t0 = time.time()
+                results = run_specs(specs, a.jobs)
+                rows = summarise(results, kind, targets)
+                budget = f"{a.steps} steps" if mode == "steps" else f"{a.seconds:g} s"
+                header = (f"# LRNN study: {part}, equal {'steps' if mode == 'steps' else 'wall time'} ({budget}, batch "
+                          f"{a.batch}, ~{a.params} params, {a.jobs} x {a.threads} threads, load {os.getloadavg()[0]:.1f})\n\n")
+                text = header + fitbench.markdown_table(rows) + "\nPer signal (" + ("PSNR dB" if kind == "image" else "MSE") + "):\n\n" \
+                    + per_signal_table(results, kind)
+                (out / "table.md").write_text(text)
+                (out / "metrics.json").write_text(json.dumps({"summary": rows, "runs": results, "settings": vars(a),
+                                                              "wall_seconds": time.time() - t0}, indent=2, default=str))
+                plot(results, kind, out / f"{'psnr' if kind == 'image' else 'mse'}_curves.png", header.strip("# \n"))
             print(text, flush=True)
     return 0
 

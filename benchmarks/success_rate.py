@@ -116,7 +116,6 @@ def success_study(a, paths, root: Path) -> dict:
         rows = []
         for seed in range(a.seeds):
             out = runs / f"{model}-seed{seed}"
-            shutil.rmtree(out, ignore_errors=True)
             s = _fit(paths, out, a, model, seed, a.group_size, a.steps, a.seconds)
             rows += [{**r, "seed": seed} for r in s["results"]]
             print(f"  {model} seed {seed}: mean PSNR {s['aggregate'].get('mean_psnr', float('nan')):.2f} dB",
@@ -295,32 +294,39 @@ def main(argv=None) -> int:
     torch.set_num_threads(a.threads)
     machine = {"device": a.device, "threads": a.threads, "cpus": os.cpu_count(),
                "load_average_at_start": os.getloadavg(), "versions": runfiles.versions()}
+    from inr.runs import RunFolder
+
+    # each study's folder is refused now if it exists (before any work), built under a hidden name and
+    # renamed when complete: an earlier result is never overwritten
+    folders = {s: RunFolder(Path(a.out) / s) for s, on in (("success_rate", a.study in ("success", "both")),
+                                                           ("batched_throughput", a.study in ("throughput", "both")))
+               if on}
     with tempfile.TemporaryDirectory(prefix="success-rate-") as tmp:
         tmp = Path(tmp)
-        if a.study in ("success", "both"):
-            root = Path(a.out) / "success_rate"
-            root.mkdir(parents=True, exist_ok=True)
-            if a.folder:
-                paths = batched.list_signal_files([a.folder])
-                a.images = len(paths)
-            else:
-                paths = write_images(image_set(a.images, a.size), tmp / "images")
-            res = success_study(a, paths, root)
-            table = success_table(res, a)
-            success_plot(res, root / "success_rate.png")
-            runfiles.write_json({"config": vars(a), "machine": machine,
-                                 "models": {m: r["aggregate"] for m, r in res.items()},
-                                 "fits": {m: r["fits"] for m, r in res.items()}}, root / "metrics.json")
-            (root / "table.md").write_text(table)
-            print(table)
-        if a.study in ("throughput", "both"):
-            root = Path(a.out) / "batched_throughput"
-            root.mkdir(parents=True, exist_ok=True)
-            res = throughput_study(a, tmp)
-            table = throughput_table(res, a)
-            runfiles.write_json({"config": vars(a), "machine": machine, "results": res}, root / "metrics.json")
-            (root / "table.md").write_text(table)
-            print(table)
+        if "success_rate" in folders:
+            with folders["success_rate"] as run:
+                root = run.path
+                if a.folder:
+                    paths = batched.list_signal_files([a.folder])
+                    a.images = len(paths)
+                else:
+                    paths = write_images(image_set(a.images, a.size), tmp / "images")
+                res = success_study(a, paths, root)
+                table = success_table(res, a)
+                success_plot(res, root / "success_rate.png")
+                runfiles.write_json({"config": vars(a), "machine": machine,
+                                     "models": {m: r["aggregate"] for m, r in res.items()},
+                                     "fits": {m: r["fits"] for m, r in res.items()}}, root / "metrics.json")
+                (root / "table.md").write_text(table)
+                print(table)
+        if "batched_throughput" in folders:
+            with folders["batched_throughput"] as run:
+                root = run.path
+                res = throughput_study(a, tmp)
+                table = throughput_table(res, a)
+                runfiles.write_json({"config": vars(a), "machine": machine, "results": res}, root / "metrics.json")
+                (root / "table.md").write_text(table)
+                print(table)
     return 0
 
 

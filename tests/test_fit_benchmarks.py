@@ -79,3 +79,36 @@ def test_music_clip_is_deterministic_and_normalised(monkeypatch):
     f = np.fft.rfftfreq(len(a), 1 / 8000)
     assert f[spec.argmax()] > 60  # energy at the notes, not at DC
     assert parse_model("lrnn-spder[harmonics=1,band=projection]") == ("lrnn-spder", {"harmonics": 1, "band": "projection"})
+
+
+def _load_benchmark(name):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_benchmark_builds_under_a_hidden_name_and_leaves_nothing_on_failure(tmp_path, monkeypatch):
+    from inr.runs import staging_dir
+    mod = _load_benchmark("batched_step")
+    out = tmp_path / "bs"
+    real, seen = mod.measure, []
+
+    def spy(*args, **kw):   # while the study works, only the hidden staging folder exists
+        seen.append((out.exists(), staging_dir(out).is_dir()))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(mod, "measure", spy)
+    assert mod.main(["--quick", "--out", str(out)]) == 0
+    assert seen == [(False, True)]
+    assert (out / "metrics.json").is_file() and not staging_dir(out).exists()
+
+    def boom(*args, **kw):
+        raise RuntimeError("interrupted")
+
+    monkeypatch.setattr(mod, "measure", boom)
+    failed = tmp_path / "failed"
+    with pytest.raises(RuntimeError):
+        mod.main(["--quick", "--out", str(failed)])
+    assert not failed.exists() and not staging_dir(failed).exists()   # no complete-looking folder
