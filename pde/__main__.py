@@ -49,8 +49,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--resample", action="store_true", help="draw new collocation points every step")
     s.add_argument("--laplacian", default="auto", choices=LAPLACIAN_MODES,
                    help="forward: value, gradient and Laplacian carried through the network in one pass "
-                        "(pde.forward); reverse: autograd, d + 1 backward passes; auto: forward where every "
-                        "module has a rule and it is not slower, else reverse (KAN)")
+                        "(pde.forward); reverse: autograd, d + 1 backward passes (its training gradient "
+                        "through LayerNorm, i.e. LRNN, is wrong with current torch: docs/methods.md section 5); "
+                        "auto: forward where every module has a rule and it is not slower, else reverse (KAN)")
     s.add_argument("--dtype", default="float32", choices=tuple(DTYPES), help="floating-point type of the model")
     s.add_argument("--eval-res", type=number(int, "--eval-res", 2), default=None,
                    help="evaluation grid points per axis (2-D 256, 1-D 8193)")
