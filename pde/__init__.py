@@ -1,6 +1,7 @@
 """High-frequency Poisson problems solved by PINNs (docs/design.md; docs/methods.md section 5).
 
-``pde.problems`` (exact solutions), ``pde.operators`` (autograd Laplacian, exact-boundary ansatz),
+``pde.problems`` (exact solutions), ``pde.operators`` (Laplacian residual, exact-boundary ansatz),
+``pde.forward`` (the forward Laplacian),
 ``pde.models`` (registry models plus the ``mlp-tanh`` and ``kan`` baselines), ``pde.solve``
 (the training run).  Importing ``pde`` registers ``mlp-tanh`` in :mod:`inr.models`.
 """

@@ -14,6 +14,7 @@ from inr.cliutil import Parser, add_common, add_version, apply_threads, number, 
 from inr.runs import RunError, RunFolder
 
 from . import models, problems
+from .operators import LAPLACIAN_MODES
 from .solve import DEFAULT_LR, DTYPES, SolveConfig, solve, write_files
 
 # model options: flag -> (type, the registry's keyword)
@@ -46,6 +47,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="exact: u = lift + x(1-x)y(1-y)-bubble * net; penalty: weighted boundary loss")
     s.add_argument("--penalty", type=number(float, "--penalty", 0, low_open=True), default=100.0, help="boundary loss weight (--boundary penalty)")
     s.add_argument("--resample", action="store_true", help="draw new collocation points every step")
+    s.add_argument("--laplacian", default="auto", choices=LAPLACIAN_MODES,
+                   help="forward: value, gradient and Laplacian carried through the network in one pass "
+                        "(pde.forward); reverse: autograd, d + 1 backward passes (its training gradient "
+                        "through LayerNorm, i.e. LRNN, is wrong with current torch: docs/methods.md section 5); "
+                        "auto: forward where every module has a rule and it is not slower, else reverse (KAN)")
     s.add_argument("--dtype", default="float32", choices=tuple(DTYPES), help="floating-point type of the model")
     s.add_argument("--eval-res", type=number(int, "--eval-res", 2), default=None,
                    help="evaluation grid points per axis (2-D 256, 1-D 8193)")
@@ -74,7 +80,8 @@ def config_from_args(a: argparse.Namespace) -> SolveConfig:
                        boundary=a.boundary, penalty=a.penalty, points=a.points, boundary_points=a.boundary_points,
                        resample=a.resample, steps=a.steps, seconds=a.seconds, lr=a.lr, lr_final=a.lr_final,
                        schedule=a.schedule, seed=a.seed, device=a.device, dtype=a.dtype, eval_res=a.eval_res,
-                       eval_every=a.eval_every, checkpoint_every=a.checkpoint_every, quiet=a.quiet)
+                       eval_every=a.eval_every, checkpoint_every=a.checkpoint_every, laplacian=a.laplacian,
+                       quiet=a.quiet)
 
 
 def set_threads(spec) -> None:

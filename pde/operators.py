@@ -1,8 +1,16 @@
-"""Differential operators by reverse-mode autograd, and the exact-boundary ansatz.
+"""Differential operators, and the exact-boundary ansatz.
 
-Reverse-over-reverse (``torch.autograd.grad(..., create_graph=True)``) is used on purpose: it works
-for every registry model, including LRNN's memory-light custom autograd Function, which has a
-differentiable backward but no forward-mode rule (``torch.func.jvp`` would fail on it).
+Two ways to the Laplacian in :func:`residual` (``laplacian=``):
+
+- ``"reverse"``: reverse-over-reverse autograd (``torch.autograd.grad(..., create_graph=True)``, d + 1
+  backward passes, :func:`laplacian`).  It works for every model except the hash grid (whose backward
+  is once-differentiable), including LRNN's memory-light custom autograd Function, which has a
+  differentiable backward but no forward-mode rule (``torch.func.jvp`` would fail on it).
+- ``"forward"``: :mod:`pde.forward` carries value, gradient and Laplacian through the network layer by
+  layer, so one forward pass gives the residual and one ordinary backward pass trains it.  It covers every
+  registry model that ``pde`` builds (and the :class:`Ansatz`), not KAN.
+- ``"auto"`` (default): forward where every module has a rule and the measured training step
+  (benchmarks/laplacian_cost.py) is not slower, else reverse; :func:`choose_laplacian`.
 The functions assume the model acts on each point independently (true for every coordinate
 network here: LayerNorm normalises over features, not over the batch), so the gradient of
 ``u.sum()`` with respect to the batch of points is the per-point gradient.
@@ -87,11 +95,61 @@ class Ansatz(torch.nn.Module):
         return y
 
 
+LAPLACIAN_MODES = ("auto", "forward", "reverse")
+# Models whose training step is slower with the forward Laplacian at the benchmarked budgets, point counts
+# and one CPU thread (benchmarks/laplacian_cost.py; README "Forward Laplacian"): "auto" keeps reverse mode.
+REVERSE_FASTER: frozenset = frozenset()
+
+
+def _model_name(u_fn) -> str | None:
+    net = getattr(u_fn, "net", u_fn)
+    cfg = getattr(net, "config", None)
+    return cfg.get("name") if isinstance(cfg, dict) else None
+
+
+def choose_laplacian(u_fn, mode: str = "auto") -> str:
+    """The Laplacian ``residual`` uses for ``u_fn`` (an :class:`Ansatz`, a registry model or any callable):
+    ``"forward"`` or ``"reverse"``.  ``"forward"`` on a model without rules raises a ValueError naming the
+    modules; ``"auto"`` picks forward when every module has a rule and the model is not in
+    :data:`REVERSE_FASTER` (and always for the hash grid, which reverse mode cannot differentiate twice)."""
+    from . import forward
+
+    if mode not in LAPLACIAN_MODES:
+        raise ValueError(f"--laplacian must be one of {', '.join(LAPLACIAN_MODES)}, got {mode!r}")
+    if mode == "reverse":
+        return mode
+    missing = forward.unsupported(u_fn)
+    if mode == "forward":
+        if missing:
+            raise ValueError(f"--laplacian forward: no forward rule for {', '.join(missing)}; use auto or reverse")
+        return mode
+    if missing:
+        return "reverse"
+    net = getattr(u_fn, "net", u_fn)
+    if any(type(m).__name__ == "HashGridEncoding" for m in net.modules()):
+        return "forward"
+    return "reverse" if _model_name(u_fn) in REVERSE_FASTER else "forward"
+
+
 def residual(u_fn: Callable[[torch.Tensor], torch.Tensor], problem: Problem, x: torch.Tensor,
-             create_graph: bool = True) -> torch.Tensor:
-    """Scaled PDE residual ``(sign * Laplace(u) - f) / residual_scale`` at interior points, (N, 1)."""
+             create_graph: bool = True, laplacian: str = "auto") -> torch.Tensor:
+    """Scaled PDE residual ``(sign * Laplace(u) - f) / residual_scale`` at interior points, (N, 1).
+
+    ``laplacian``: ``"auto"``, ``"forward"`` (:mod:`pde.forward`) or ``"reverse"`` (autograd); see
+    :func:`choose_laplacian`.  ``create_graph=False`` gives a residual without a graph (evaluation)."""
+    mode = choose_laplacian(u_fn, laplacian)
+    if mode == "forward":
+        from .forward import jet
+
+        with torch.set_grad_enabled(create_graph):
+            lap = jet(u_fn, x.detach()).l
+        r = problem.sign * lap - problem.source(x.detach())
+        return r / problem.residual_scale
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():
         u = u_fn(x)
-        r = problem.sign * laplacian(u, x, create_graph=create_graph) - problem.source(x)
+        r = problem.sign * _reverse_laplacian(u, x, create_graph=create_graph) - problem.source(x)
     return r / problem.residual_scale
+
+
+_reverse_laplacian = laplacian

@@ -18,7 +18,7 @@ from inr.runfiles import versions, write_json
 from inr.train import FitResult, TrainConfig, fit, resolve_device, seed_everything
 
 from . import models, problems
-from .operators import Ansatz, residual
+from .operators import LAPLACIAN_MODES, Ansatz, choose_laplacian, residual
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -52,6 +52,9 @@ class SolveConfig:
     eval_every: int = 0
     residual_points: int = 4096                  # held-out interior points for the final residual
     checkpoint_every: int = 0                    # checkpoint every N steps (needs a checkpoint path)
+    # auto | forward | reverse (operators.choose_laplacian).  Not in the checkpoint fingerprint: it changes
+    # the arithmetic (rounding-level differences), not the problem, data or model, like threads or device
+    laplacian: str = "auto"
     quiet: bool = False
 
     def validate(self) -> None:
@@ -75,6 +78,8 @@ class SolveConfig:
             raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if self.checkpoint_every < 0:
             raise ValueError(f"--checkpoint-every must be >= 0, got {self.checkpoint_every}")
+        if self.laplacian not in LAPLACIAN_MODES:
+            raise ValueError(f"--laplacian must be one of {', '.join(LAPLACIAN_MODES)}, got {self.laplacian!r}")
         if self.eval_res is not None and self.eval_res < 2:
             raise ValueError(f"--eval-res must be >= 2, got {self.eval_res}")
 
@@ -143,6 +148,7 @@ def solve(cfg: SolveConfig, checkpoint_path: str | None = None, resume: bool = F
     device, dtype = resolve_device(cfg.device), DTYPES[cfg.dtype]
     seed_everything(cfg.seed)
     ansatz, model_config = build_ansatz(cfg, problem, device, dtype)
+    lap_mode = choose_laplacian(ansatz, cfg.laplacian)   # raises early for "forward" on a model without rules
     gen = torch.Generator().manual_seed(cfg.seed)
     n_bnd = cfg.boundary_points or max(4, cfg.points // 4)
     state: dict = {}
@@ -156,7 +162,7 @@ def solve(cfg: SolveConfig, checkpoint_path: str | None = None, resume: bool = F
     def loss_fn(step: int):
         if cfg.resample or not state:
             sample()
-        r = residual(ansatz, problem, state["x"])
+        r = residual(ansatz, problem, state["x"], laplacian=lap_mode)
         res_loss = r.square().mean()
         info = {"residual": res_loss.detach().sqrt()}
         loss = res_loss
@@ -185,14 +191,14 @@ def solve(cfg: SolveConfig, checkpoint_path: str | None = None, resume: bool = F
 
     errors, pred, truth = evaluate_errors(ansatz, problem, grid)
     held = problem.sample_interior(cfg.residual_points, torch.Generator().manual_seed(cfg.seed + 1), device, dtype)
-    final_res = _batched(lambda x: residual(ansatz, problem, x, create_graph=False).detach(), held, 4096)
+    final_res = _batched(lambda x: residual(ansatz, problem, x, create_graph=False, laplacian=lap_mode).detach(), held, 4096)
     metrics = {
         "problem": problem.describe(), "model": cfg.model, "params": models.count_params(ansatz),
         **errors, "final_residual_rms": float(final_res.double().square().mean().sqrt()),
         "final_loss": result.final_loss, "seconds": round(result.seconds, 3), "steps": result.steps,
         "seconds_per_step": result.seconds_per_step, "stopped_by": result.stopped_by,
         "time_to_rel_l2": result.time_to_target, "divergence_events": result.events, "lr": lr,
-        "seed": cfg.seed, "device": str(device), "dtype": cfg.dtype, "config": asdict(cfg),
+        "seed": cfg.seed, "device": str(device), "dtype": cfg.dtype, "laplacian": lap_mode, "config": asdict(cfg),
         "model_config": model_config, "versions": {**versions(), "threads": torch.get_num_threads()},
     }
     return Solution(ansatz, problem, cfg, model_config, metrics, result, grid.cpu(), pred, truth)

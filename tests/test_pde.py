@@ -175,10 +175,12 @@ def test_tiny_solve_reduces_error():
     before = evaluate_errors(untrained, p, eval_grid(p, 33))[0]["rel_l2"]
     assert sol.metrics["rel_l2"] < 0.3 * before
     assert sol.metrics["params"] == models.count_params(untrained)
-    # penalty boundary + resampling + LRNN run end to end and also improve
-    sol2 = solve(SolveConfig(model="lrnn-siren", params=800, steps=25, lr=5e-3, boundary="penalty",
-                             resample=True, **base))
-    assert sol2.metrics["rel_l2"] < 1.0 and math.isfinite(sol2.metrics["final_residual_rms"])
+    # penalty boundary + resampling + LRNN run end to end and also improve (on the untrained error, ~1.76; with the
+    # correct training gradient of the forward Laplacian 25 steps reach ~1.03, the old wrong one ~0.97)
+    lrnn = dict(model="lrnn-siren", params=800, boundary="penalty", resample=True, **base)
+    start = solve(SolveConfig(steps=1, lr=1e-12, **lrnn)).metrics["rel_l2"]
+    sol2 = solve(SolveConfig(steps=25, lr=5e-3, **lrnn))
+    assert sol2.metrics["rel_l2"] < 0.7 * start and math.isfinite(sol2.metrics["final_residual_rms"])
 
 
 def test_cli_writes_run_folder(tmp_path):
