@@ -214,10 +214,18 @@ def test_cli_subprocess_error_has_no_traceback():
 
 
 def test_benchmark_quick(tmp_path):
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "poisson.py"), "--quick", "--quiet",
-                        "--out", str(tmp_path)], capture_output=True, text=True, cwd=ROOT,
-                       env={**os.environ, "PYTHONPATH": ROOT, "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1"})
+    out = tmp_path / "study"
+    cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "poisson.py"), "--quick", "--quiet", "--out", str(out)]
+    env = {**os.environ, "PYTHONPATH": ROOT, "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
     assert r.returncode == 0, r.stderr
-    m = json.loads((tmp_path / "metrics.json").read_text())
-    assert len(m["runs"]) >= 2 and all(math.isfinite(x["rel_l2"]) for x in m["runs"] if "rel_l2" in x)
-    assert (tmp_path / "table.md").exists() and any(f.endswith(".png") for f in os.listdir(tmp_path))
+    m = json.loads((out / "metrics.json").read_text())
+    ours = [x for x in m["runs"] if x["model"] != "deepxde"]
+    assert len(ours) == 4 and all(math.isfinite(x["rel_l2"]) for x in ours)
+    for x in ours:   # the default recipe: Adam steps, then the L-BFGS stage, both in the history
+        assert x["adam_steps"] > 0 and x["lbfgs_steps"] > 0
+        assert (out / x["run_dir"] / "metrics.json").is_file()
+    assert "| 2 | lrnn-siren | 600 |" in (out / "table.md").read_text()
+    assert (out / "error_vs_params.png").stat().st_size > 0 and (out / "error_vs_time.png").stat().st_size > 0
+    again = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)   # an earlier study is kept
+    assert again.returncode == 2 and "already exists" in again.stderr and "Traceback" not in again.stderr
