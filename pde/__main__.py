@@ -10,7 +10,8 @@ import sys
 
 import torch
 
-from inr.cliutil import Parser, add_common, add_version, apply_threads, number, parse_args, run_main
+from inr.cliutil import (Parser, add_common, add_lbfgs, add_version, apply_threads, lbfgs_options, number, parse_args,
+                         run_main)
 from inr.runs import RunError, RunFolder
 
 from . import models, problems
@@ -46,11 +47,22 @@ def _parser() -> argparse.ArgumentParser:
                    help="exact: u = lift + x(1-x)y(1-y)-bubble * net; penalty: weighted boundary loss")
     s.add_argument("--penalty", type=number(float, "--penalty", 0, low_open=True), default=100.0, help="boundary loss weight (--boundary penalty)")
     s.add_argument("--resample", action="store_true", help="draw new collocation points every step")
+    s.add_argument("--sampling", default="uniform", choices=("uniform", "rad"),
+                   help="collocation points: uniform (fixed, or every step with --resample) or rad: every "
+                        "--rad-every steps, draw from a uniform pool of --rad-pool x --points with probability "
+                        "~ |r|^k / mean|r|^k + c (residual-based adaptive sampling, Wu et al. 2023)")
+    s.add_argument("--rad-every", type=number(int, "--rad-every", 1), default=100, metavar="N",
+                   help="rad: redraw the points every N steps")
+    s.add_argument("--rad-pool", type=number(int, "--rad-pool", 1), default=8, metavar="M",
+                   help="rad: candidate pool size as a multiple of --points")
+    s.add_argument("--rad-k", type=number(float, "--rad-k", 0), default=1.0, help="rad: exponent k")
+    s.add_argument("--rad-c", type=number(float, "--rad-c", 0), default=1.0, help="rad: uniform share c")
     s.add_argument("--dtype", default="float32", choices=tuple(DTYPES), help="floating-point type of the model")
     s.add_argument("--eval-res", type=number(int, "--eval-res", 2), default=None,
                    help="evaluation grid points per axis (2-D 256, 1-D 8193)")
     s.add_argument("--eval-every", type=number(int, "--eval-every", 0), default=0,
                    help="log the relative L2 error every N steps (0: end only)")
+    add_lbfgs(s, full_batch_help="the collocation points (fixed; with --resample one set drawn at the switch)")
     add_common(s, out_help="run folder to create, must not exist (metrics.json, history.csv, solution.png, "
                            "model.pt); default: none, nothing is written")
     s.add_argument("--checkpoint-every", type=number(int, "--checkpoint-every", 0), default=0, metavar="N",
@@ -74,7 +86,9 @@ def config_from_args(a: argparse.Namespace) -> SolveConfig:
                        boundary=a.boundary, penalty=a.penalty, points=a.points, boundary_points=a.boundary_points,
                        resample=a.resample, steps=a.steps, seconds=a.seconds, lr=a.lr, lr_final=a.lr_final,
                        schedule=a.schedule, seed=a.seed, device=a.device, dtype=a.dtype, eval_res=a.eval_res,
-                       eval_every=a.eval_every, checkpoint_every=a.checkpoint_every, quiet=a.quiet)
+                       eval_every=a.eval_every, checkpoint_every=a.checkpoint_every, quiet=a.quiet,
+                       sampling=a.sampling, rad_every=a.rad_every, rad_pool=a.rad_pool, rad_k=a.rad_k, rad_c=a.rad_c,
+                       **lbfgs_options(a))
 
 
 def set_threads(spec) -> None:
