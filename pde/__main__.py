@@ -34,7 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--model", default="lrnn-siren", help=f"one of: {', '.join(models.MODELS)}")
     s.add_argument("--params", type=number(int, "--params", 0), default=16000,
                    help="parameter budget (picks the width); 0 = use --hidden/--rank as given")
-    s.add_argument("--steps", type=number(int, "--steps", 1), default=2000, help="optimizer steps (upper limit)")
+    s.add_argument("--steps", type=number(int, "--steps", 1), default=2000, help="Adam steps (upper limit; --lbfgs-steps follow them)")
     s.add_argument("--seconds", type=number(float, "--seconds", 0, low_open=True, allow_none=True), default=None, help="wall-clock budget; stops at whichever comes first")
     s.add_argument("--lr", type=number(float, "--lr", 0, low_open=True), default=None,
                    help="Adam learning rate (cosine decay to lr-final x lr); default per model: "
