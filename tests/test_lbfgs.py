@@ -137,7 +137,7 @@ def test_time_budget_splits_between_the_stages():
                                           lbfgs_iter=2, quiet=True, device="cpu", lr=1e-2))
     first = next(r for r in res.history if r.get("stage") == "lbfgs")
     last_adam = max(r["seconds"] for r in res.history if r.get("stage") == "adam")
-    assert 0.55 <= first["seconds"] and last_adam <= 0.7
+    assert 0.6 <= first["seconds"] and last_adam <= 0.9     # Adam until 0.6 s (+ one step, on a loaded machine)
     assert res.stopped_by in ("seconds", "converged")
 
 
@@ -165,7 +165,7 @@ def test_every_regression_tool_shows_the_lbfgs_options(tool, capsys):
     text = " ".join(capsys.readouterr().out.split())
     for flag, default in (("--lbfgs-steps", "0"), ("--lbfgs-fraction", "0.5"), ("--lbfgs-lr", "1.0"),
                           ("--lbfgs-history", "50"), ("--lbfgs-iter", "10")):
-        assert flag in text and f"(default: {default})" in text.split(flag, 2)[-1][:400], flag
+        assert flag in text and f"(default: {default})" in text.rsplit(flag, 1)[-1][:400], flag   # its own entry
 
 
 @pytest.mark.parametrize("tool", ["inr", "approx", "pde"])
