@@ -242,8 +242,9 @@ def solve(cfg: SolveConfig, checkpoint_path: str | None = None, resume: bool = F
 
     def set_extra(d: dict) -> None:
         gen.set_state(d["sampler"])
-        state.clear()
-        state.update(d.get("points", {}))
+        if "points" in d:   # checkpoints load onto the CPU
+            state.clear()
+            state.update({k: v.to(device) if torch.is_tensor(v) else v for k, v in d["points"].items()})
 
     if not cfg.resample:
         sample()   # the fixed points, drawn before training so a resumed run draws the same ones
