@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from inr.cliutil import Parser, add_common, add_version, apply_threads, parse_args, run_main
+from inr.cliutil import Parser, add_common, add_lbfgs, add_version, apply_threads, parse_args, run_main
 
 QUICK = {"widths": (1, 4, 4, 1), "n_train": 11, "n_test": 20, "seeds": 1, "steps": 60}
 
@@ -50,6 +50,7 @@ def _runge_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--pieces-tol", type=float, default=d.pieces_tol, help="tolerance of the pieces check")
     p.add_argument("--quick", action="store_true", help="tiny setting for smoke tests: " +
                    ", ".join(f"{k}={v}" for k, v in QUICK.items()) + " (explicit options still win)")
+    add_lbfgs(p, full_batch_help="the training points")
     # the networks are tiny: one thread is fastest (extra threads spin: 40x slower measured on a busy 2-core box)
     add_common(p, device=d.device, seed=d.seed, threads=1, out="results/runge",
                device_help="auto, cpu or cuda (cpu by default: the nets are tiny)", seed_help="first seed",

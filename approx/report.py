@@ -45,7 +45,10 @@ def table_md(metrics: dict) -> str:
         f"Network {'-'.join(map(str, cfg['widths']))} ({'compact' if cfg['compact'] else 'full'} quadratic "
         f"neurons for the QNN strategies, ReLU between layers); {cfg['n_train']} equispaced training points, "
         f"{cfg['n_test']} test points off the training grid; full-batch Adam, {cfg['steps']} steps, cosine "
-        f"schedule lr {cfg['lr']:g} -> {cfg['lr'] * cfg['lr_final']:g}; ReLinear-sg lr_g {cfg['lr_g']:g}, "
+        f"schedule lr {cfg['lr']:g} -> {cfg['lr'] * cfg['lr_final']:g}"
+        + (f", then up to {cfg['lbfgs_steps']} L-BFGS steps of {cfg.get('lbfgs_iter', 10)} iterations (lr "
+           f"{cfg.get('lbfgs_lr', 1.0):g}, strong Wolfe)" if cfg.get("lbfgs_steps") else "")
+        + f"; ReLinear-sg lr_g {cfg['lr_g']:g}, "
         f"lr_b {cfg['lr_b']:g}; ReLinear-sw L1 alpha {cfg['alpha']:g} / L2 beta {cfg['beta']:g} per step; "
         f"{cfg['seeds']} seeds from {cfg['seed']}; device {metrics['device']}.",
         "",

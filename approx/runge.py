@@ -4,7 +4,8 @@ Training points are equispaced on [-1, 1] (end points included); the 100 test po
 midpoints of 100 equal cells of [-1, 1] (scaled by the first c in 1, 0.999, 0.998, ... that keeps
 every one of them off the training grid).  Metric: test RMSE of the final iterate.
 
-Strategies (all full-batch Adam through :func:`inr.train.fit`):
+Strategies (all full-batch Adam through :func:`inr.train.fit`; ``lbfgs_steps`` adds an L-BFGS stage after the
+Adam steps, over all parameters as one group, the shrinkage strategies still shrinking after each outer step):
 
 * ``regular``: QNN, PyTorch's default init for r, g and b, one learning rate;
 * ``relinear-sg``: ReLinear init, g and b groups with their own small learning rates;
@@ -53,6 +54,11 @@ class RungeConfig:
     device: str = "cpu"
     pieces_tol: float = 1e-9
     quiet: bool = False
+    lbfgs_steps: int = 0           # L-BFGS stage after the Adam steps (inr.train.TrainConfig's lbfgs_* fields)
+    lbfgs_fraction: float = 0.5
+    lbfgs_lr: float = 1.0
+    lbfgs_history: int = 50
+    lbfgs_iter: int = 10
 
     def __post_init__(self):
         self.widths = tuple(int(w) for w in self.widths)
@@ -64,6 +70,11 @@ class RungeConfig:
             raise ValueError(f"--widths must start and end with 1 (a univariate fit), got {list(self.widths)}")
         if self.n_train < 2 or self.n_test < 1 or self.seeds < 1 or self.steps < 1:
             raise ValueError("--n-train must be >= 2 and --n-test, --seeds, --steps >= 1")
+        TrainConfig(**self.lbfgs())   # checks the lbfgs_* values
+
+    def lbfgs(self) -> dict:
+        return {k: getattr(self, k) for k in ("lbfgs_steps", "lbfgs_fraction", "lbfgs_lr", "lbfgs_history",
+                                              "lbfgs_iter")}
 
 
 def make_data(n_train: int, n_test: int = 100) -> tuple[np.ndarray, np.ndarray]:
@@ -108,7 +119,7 @@ def train_one(strategy: str, seed: int, cfg: RungeConfig, data: dict) -> dict:
     groups, post = _strategy_setup(strategy, cfg, net)
     tc = TrainConfig(steps=cfg.steps, lr=cfg.lr, lr_final=cfg.lr_final, schedule="cosine", seed=seed,
                      device=str(device), log_every=max(1, cfg.steps // 200), quiet=cfg.quiet,
-                     desc=f"{strategy} seed {seed}")
+                     desc=f"{strategy} seed {seed}", **cfg.lbfgs())
 
     def loss_fn(step):
         return torch.mean((net(xt) - yt) ** 2)

@@ -13,8 +13,8 @@ import math
 import sys
 from pathlib import Path
 
-from .cliutil import (EXIT_USAGE, Parser, add_common, add_version, apply_threads, number, parse_args, positive_float,
-                      run_main)
+from .cliutil import (EXIT_USAGE, Parser, add_common, add_lbfgs, add_version, apply_threads, lbfgs_options, number,
+                      parse_args, positive_float, run_main)
 from .fitting import DEFAULT_LR, EVAL_EVERY, MAX_PARAMS, RunError, evaluate_run, fit_signal
 from .models import MODELS
 
@@ -137,6 +137,8 @@ def make_parser() -> argparse.ArgumentParser:
                    metavar="DB[,DB...]", help="PSNR targets to time (images; repeatable; default: 30,40)")
     f.add_argument("--target-mse", type=_floats("--target-mse"), action="append", default=None,
                    metavar="MSE[,MSE...]", help="MSE targets to time (audio; repeatable; default: 1e-3,1e-4)")
+    add_lbfgs(f, full_batch_help="every point of the signal (at most 65,536: else that many drawn once; "
+                                 "one signal only)")
     add_common(f, out_help="run folder to create (must not exist; default: runs/<name>-<model>-<time>)",
                quiet_help="no progress bar and no summary")
     f.add_argument("--resume", action="store_true",
@@ -201,6 +203,8 @@ def _cmd_fit(a) -> int:
 
     env = dist_env()
     if len(a.file) > 1 or any(Path(f).is_dir() for f in a.file) or (env and env[1] > 1):
+        if a.lbfgs_steps:
+            raise RunError("--lbfgs-steps fits one signal at a time; it is not available for several files")
         return _cmd_fit_many(a, env)
     a.file = a.file[0] if a.file else None
     if a.resume and a.out is None:
@@ -211,7 +215,7 @@ def _cmd_fit(a) -> int:
                    target_psnr=_flat(a.target_psnr, (30.0, 40.0)), target_mse=_flat(a.target_mse, (1e-3, 1e-4)),
                    device=a.device, seed=a.seed, out=a.out, quiet=a.quiet, model_options=_model_options(a),
                    resume=a.resume, checkpoint_every=a.checkpoint_every, eval_every=a.eval_every,
-                   warmup=a.warmup, schedule_by=a.schedule_by)
+                   warmup=a.warmup, schedule_by=a.schedule_by, lbfgs=lbfgs_options(a))
     if not a.quiet:
         reached = ", ".join(f"{t}: {'%.1f s' % v['seconds'] if v else 'not reached'}"
                             for t, v in m["time_to_target"].items())

@@ -84,6 +84,18 @@ def positive_float(name: str, allow_none: bool = False):
     return number(float, name, 0, low_open=True, allow_none=allow_none)
 
 
+def open_fraction(name: str):
+    """An argparse ``type``: a number strictly between 0 and 1."""
+    inner = number(float, name, 0, low_open=True)
+
+    def parse(s):
+        v = inner(s)
+        if v >= 1:
+            raise argparse.ArgumentTypeError(f"{name} must be < 1, got {s}")
+        return v
+    return parse
+
+
 def threads_arg(s):
     """``--threads``: 'auto' or a positive integer."""
     if str(s).lower() == "auto":
@@ -127,6 +139,35 @@ def add_common(p: argparse.ArgumentParser, *, device: str | None = "auto", seed:
         p.add_argument("--out", default=out, help=out_help or "run folder to create (must not exist)")
     if "quiet" not in skip:
         p.add_argument("--quiet", action="store_true", help=quiet_help)
+
+
+LBFGS_OPTIONS = ("lbfgs_steps", "lbfgs_fraction", "lbfgs_lr", "lbfgs_history", "lbfgs_iter")
+
+
+def add_lbfgs(p: argparse.ArgumentParser, *, full_batch_help: str = "the full-batch loss") -> None:
+    """The L-BFGS stage options of every regression tool (:class:`inr.train.TrainConfig`'s ``lbfgs_*``
+    fields, same names, defaults and checks everywhere): ``--lbfgs-steps --lbfgs-fraction --lbfgs-lr
+    --lbfgs-history --lbfgs-iter``.  :func:`lbfgs_options` reads them back as TrainConfig keywords."""
+    from inr.train import TrainConfig
+
+    d = TrainConfig()
+    g = p.add_argument_group("L-BFGS stage (after the Adam steps; off by default)")
+    g.add_argument("--lbfgs-steps", type=number(int, "--lbfgs-steps", 0), default=d.lbfgs_steps, metavar="N",
+                   help=f"outer L-BFGS steps after the Adam steps, on {full_batch_help} (0: no L-BFGS stage)")
+    g.add_argument("--lbfgs-fraction", type=open_fraction("--lbfgs-fraction"),
+                   default=d.lbfgs_fraction, metavar="F",
+                   help="with --seconds: the share of the wall budget given to the L-BFGS stage")
+    g.add_argument("--lbfgs-lr", type=positive_float("--lbfgs-lr"), default=d.lbfgs_lr,
+                   help="L-BFGS step length (strong-Wolfe line search)")
+    g.add_argument("--lbfgs-history", type=positive_int("--lbfgs-history"), default=d.lbfgs_history,
+                   help="L-BFGS curvature pairs kept")
+    g.add_argument("--lbfgs-iter", type=positive_int("--lbfgs-iter"), default=d.lbfgs_iter,
+                   help="L-BFGS iterations per outer step (history row, guard and checkpoint per outer step)")
+
+
+def lbfgs_options(args: argparse.Namespace) -> dict:
+    """The ``lbfgs_*`` values of :func:`add_lbfgs`'s options, as TrainConfig keywords."""
+    return {k: getattr(args, k) for k in LBFGS_OPTIONS}
 
 
 def apply_threads(threads) -> int:

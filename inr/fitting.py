@@ -211,6 +211,24 @@ def make_loss(model, coords: torch.Tensor, targets: torch.Tensor, kind: str, bat
     return loss_fn
 
 
+# The L-BFGS stage's loss: every point of the signal up to this many (256 x 256 pixels; the graph of one
+# full-batch evaluation grows with points x width), else this many points drawn once (see make_full_loss).
+LBFGS_MAX_POINTS = 65536
+
+
+def make_full_loss(model, coords: torch.Tensor, targets: torch.Tensor, kind: str, seed: int = 0,
+                   max_points: int = LBFGS_MAX_POINTS):
+    """The deterministic loss of the L-BFGS stage (``fit(..., lbfgs_loss=)``): :func:`make_loss` over all
+    points when there are at most ``max_points``, else over one fixed set of ``max_points`` points drawn
+    without replacement from a generator seeded by ``seed`` (the same set after a resume, and the global
+    generators are not touched)."""
+    n = coords.shape[0]
+    if n > max_points:
+        idx = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:max_points].to(coords.device)
+        coords, targets = coords[idx], targets[idx]
+    return make_loss(model, coords, targets, kind, None)
+
+
 @torch.no_grad()
 def predict(model, coords: torch.Tensor, kind: str, chunk: int = PREDICT_CHUNK) -> torch.Tensor:
     """The model's prediction in the signal's value scale, ``(N, C)`` float64 on the CPU, in chunks
@@ -409,7 +427,7 @@ def fit_signal(signal: Signal | str | os.PathLike | None = None, model: str = "l
                out: str | os.PathLike | None = None, quiet: bool = False, model_options: dict | None = None,
                resume: bool = False, checkpoint_every: int = 0, schedule: str = "cosine",
                lr_final: float = 0.1, eval_every: int = EVAL_EVERY, warmup: int = 0,
-               schedule_by: str = "auto") -> dict:
+               schedule_by: str = "auto", lbfgs: dict | None = None) -> dict:
     """Fit ``model`` to a signal and write a run folder; returns the metrics dict (also in metrics.json).
 
     Args:
@@ -434,7 +452,11 @@ def fit_signal(signal: Signal | str | os.PathLike | None = None, model: str = "l
         schedule, lr_final, warmup, schedule_by: learning-rate schedule (see :class:`inr.train.TrainConfig`):
             shape, final fraction, linear warm-up steps, and whether its progress follows steps, time or
             the larger of both (``auto``).
+        lbfgs: ``lbfgs_*`` keywords of :class:`inr.train.TrainConfig` (e.g. ``{"lbfgs_steps": 200}``): an
+            L-BFGS stage after the Adam steps, on every point of the signal up to :data:`LBFGS_MAX_POINTS`,
+            else on that many points drawn once (:func:`make_full_loss`).
     """
+    lbfgs = dict(lbfgs or {})
     if steps is None or steps <= 0:
         raise RunError(f"--steps must be > 0, got {steps}")
     if seconds is not None:
@@ -474,7 +496,7 @@ def fit_signal(signal: Signal | str | os.PathLike | None = None, model: str = "l
                       device=str(dev), targets=targets, target_key="psnr" if sig.kind == "image" else "mse",
                       target_mode="max" if sig.kind == "image" else "min", quiet=quiet,
                       checkpoint_every=int(checkpoint_every), checkpoint_path=str(run.checkpoint),
-                      resume=resume, fingerprint=fingerprint, desc=f"{model} {sig.name}")
+                      resume=resume, fingerprint=fingerprint, desc=f"{model} {sig.name}", **lbfgs)
     coords, values = sig.coords(device=dev), sig.targets(device=dev)
     loss_fn = make_loss(net, coords, values, sig.kind, batch)
     evaluate = make_evaluator(net, coords, values, sig.kind)
@@ -482,7 +504,7 @@ def fit_signal(signal: Signal | str | os.PathLike | None = None, model: str = "l
                    "lr_final": lr_final, "schedule": schedule, "batch": batch, "targets": list(targets),
                    "device": str(dev), "seed": seed, "model_options": model_options or {},
                    "checkpoint_every": checkpoint_every, "eval_every": int(eval_every), "warmup": int(warmup),
-                   "schedule_by": schedule_by}
+                   "schedule_by": schedule_by, **lbfgs}
 
     with run:
         # Measured before training (and with the generator state restored) so the run itself is unchanged.
@@ -492,7 +514,8 @@ def fit_signal(signal: Signal | str | os.PathLike | None = None, model: str = "l
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
             torch.cuda.reset_peak_memory_stats(dev)
-        result = fit(net, loss_fn, cfg, evaluate=evaluate, eval_every=int(eval_every))
+        full_loss = make_full_loss(net, coords, values, sig.kind, seed) if cfg.lbfgs_steps else None
+        result = fit(net, loss_fn, cfg, evaluate=evaluate, eval_every=int(eval_every), lbfgs_loss=full_loss)
         pred = predict(net, coords, sig.kind)
         if not torch.isfinite(pred).all():
             raise DivergenceError(f"{model} on {sig.name}: the trained model predicts non-finite values; "

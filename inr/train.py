@@ -2,8 +2,9 @@
 
 ``fit(model, loss_fn, TrainConfig(...))``: ``loss_fn(step)`` returns the loss tensor, or
 ``(loss, info)`` where ``info`` holds extra scalars for the history (e.g. ``psnr``).  The loop owns
-seeding, device choice, Adam + learning-rate schedule, the progress bar, time-to-target tracking,
-the divergence guard, checkpoint/resume and the history.
+seeding, device choice, Adam + learning-rate schedule, an optional L-BFGS stage after the Adam steps
+(``TrainConfig.lbfgs_steps``), the progress bar, time-to-target tracking, the divergence guard,
+checkpoint/resume and the history.
 """
 from __future__ import annotations
 
@@ -170,6 +171,13 @@ class TrainConfig:
     fingerprint: str | None = None    # what a checkpoint must match to be resumed (signal + model)
     quiet: bool = False
     desc: str = "fit"
+    # L-BFGS stage after the Adam stage (0: none).  One outer step = one LBFGS.step() call of up to
+    # lbfgs_iter inner iterations (strong-Wolfe line search) on the full-batch loss (fit's lbfgs_loss).
+    lbfgs_steps: int = 0              # outer L-BFGS steps after the `steps` Adam steps
+    lbfgs_fraction: float = 0.5       # with a `seconds` budget: the share of it given to the L-BFGS stage
+    lbfgs_lr: float = 1.0             # L-BFGS step length (not scheduled; halved by the divergence guard)
+    lbfgs_history: int = 50           # curvature pairs kept
+    lbfgs_iter: int = 10              # inner iterations per outer step
 
     def __post_init__(self):
         if self.steps <= 0:
@@ -188,6 +196,15 @@ class TrainConfig:
             raise ValueError(f"warmup must be >= 0 steps, got {self.warmup}")
         if self.optimizer not in ("adam", "sgd"):
             raise ValueError(f"optimizer must be adam or sgd, got {self.optimizer!r}")
+        if self.lbfgs_steps < 0:
+            raise ValueError(f"lbfgs_steps must be >= 0, got {self.lbfgs_steps}")
+        if not (math.isfinite(self.lbfgs_lr) and self.lbfgs_lr > 0):
+            raise ValueError(f"lbfgs_lr must be a finite number > 0, got {self.lbfgs_lr}")
+        if not 0 < self.lbfgs_fraction < 1:
+            raise ValueError(f"lbfgs_fraction must be in (0, 1), got {self.lbfgs_fraction}")
+        if self.lbfgs_history < 1 or self.lbfgs_iter < 1:
+            raise ValueError(f"lbfgs_history and lbfgs_iter must be >= 1, got {self.lbfgs_history}, "
+                             f"{self.lbfgs_iter}")
 
 
 @dataclass
@@ -251,6 +268,22 @@ def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.Adam(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
 
 
+# L-BFGS tolerances: torch's defaults (1e-7 on the largest gradient entry, 1e-9 on the change of loss or
+# step) end a float32 PINN stage at once, since its losses are ~1e-6 and its gradients ~1e-7 there.  These
+# only stop it where nothing changes any more; a stage that no longer moves the parameters is caught by
+# fit's stall rule (stopped_by="converged").
+LBFGS_TOLERANCE_GRAD = 1e-15
+LBFGS_TOLERANCE_CHANGE = 1e-20
+
+
+def make_lbfgs(params, cfg: TrainConfig) -> torch.optim.LBFGS:
+    """``torch.optim.LBFGS`` over ``params`` (one group) with the strong-Wolfe line search and the
+    settings of ``cfg`` (``lbfgs_lr``, ``lbfgs_history``, ``lbfgs_iter``)."""
+    return torch.optim.LBFGS(list(params), lr=cfg.lbfgs_lr, max_iter=cfg.lbfgs_iter, history_size=cfg.lbfgs_history,
+                             line_search_fn="strong_wolfe", tolerance_grad=LBFGS_TOLERANCE_GRAD,
+                             tolerance_change=LBFGS_TOLERANCE_CHANGE)
+
+
 def _finite(x) -> bool:
     return bool(torch.isfinite(x).all()) if torch.is_tensor(x) else math.isfinite(x)
 
@@ -261,13 +294,14 @@ def _progress_bar(cfg: TrainConfig, initial: int):
         from tqdm.auto import tqdm
     except ImportError:  # progress is a convenience, never a requirement
         return None
-    return tqdm(total=cfg.steps, initial=initial, desc=cfg.desc, disable=quiet, dynamic_ncols=True, leave=False)
+    return tqdm(total=cfg.steps + cfg.lbfgs_steps, initial=initial, desc=cfg.desc, disable=quiet, dynamic_ncols=True, leave=False)
 
 
 def fit(model: nn.Module, loss_fn: Callable, cfg: TrainConfig, *, param_groups: Iterable | None = None,
         optimizer: torch.optim.Optimizer | None = None, evaluate: Callable | None = None,
         eval_every: int = 0, post_step: Callable | None = None,
-        extra_state: tuple[Callable[[], dict], Callable[[dict], None]] | None = None) -> FitResult:
+        extra_state: tuple[Callable[[], dict], Callable[[dict], None]] | None = None,
+        lbfgs_loss: Callable | None = None) -> FitResult:
     """Minimise ``loss_fn(step)`` over the parameters of ``model``.
 
     Args:
@@ -286,6 +320,21 @@ def fit(model: nn.Module, loss_fn: Callable, cfg: TrainConfig, *, param_groups: 
         extra_state: ``(get, set)`` for state of the caller that a resumed run needs (a private sampler
             generator, a running best): ``get()`` -> a dict of tensors / plain values stored in each
             checkpoint, ``set(d)`` called with it on resume.
+        lbfgs_loss: the loss of the L-BFGS stage, same shape as ``loss_fn``; it must be deterministic (the
+            full batch, or one fixed set of points), since the line search compares values of it.
+            Default: ``loss_fn``, which must then be deterministic itself.
+
+    Stages: ``cfg.steps`` steps of Adam (or SGD), then, with ``cfg.lbfgs_steps``, that many outer steps of
+    L-BFGS (:func:`make_lbfgs`; one outer step is one ``LBFGS.step`` of up to ``cfg.lbfgs_iter``
+    iterations, so progress, history, guard and checkpoints work per outer step).  With a ``seconds``
+    budget the Adam stage also ends once ``(1 - cfg.lbfgs_fraction) x seconds`` have passed, leaving the
+    rest to L-BFGS.  History rows carry ``stage`` (``adam`` / ``lbfgs``), L-BFGS rows also ``evals`` (loss
+    evaluations in that step); an L-BFGS row's ``loss`` is the loss at the start of the step, as for Adam.
+    The schedule applies to the Adam stage only (its time horizon is the Adam stage's share); L-BFGS runs
+    at ``cfg.lbfgs_lr``, over all parameters as one group (per-group learning rates and ``grad_clip`` do
+    not apply to it; ``post_step`` still runs after each outer step).  An outer step that leaves every
+    parameter unchanged clears the L-BFGS memory; a second one in a row ends the run with
+    ``stopped_by="converged"``.
 
     Schedule: the learning rate follows ``cfg.schedule`` over the progress ``step / steps``
     (``schedule_by="steps"``), ``elapsed / seconds`` (``"time"``) or the larger of the two (``"auto"``),
@@ -296,7 +345,10 @@ def fit(model: nn.Module, loss_fn: Callable, cfg: TrainConfig, *, param_groups: 
     ``cfg.blowup_factor`` x the lowest loss seen so far, once ``cfg.blowup_after`` finite losses have been
     seen -- restores the last good state, halves the learning rate and is recorded (``FitResult.events``
     and a history row with an ``event`` column); more than ``cfg.max_divergences`` such events raise
-    :class:`DivergenceError`.  After the last step the parameters are checked as well: non-finite ones
+    :class:`DivergenceError`.  In the L-BFGS stage the good state is the weights before each outer step; a
+    step during which any loss evaluation was non-finite, whose starting loss is a blow-up, or that left
+    non-finite parameters, restores them, clears the L-BFGS memory and halves ``lbfgs_lr`` (same event
+    record and limit).  After the last step the parameters are checked as well: non-finite ones
     are replaced by the last good state (also recorded as an event).
 
     Checkpoints (``cfg.checkpoint_path``) hold tensors and plain values only and are loaded with
@@ -313,6 +365,11 @@ def fit(model: nn.Module, loss_fn: Callable, cfg: TrainConfig, *, param_groups: 
     eval_seconds, n_evals = 0.0, 0
     events: list[dict] = []
     start_step, elapsed, lr_scale = 0, 0.0, 1.0
+    train_params = [p for g in optimizer.param_groups for p in g["params"]]
+    stage, switch_step, stalls = "adam", None, 0   # L-BFGS: the step it began at, unchanged steps in a row
+    total_steps = cfg.steps + cfg.lbfgs_steps
+    # with a wall budget and an L-BFGS stage, the Adam stage (and its schedule) gets the first share of it
+    adam_seconds = cfg.seconds * (1 - cfg.lbfgs_fraction) if cfg.seconds and cfg.lbfgs_steps else cfg.seconds
 
     ckpt = cfg.checkpoint_path
     best = math.inf        # lowest finite loss so far (blow-up rule)
@@ -324,6 +381,10 @@ def fit(model: nn.Module, loss_fn: Callable, cfg: TrainConfig, *, param_groups: 
                                   f"settings); refusing to resume from it")
         try:
             model.load_state_dict(state["model"])
+            stage, switch_step = str(state.get("stage", "adam")), state.get("switch_step")
+            stalls = int(state.get("stalls", 0))
+            if stage == "lbfgs":
+                optimizer = make_lbfgs(train_params, cfg)
             optimizer.load_state_dict(state["optimizer"])
             start_step, elapsed, lr_scale = int(state["step"]), float(state["elapsed"]), float(state["lr_scale"])
             history, events = list(state["history"]), list(state["events"])
@@ -343,7 +404,17 @@ def fit(model: nn.Module, loss_fn: Callable, cfg: TrainConfig, *, param_groups: 
         return all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
     def snapshot():
+        if stage == "lbfgs":   # a restore clears the L-BFGS memory, so only the weights are kept
+            return copy.deepcopy(model.state_dict()), None
         return copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict())
+
+    def restore(state) -> None:
+        nonlocal optimizer
+        model.load_state_dict(state[0])
+        if stage == "lbfgs" or state[1] is None:
+            optimizer = make_lbfgs(train_params, cfg) if stage == "lbfgs" else optimizer
+        else:
+            optimizer.load_state_dict(state[1])
 
     good = snapshot()
     bar = _progress_bar(cfg, start_step)
@@ -375,12 +446,120 @@ def fit(model: nn.Module, loss_fn: Callable, cfg: TrainConfig, *, param_groups: 
         events.append({"step": at_step, "event": text, "lr_scale": lr_scale})
         history.append({"step": at_step, "seconds": round(now, 4), "event": text, "lr_scale": lr_scale})
 
-    while step < cfg.steps:
+    def save_checkpoint() -> None:
+        save_torch({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                    "elapsed": time.perf_counter() - t0, "lr_scale": lr_scale, "history": history,
+                    "events": events, "reached": reached, "reached_batch": reached_by["batch"],
+                    "reached_eval": reached_by["eval"], "eval_seconds": eval_seconds, "evaluations": n_evals,
+                    "rng": rng_state(), "best_loss": best,
+                    "n_finite": n_finite, "fingerprint": cfg.fingerprint,
+                    "stage": stage, "switch_step": switch_step, "stalls": stalls,
+                    "extra": extra_state[0]() if extra_state is not None else None}, ckpt)
+
+    def after_step(now: float, info: dict, row: dict) -> None:
+        """Targets, history, guard snapshot, evaluation and checkpoint after a successful step."""
+        nonlocal good, t0
+        record_targets(info, now, step, "batch")
+        if stage == "lbfgs" or step % cfg.log_every == 0 or step == total_steps:
+            history.append({"step": step, "seconds": round(now, 4), "loss": loss_val, **row, **info})
+        if stage == "adam" and step % cfg.guard_every == 0 and params_finite():
+            good = snapshot()
+        if evaluate is not None and eval_every and step % eval_every == 0 and step < total_steps:
+            paused = time.perf_counter()
+            ev = run_eval(step)
+            t0 += time.perf_counter() - paused  # evaluation is off the clock
+            record_targets(ev, now, step, "eval")
+            history.append({"step": step, "seconds": round(now, 4), **{f"eval_{k}": v for k, v in ev.items()}})
+        if ckpt and cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+            save_checkpoint()
+        if bar is not None:
+            bar.update(1)
+            post = {"loss": f"{loss_val:.3g}"}
+            if cfg.target_key in info:
+                post[cfg.target_key] = f"{info[cfg.target_key]:.2f}"
+            bar.set_postfix(post, refresh=False)
+
+    def guard(at_step: int, bad: str, what: str) -> None:
+        nonlocal lr_scale
+        lr_scale *= 0.5
+        restore(good)
+        record_event(at_step, f"{bad}: restored last good state, {what}", time.perf_counter() - t0)
+        if not cfg.quiet:
+            print(f"[{cfg.desc}] step {at_step}: {bad}; restored the last good state, {what} (x{lr_scale:g})",
+                  file=sys.stderr)
+        if len(events) > cfg.max_divergences:
+            raise DivergenceError(f"training diverged {len(events)} times; last at step {at_step} ({bad})")
+
+    def blown_up(lv: float) -> str | None:
+        if cfg.blowup_factor and n_finite >= cfg.blowup_after and best > 0 and lv > cfg.blowup_factor * best:
+            return f"loss blow-up ({lv:.3g} > {cfg.blowup_factor:g} x lowest {best:.3g})"
+        return None
+
+    full_loss = lbfgs_loss if lbfgs_loss is not None else loss_fn
+    while True:
         now = time.perf_counter() - t0
         if cfg.seconds is not None and now >= cfg.seconds:
             stopped_by = "seconds"
             break
-        by_time = now / cfg.seconds if cfg.seconds else 0.0
+        if stage == "adam" and (step >= cfg.steps or (cfg.lbfgs_steps and cfg.seconds and now >= adam_seconds)):
+            if not cfg.lbfgs_steps:
+                break
+            stage, switch_step, stalls = "lbfgs", step, 0
+            optimizer = make_lbfgs(train_params, cfg)
+            good = snapshot()
+            if not cfg.quiet:
+                print(f"[{cfg.desc}] step {step}: switching to L-BFGS ({cfg.lbfgs_steps} steps of up to "
+                      f"{cfg.lbfgs_iter} iterations)", file=sys.stderr)
+        if stage == "lbfgs":
+            if step - switch_step >= cfg.lbfgs_steps:
+                break
+            lr = cfg.lbfgs_lr * lr_scale
+            for g in optimizer.param_groups:
+                g["lr"] = lr
+            losses: list[float] = []
+            first: dict = {}
+
+            def closure():
+                optimizer.zero_grad(set_to_none=True)
+                out = full_loss(step)
+                loss, info = (out if isinstance(out, tuple) else (out, {}))
+                if not losses:
+                    first["info"] = info
+                losses.append(float(loss.detach()))
+                loss.backward()
+                return loss
+
+            before = [p.detach().clone() for p in train_params]
+            optimizer.step(closure)
+            bad = None
+            if not all(math.isfinite(v) for v in losses):
+                bad = "non-finite loss"
+            elif not params_finite():
+                bad = "non-finite parameters"
+            else:
+                bad = blown_up(losses[0])
+            if bad is not None:
+                guard(step, f"L-BFGS {bad}", "cleared the L-BFGS memory, halved its lr")
+                continue
+            if post_step is not None:
+                post_step(step)
+            if all(torch.equal(a, p) for a, p in zip(before, train_params)):
+                stalls += 1
+                optimizer = make_lbfgs(train_params, cfg)   # clear the memory; a second stall ends the run
+            else:
+                stalls = 0
+            step += 1
+            loss_val = losses[0]
+            best, n_finite = min(best, loss_val), n_finite + 1
+            good = snapshot()
+            info = {k: (float(v) if torch.is_tensor(v) else v) for k, v in first.get("info", {}).items()}
+            after_step(time.perf_counter() - t0, info, {"lr": lr, "stage": "lbfgs", "evals": len(losses)})
+            if stalls >= 2:
+                stopped_by = "converged"
+                break
+            continue
+
+        by_time = now / adam_seconds if adam_seconds else 0.0
         progress = {"steps": step / cfg.steps, "time": by_time}.get(cfg.schedule_by, max(step / cfg.steps, by_time))
         f = lr_factor(progress, cfg, step) * lr_scale
         for g in optimizer.param_groups:
@@ -394,19 +573,9 @@ def fit(model: nn.Module, loss_fn: Callable, cfg: TrainConfig, *, param_groups: 
             bad = "non-finite loss"
         else:
             lv = float(loss.detach()) if torch.is_tensor(loss) else float(loss)
-            if (cfg.blowup_factor and n_finite >= cfg.blowup_after and best > 0
-                    and lv > cfg.blowup_factor * best):
-                bad = f"loss blow-up ({lv:.3g} > {cfg.blowup_factor:g} x lowest {best:.3g})"
+            bad = blown_up(lv)
         if bad is not None:
-            lr_scale *= 0.5
-            model.load_state_dict(good[0])
-            optimizer.load_state_dict(good[1])
-            record_event(step, f"{bad}: restored last good state, halved lr", time.perf_counter() - t0)
-            if not cfg.quiet:
-                print(f"[{cfg.desc}] step {step}: {bad}; restored the last good state and halved the "
-                      f"learning rate (now x{lr_scale:g})", file=sys.stderr)
-            if len(events) > cfg.max_divergences:
-                raise DivergenceError(f"training diverged {len(events)} times; last at step {step} ({bad})")
+            guard(step, bad, "halved lr")
             continue
         loss.backward()
         if cfg.grad_clip:
@@ -419,37 +588,13 @@ def fit(model: nn.Module, loss_fn: Callable, cfg: TrainConfig, *, param_groups: 
         best, n_finite = min(best, loss_val), n_finite + 1
         now = time.perf_counter() - t0
         info = {k: (float(v) if torch.is_tensor(v) else v) for k, v in info.items()}
-        record_targets(info, now, step, "batch")
-        if step % cfg.log_every == 0 or step == cfg.steps:
-            history.append({"step": step, "seconds": round(now, 4), "loss": loss_val, "lr": cfg.lr * f, **info})
-        if step % cfg.guard_every == 0 and params_finite():
-            good = snapshot()
-        if evaluate is not None and eval_every and step % eval_every == 0 and step < cfg.steps:
-            paused = time.perf_counter()
-            ev = run_eval(step)
-            t0 += time.perf_counter() - paused  # evaluation is off the clock
-            record_targets(ev, now, step, "eval")
-            history.append({"step": step, "seconds": round(now, 4), **{f"eval_{k}": v for k, v in ev.items()}})
-        if ckpt and cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
-            save_torch({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                        "elapsed": time.perf_counter() - t0, "lr_scale": lr_scale, "history": history,
-                        "events": events, "reached": reached, "reached_batch": reached_by["batch"],
-                        "reached_eval": reached_by["eval"], "eval_seconds": eval_seconds, "evaluations": n_evals,
-                        "rng": rng_state(), "best_loss": best,
-                        "n_finite": n_finite, "fingerprint": cfg.fingerprint,
-                        "extra": extra_state[0]() if extra_state is not None else None}, ckpt)
-        if bar is not None:
-            bar.update(1)
-            post = {"loss": f"{loss_val:.3g}"}
-            if cfg.target_key in info:
-                post[cfg.target_key] = f"{info[cfg.target_key]:.2f}"
-            bar.set_postfix(post, refresh=False)
+        row = {"lr": cfg.lr * f, "stage": "adam"} if cfg.lbfgs_steps else {"lr": cfg.lr * f}
+        after_step(now, info, row)
     if bar is not None:
         bar.close()
     seconds = time.perf_counter() - t0
     if not params_finite():
-        model.load_state_dict(good[0])
-        optimizer.load_state_dict(good[1])
+        restore(good)
         record_event(step, "non-finite parameters after the last update: restored last good state", seconds)
         if not cfg.quiet:
             print(f"[{cfg.desc}] non-finite parameters after the last update; restored the last good state",

@@ -10,7 +10,8 @@ import sys
 
 import torch
 
-from inr.cliutil import Parser, add_common, add_version, apply_threads, number, parse_args, run_main
+from inr.cliutil import (Parser, add_common, add_lbfgs, add_version, apply_threads, lbfgs_options, number, parse_args,
+                         run_main)
 from inr.runs import RunError, RunFolder
 
 from . import models, problems
@@ -34,7 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--model", default="lrnn-siren", help=f"one of: {', '.join(models.MODELS)}")
     s.add_argument("--params", type=number(int, "--params", 0), default=16000,
                    help="parameter budget (picks the width); 0 = use --hidden/--rank as given")
-    s.add_argument("--steps", type=number(int, "--steps", 1), default=2000, help="optimizer steps (upper limit)")
+    s.add_argument("--steps", type=number(int, "--steps", 1), default=2000, help="Adam steps (upper limit; --lbfgs-steps follow them)")
     s.add_argument("--seconds", type=number(float, "--seconds", 0, low_open=True, allow_none=True), default=None, help="wall-clock budget; stops at whichever comes first")
     s.add_argument("--lr", type=number(float, "--lr", 0, low_open=True), default=None,
                    help="Adam learning rate (cosine decay to lr-final x lr); default per model: "
@@ -52,11 +53,24 @@ def _parser() -> argparse.ArgumentParser:
                         "(pde.forward); reverse: autograd, d + 1 backward passes (its training gradient "
                         "through LayerNorm, i.e. LRNN, is wrong with current torch: docs/methods.md section 5); "
                         "auto: forward where every module has a rule and it is not slower, else reverse (KAN)")
+    s.add_argument("--sampling", default="uniform", choices=("uniform", "rad"),
+                   help="collocation points: uniform (fixed, or every step with --resample) or rad: every "
+                        "--rad-every steps, draw from a uniform pool of --rad-pool x --points with probability "
+                        "~ |r|^k / mean|r|^k + c (residual-based adaptive sampling, Wu et al. 2023)")
+    s.add_argument("--lbfgs-points", type=number(int, "--lbfgs-points", 1, allow_none=True), default=None, metavar="N",
+                   help="L-BFGS stage on N uniform points drawn at the switch (default: the Adam stage's points)")
+    s.add_argument("--rad-every", type=number(int, "--rad-every", 1), default=100, metavar="N",
+                   help="rad: redraw the points every N steps")
+    s.add_argument("--rad-pool", type=number(int, "--rad-pool", 1), default=8, metavar="M",
+                   help="rad: candidate pool size as a multiple of --points")
+    s.add_argument("--rad-k", type=number(float, "--rad-k", 0), default=1.0, help="rad: exponent k")
+    s.add_argument("--rad-c", type=number(float, "--rad-c", 0), default=1.0, help="rad: uniform share c")
     s.add_argument("--dtype", default="float32", choices=tuple(DTYPES), help="floating-point type of the model")
     s.add_argument("--eval-res", type=number(int, "--eval-res", 2), default=None,
                    help="evaluation grid points per axis (2-D 256, 1-D 8193)")
     s.add_argument("--eval-every", type=number(int, "--eval-every", 0), default=0,
                    help="log the relative L2 error every N steps (0: end only)")
+    add_lbfgs(s, full_batch_help="the collocation points (fixed; with --resample one set drawn at the switch)")
     add_common(s, out_help="run folder to create, must not exist (metrics.json, history.csv, solution.png, "
                            "model.pt); default: none, nothing is written")
     s.add_argument("--checkpoint-every", type=number(int, "--checkpoint-every", 0), default=0, metavar="N",
@@ -81,7 +95,8 @@ def config_from_args(a: argparse.Namespace) -> SolveConfig:
                        resample=a.resample, steps=a.steps, seconds=a.seconds, lr=a.lr, lr_final=a.lr_final,
                        schedule=a.schedule, seed=a.seed, device=a.device, dtype=a.dtype, eval_res=a.eval_res,
                        eval_every=a.eval_every, checkpoint_every=a.checkpoint_every, laplacian=a.laplacian,
-                       quiet=a.quiet)
+                       quiet=a.quiet, sampling=a.sampling, rad_every=a.rad_every, rad_pool=a.rad_pool, rad_k=a.rad_k,
+                       rad_c=a.rad_c, lbfgs_points=a.lbfgs_points, **lbfgs_options(a))
 
 
 def set_threads(spec) -> None:

@@ -2,13 +2,16 @@
 
 Loss = mean of the squared scaled residual over interior collocation points, plus (boundary
 "penalty") ``penalty * mean((u - g)^2)`` over boundary points.  Collocation points are uniform,
-drawn once or (``resample``) afresh every step from a generator seeded by ``seed``.  Errors are
-measured on a dense uniform grid (boundary included), which random training points never hit.
+drawn once or (``resample``) afresh every step from a generator seeded by ``seed``; or (``sampling="rad"``)
+redrawn every ``rad_every`` steps by residual-based adaptive sampling (:func:`rad_draw`).  An optional
+L-BFGS stage (``lbfgs_steps``) follows the Adam steps on one fixed set of points.  Errors are measured on
+a dense uniform grid (boundary included), which random training points never hit.
 """
 from __future__ import annotations
 
 import math
 import os
+import time
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -56,6 +59,17 @@ class SolveConfig:
     # the arithmetic (rounding-level differences), not the problem, data or model, like threads or device
     laplacian: str = "auto"
     quiet: bool = False
+    sampling: str = "uniform"                    # uniform | rad (residual-based adaptive, see rad_draw)
+    rad_every: int = 100                         # rad: redraw the points every N Adam steps
+    rad_pool: int = 8                            # rad: candidate pool = rad_pool x points, uniform
+    rad_k: float = 1.0                           # rad: p ~ |r|^k / mean|r|^k + c
+    rad_c: float = 1.0
+    lbfgs_steps: int = 0                         # L-BFGS stage after the Adam steps (inr.train.TrainConfig)
+    lbfgs_fraction: float = 0.5
+    lbfgs_lr: float = 1.0
+    lbfgs_history: int = 50
+    lbfgs_iter: int = 10
+    lbfgs_points: int | None = None              # L-BFGS on this many uniform points drawn at the switch
 
     def validate(self) -> None:
         problems.get(self.problem, self.n)  # raises on an unknown problem or bad n
@@ -82,6 +96,42 @@ class SolveConfig:
             raise ValueError(f"--laplacian must be one of {', '.join(LAPLACIAN_MODES)}, got {self.laplacian!r}")
         if self.eval_res is not None and self.eval_res < 2:
             raise ValueError(f"--eval-res must be >= 2, got {self.eval_res}")
+        if self.sampling not in ("uniform", "rad"):
+            raise ValueError(f"--sampling must be 'uniform' or 'rad', got {self.sampling!r}")
+        if self.sampling == "rad" and self.resample:
+            raise ValueError("--resample draws uniform points every step; it cannot be combined with --sampling rad")
+        if self.lbfgs_points is not None and self.lbfgs_points < 1:
+            raise ValueError(f"--lbfgs-points must be >= 1, got {self.lbfgs_points}")
+        if self.rad_every < 1 or self.rad_pool < 1:
+            raise ValueError(f"--rad-every and --rad-pool must be >= 1, got {self.rad_every}, {self.rad_pool}")
+        if not (math.isfinite(self.rad_k) and self.rad_k >= 0 and math.isfinite(self.rad_c) and self.rad_c >= 0):
+            raise ValueError(f"--rad-k and --rad-c must be finite numbers >= 0, got {self.rad_k}, {self.rad_c}")
+        TrainConfig(**self.train_options())   # checks the lbfgs_* values
+
+    def train_options(self) -> dict:
+        return {k: getattr(self, k) for k in ("lbfgs_steps", "lbfgs_fraction", "lbfgs_lr", "lbfgs_history",
+                                              "lbfgs_iter")}
+
+
+def rad_probabilities(r: torch.Tensor, k: float = 1.0, c: float = 1.0) -> torch.Tensor:
+    """RAD sampling probabilities (Wu et al. 2023): ``p_i ∝ |r_i|^k / mean_j |r_j|^k + c`` over a candidate
+    pool with residuals ``r``; float64, summing to 1.  All-zero residuals (or k = 0) give uniform p."""
+    e = r.detach().double().abs().reshape(-1).cpu() ** k
+    m = e.mean()
+    w = (e / m if m > 0 else torch.zeros_like(e)) + c
+    if not bool(torch.isfinite(w).all()) or not float(w.sum()) > 0:
+        w = torch.ones_like(e)
+    return w / w.sum()
+
+
+def rad_draw(pool: torch.Tensor, r: torch.Tensor, n: int, generator: torch.Generator, k: float = 1.0,
+             c: float = 1.0) -> torch.Tensor:
+    """``n`` of the candidate points ``pool`` drawn without replacement with :func:`rad_probabilities`
+    (from ``generator``, a CPU generator, so a seeded run is reproducible)."""
+    if n > pool.shape[0]:
+        raise ValueError(f"cannot draw {n} points from a pool of {pool.shape[0]}")
+    idx = torch.multinomial(rad_probabilities(r, k, c), n, replacement=False, generator=generator)
+    return pool[idx.to(pool.device)]
 
 
 def eval_grid(problem: problems.Problem, res: int | None, dtype=torch.float32) -> torch.Tensor:
@@ -132,7 +182,7 @@ def fingerprint(cfg: SolveConfig, model_config: dict) -> str:
     import json
 
     keep = ("problem", "n", "model", "params", "hyper", "boundary", "penalty", "points", "boundary_points",
-            "resample", "seed", "dtype")
+            "resample", "seed", "dtype", "sampling", "rad_every", "rad_pool", "rad_k", "rad_c", "lbfgs_points")
     return json.dumps({"solve": {k: getattr(cfg, k) for k in keep}, "model": model_config}, sort_keys=True,
                       default=str)
 
@@ -159,18 +209,53 @@ def solve(cfg: SolveConfig, checkpoint_path: str | None = None, resume: bool = F
             xb = problem.sample_boundary(n_bnd, gen, device, dtype)
             state["xb"], state["gb"] = xb, problem.boundary_values(xb).detach()
 
-    def loss_fn(step: int):
-        if cfg.resample or not state:
-            sample()
-        r = residual(ansatz, problem, state["x"], laplacian=lap_mode)
+    def rad_sample(step: int):
+        """Residual-based adaptive sampling: a uniform pool, its residual (no graph), a draw by rad_draw."""
+        pool = problem.sample_interior(cfg.rad_pool * cfg.points, gen, device, dtype)
+        r = _batched(lambda x: residual(ansatz, problem, x, create_graph=False, laplacian=lap_mode).detach(), pool, 4096)
+        state["x"] = rad_draw(pool, r, cfg.points, gen, cfg.rad_k, cfg.rad_c)
+        state["drawn_at"] = step
+
+    def points_loss(x, xb=None, gb=None):
+        r = residual(ansatz, problem, x, laplacian=lap_mode)
         res_loss = r.square().mean()
         info = {"residual": res_loss.detach().sqrt()}
         loss = res_loss
         if cfg.boundary == "penalty":
-            b = (ansatz(state["xb"]) - state["gb"]).square().mean()
+            b = (ansatz(xb) - gb).square().mean()
             loss = loss + cfg.penalty * b
             info["boundary"] = b.detach().sqrt()
         return loss, info
+
+    def loss_fn(step: int):
+        if cfg.resample or "x" not in state:
+            sample()
+        elif cfg.sampling == "rad" and step > 0 and step % cfg.rad_every == 0 and state.get("drawn_at") != step:
+            rad_sample(step)
+        return points_loss(state["x"], state.get("xb"), state.get("gb"))
+
+    def lbfgs_loss(step: int):
+        """The L-BFGS stage's fixed points: with lbfgs_points, that many uniform points drawn at the switch;
+        else the current set (fixed or the last RAD draw), or with --resample one uniform set drawn there."""
+        if "lbfgs_x" not in state:
+            if cfg.lbfgs_points:
+                state["x"] = problem.sample_interior(cfg.lbfgs_points, gen, device, dtype)
+            elif cfg.resample:
+                sample()
+            state["lbfgs_x"] = state["x"]
+            state["lbfgs_xb"], state["lbfgs_gb"] = state.get("xb"), state.get("gb")
+        return points_loss(state["lbfgs_x"], state.get("lbfgs_xb"), state.get("lbfgs_gb"))
+
+    keep = ("x", "xb", "gb", "drawn_at", "lbfgs_x", "lbfgs_xb", "lbfgs_gb")
+
+    def get_extra() -> dict:
+        return {"sampler": gen.get_state(), "points": {k: state[k] for k in keep if state.get(k) is not None}}
+
+    def set_extra(d: dict) -> None:
+        gen.set_state(d["sampler"])
+        if "points" in d:   # checkpoints load onto the CPU
+            state.clear()
+            state.update({k: v.to(device) if torch.is_tensor(v) else v for k, v in d["points"].items()})
 
     if not cfg.resample:
         sample()   # the fixed points, drawn before training so a resumed run draws the same ones
@@ -185,9 +270,12 @@ def solve(cfg: SolveConfig, checkpoint_path: str | None = None, resume: bool = F
                        target_mode="min", quiet=cfg.quiet, desc=f"{cfg.model} {cfg.problem} n={cfg.n}",
                        log_every=max(1, min(50, cfg.steps // 200)), checkpoint_every=cfg.checkpoint_every,
                        checkpoint_path=checkpoint_path, resume=resume,
-                       fingerprint=fingerprint(cfg, model_config))
+                       fingerprint=fingerprint(cfg, model_config), **cfg.train_options())
+    cpu0 = time.process_time()
     result = fit(ansatz, loss_fn, tcfg, evaluate=evaluate if cfg.eval_every else None, eval_every=cfg.eval_every,
-                 extra_state=(lambda: {"sampler": gen.get_state()}, lambda d: gen.set_state(d["sampler"])))
+                 extra_state=(get_extra, set_extra), lbfgs_loss=lbfgs_loss)
+    cpu_seconds = time.process_time() - cpu0
+    switch = next((row["step"] for row in result.history if row.get("stage") == "lbfgs"), None)
 
     errors, pred, truth = evaluate_errors(ansatz, problem, grid)
     held = problem.sample_interior(cfg.residual_points, torch.Generator().manual_seed(cfg.seed + 1), device, dtype)
@@ -196,8 +284,15 @@ def solve(cfg: SolveConfig, checkpoint_path: str | None = None, resume: bool = F
         "problem": problem.describe(), "model": cfg.model, "params": models.count_params(ansatz),
         **errors, "final_residual_rms": float(final_res.double().square().mean().sqrt()),
         "final_loss": result.final_loss, "seconds": round(result.seconds, 3), "steps": result.steps,
+        "cpu_seconds": round(cpu_seconds, 3),   # process CPU time of the training (all threads; shows load)
         "seconds_per_step": result.seconds_per_step, "stopped_by": result.stopped_by,
         "time_to_rel_l2": result.time_to_target, "divergence_events": result.events, "lr": lr,
+        "lbfgs": (None if not cfg.lbfgs_steps else
+                  {"switch_after_step": None if switch is None else switch - 1,
+                   "steps": sum(row.get("stage") == "lbfgs" for row in result.history if "loss" in row),
+                   "points": ("one uniform set drawn at the switch (--resample)" if cfg.resample else
+                              "the last RAD draw, fixed" if cfg.sampling == "rad" else
+                              "the fixed collocation points")}),
         "seed": cfg.seed, "device": str(device), "dtype": cfg.dtype, "laplacian": lap_mode, "config": asdict(cfg),
         "model_config": model_config, "versions": {**versions(), "threads": torch.get_num_threads()},
     }
