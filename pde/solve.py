@@ -290,7 +290,8 @@ def solve(cfg: SolveConfig, checkpoint_path: str | None = None, resume: bool = F
         "lbfgs": (None if not cfg.lbfgs_steps else
                   {"switch_after_step": None if switch is None else switch - 1,
                    "steps": sum(row.get("stage") == "lbfgs" for row in result.history if "loss" in row),
-                   "points": ("one uniform set drawn at the switch (--resample)" if cfg.resample else
+                   "points": (f"{cfg.lbfgs_points} uniform points drawn at the switch" if cfg.lbfgs_points else
+                              "one uniform set drawn at the switch (--resample)" if cfg.resample else
                               "the last RAD draw, fixed" if cfg.sampling == "rad" else
                               "the fixed collocation points")}),
         "seed": cfg.seed, "device": str(device), "dtype": cfg.dtype, "laplacian": lap_mode, "config": asdict(cfg),

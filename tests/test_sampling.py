@@ -81,9 +81,9 @@ def test_rad_calls_the_residual_on_the_pool_without_a_graph(monkeypatch):
     solve_module = importlib.import_module("pde.solve")
     real, seen = solve_module.residual, []
 
-    def spy(ansatz, problem, x, create_graph=True):
+    def spy(ansatz, problem, x, create_graph=True, **kw):
         seen.append((x.shape[0], create_graph))
-        return real(ansatz, problem, x, create_graph=create_graph)
+        return real(ansatz, problem, x, create_graph=create_graph, **kw)
 
     monkeypatch.setattr(solve_module, "residual", spy)
     solve(SolveConfig(**CFG, sampling="rad", rad_every=5, rad_pool=4, seed=0))
@@ -107,3 +107,21 @@ def test_cli_bad_values_are_one_line_exit_2(args, capsys):
     assert main(["solve", *args, "--quiet"]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "error:" in err
+
+
+def test_lbfgs_points_draws_its_own_set_at_the_switch(monkeypatch):
+    import importlib
+
+    solve_module = importlib.import_module("pde.solve")
+    real, seen = solve_module.residual, []
+
+    def spy(ansatz, problem, x, create_graph=True, **kw):
+        seen.append(x.shape[0])
+        return real(ansatz, problem, x, create_graph=create_graph, **kw)
+
+    monkeypatch.setattr(solve_module, "residual", spy)
+    sol = solve(SolveConfig(**{**CFG, "steps": 3}, resample=True, lbfgs_steps=2, lbfgs_iter=2, lbfgs_points=77))
+    assert sol.metrics["lbfgs"]["points"].startswith("77 uniform points")
+    assert 77 in seen and seen[:3] == [32, 32, 32]   # Adam on the per-step points, L-BFGS on its own set
+    with pytest.raises(ValueError, match="lbfgs-points"):
+        SolveConfig(**CFG, lbfgs_points=0).validate()
