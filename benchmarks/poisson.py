@@ -66,7 +66,10 @@ def parse(argv=None) -> argparse.Namespace:
                         "(e.g. 4:lrnn-siren:16000,4:siren:132000)")
     p.add_argument("--mode", choices=("time", "steps"), default="time",
                    help="equal wall budget (--seconds, step cap --steps) or equal steps (--steps, no time limit)")
-    p.add_argument("--seconds", type=float, default=300.0, help="wall budget of every run (mode time)")
+    p.add_argument("--seconds", type=float, default=300.0, help="time budget of every run (mode time; see --clock)")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="cpu",
+                   help="what --seconds measures: this process's CPU seconds (with --threads 1, the time an unshared "
+                        "core takes, so runs on a shared machine stay comparable) or wall seconds")
     p.add_argument("--steps", type=int, default=100000,
                    help="Adam steps: the cap in mode time, the count in mode steps")
     p.add_argument("--recipe", choices=tuple(RECIPES), default="adam+lbfgs", help="optimiser stages and sampling")
@@ -123,7 +126,7 @@ def solve_config(a, n: int, model: str, budget: int) -> SolveConfig:
                        seconds=a.seconds if time_mode else None, seed=a.seed, device=a.device, dtype=a.dtype,
                        eval_res=a.eval_res, eval_every=a.eval_every, quiet=a.quiet,
                        lbfgs_steps=a.lbfgs_steps if lbfgs else 0, lbfgs_fraction=a.lbfgs_fraction,
-                       lbfgs_points=a.lbfgs_points if lbfgs else None, **recipe)
+                       lbfgs_points=a.lbfgs_points if lbfgs else None, clock=a.clock, **recipe)
 
 
 def _curve(history: list[dict]) -> list[tuple]:
@@ -140,14 +143,15 @@ def run_one(a, out: Path, n: int, model: str, budget: int) -> dict:
     adam = lb.get("switch_after_step") if lb.get("switch_after_step") is not None else m["steps"]
     return {"n": n, "model": model, "budget": budget,
             **{k: m.get(k) for k in ("params", "rel_l2", "max_error", "final_residual_rms", "steps", "seconds",
-                                     "lr", "model_config", "time_to_rel_l2", "stopped_by", "laplacian")},
+                                     "lr", "model_config", "time_to_rel_l2", "stopped_by", "laplacian", "cpu_seconds",
+                                     "wall_seconds", "clock")},
             "adam_steps": adam, "lbfgs_steps": m["steps"] - adam,   # L-BFGS: outer steps of --lbfgs-iter iterations
             "curve": _curve(sol.fit.history), "run_dir": os.path.relpath(folder, out)}
 
 
 def run_peer(a, n: int) -> dict:
     spec = {"n": n, "iterations": a.peer_iterations, "seconds": a.seconds if a.mode == "time" else None,
-            "points": a.points, "seed": a.seed, "threads": a.threads, "eval_res": a.eval_res}
+            "points": a.points, "seed": a.seed, "threads": a.threads, "eval_res": a.eval_res, "clock": a.clock}
     proc = subprocess.run([sys.executable, str(HERE / "poisson_peer.py"), json.dumps(spec)], capture_output=True,
                           text=True, env={**os.environ, "DDE_BACKEND": "pytorch"})
     if proc.returncode != 0:
@@ -161,7 +165,7 @@ def _fmt(v, spec=".2e"):
 
 
 def table(runs: list[dict], a) -> str:
-    budget = (f"{a.seconds:g} s wall budget per run (Adam step cap {a.steps})" if a.mode == "time"
+    budget = (f"{a.seconds:g} s {'CPU (1 thread)' if a.clock == 'cpu' else 'wall'} budget per run (Adam step cap {a.steps})" if a.mode == "time"
               else f"{a.steps} Adam steps per run, no time limit")
     recipe = {"adam": "Adam on one fixed set of points",
               "adam+lbfgs": f"Adam with {a.points} fresh uniform points per step, then L-BFGS on {a.lbfgs_points} "
@@ -173,19 +177,21 @@ def table(runs: list[dict], a) -> str:
              f"on a {a.eval_res}x{a.eval_res} grid; t(1e-2), t(1e-3): training seconds until the grid error first "
              f"fell below (evaluated every {a.eval_every} steps, off the clock).",
              f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, {a.threads} torch thread(s), device {a.device}, "
-             f"load average {load:.1f} at the end (other jobs may share the CPUs: seconds are wall time).", "",
-             "| n | model | budget | params | rel. L2 | max error | t(1e-2) s | t(1e-3) s | Adam steps | L-BFGS outer steps | seconds |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             f"load average {load:.1f} at the end; other jobs may share the CPUs. Times are "
+             + ("CPU seconds of the run's process (what an unshared core takes); wall s shows the real time."
+                if a.clock == "cpu" else "wall seconds."), "",
+             "| n | model | budget | params | rel. L2 | max error | t(1e-2) s | t(1e-3) s | Adam steps | L-BFGS outer steps | seconds | wall s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(runs, key=lambda r: (r["n"], r["model"] == "deepxde", r["model"], r.get("budget") or 0)):
         if "skipped" in r:
-            lines.append(f"| {r['n']} | {r['model']} | {r.get('budget', '-')} | - | skipped: {r['skipped']} | | | | | | |")
+            lines.append(f"| {r['n']} | {r['model']} | {r.get('budget', '-')} | - | skipped: {r['skipped']} | | | | | | | |")
             continue
         tt = r.get("time_to_rel_l2") or {}
         t2 = lambda key: _fmt((tt.get(key) or {}).get("seconds") if isinstance(tt.get(key), dict) else tt.get(key), ".1f")
         steps = (r.get("adam_steps"), r.get("lbfgs_steps")) if r["model"] != "deepxde" else (r.get("iterations"), 0)
         lines.append(f"| {r['n']} | {r['model']} | {r.get('budget')} | {r['params']} | {r['rel_l2']:.2e} | "
                      f"{r['max_error']:.2e} | {t2('0.01')} | {t2('0.001')} | {steps[0]} | {steps[1]} | "
-                     f"{r['seconds']:.1f} |")
+                     f"{r['seconds']:.1f} | {_fmt(r.get('wall_seconds'), '.1f')} |")
     return "\n".join(lines) + "\n"
 
 

@@ -143,7 +143,11 @@ def resolve_threads(threads, *, cpus: int | None = None, others: int | None | Ca
 @dataclass
 class TrainConfig:
     steps: int = 1000
-    seconds: float | None = None      # wall budget; training stops at whichever limit comes first
+    seconds: float | None = None      # time budget; training stops at whichever limit comes first
+    # what `seconds` (and every time in the history) measures: "wall" (time.perf_counter) or "cpu"
+    # (time.process_time, this process's CPU time, all threads): on a machine shared with other jobs, a
+    # 1-thread run's CPU seconds are what an unshared core would have taken, while its wall time depends on load
+    clock: str = "wall"
     lr: float = 1e-3
     lr_final: float = 0.1             # learning rate at the end, as a fraction of lr
     schedule: str = "cosine"          # cosine | exponential | constant
@@ -194,6 +198,8 @@ class TrainConfig:
             raise ValueError("a schedule by time needs a time budget (seconds)")
         if self.warmup < 0:
             raise ValueError(f"warmup must be >= 0 steps, got {self.warmup}")
+        if self.clock not in ("wall", "cpu"):
+            raise ValueError(f"clock must be wall or cpu, got {self.clock!r}")
         if self.optimizer not in ("adam", "sgd"):
             raise ValueError(f"optimizer must be adam or sgd, got {self.optimizer!r}")
         if self.lbfgs_steps < 0:
@@ -417,9 +423,10 @@ def fit(model: nn.Module, loss_fn: Callable, cfg: TrainConfig, *, param_groups: 
             optimizer.load_state_dict(state[1])
 
     good = snapshot()
+    clock = time.process_time if cfg.clock == "cpu" else time.perf_counter
     bar = _progress_bar(cfg, start_step)
     step, loss_val, stopped_by = start_step, float("nan"), "steps"
-    t0 = time.perf_counter() - elapsed
+    t0 = clock() - elapsed
 
     def crossed(value: float, target: float) -> bool:
         return value >= target if cfg.target_mode == "max" else value <= target
@@ -435,10 +442,10 @@ def fit(model: nn.Module, loss_fn: Callable, cfg: TrainConfig, *, param_groups: 
 
     def run_eval(at_step: int) -> dict:
         nonlocal eval_seconds, n_evals
-        t = time.perf_counter()
+        t = clock()
         with torch.no_grad():
             ev = evaluate(at_step)
-        eval_seconds += time.perf_counter() - t
+        eval_seconds += clock() - t
         n_evals += 1
         return ev
 
@@ -448,7 +455,7 @@ def fit(model: nn.Module, loss_fn: Callable, cfg: TrainConfig, *, param_groups: 
 
     def save_checkpoint() -> None:
         save_torch({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                    "elapsed": time.perf_counter() - t0, "lr_scale": lr_scale, "history": history,
+                    "elapsed": clock() - t0, "lr_scale": lr_scale, "history": history,
                     "events": events, "reached": reached, "reached_batch": reached_by["batch"],
                     "reached_eval": reached_by["eval"], "eval_seconds": eval_seconds, "evaluations": n_evals,
                     "rng": rng_state(), "best_loss": best,
@@ -465,9 +472,9 @@ def fit(model: nn.Module, loss_fn: Callable, cfg: TrainConfig, *, param_groups: 
         if stage == "adam" and step % cfg.guard_every == 0 and params_finite():
             good = snapshot()
         if evaluate is not None and eval_every and step % eval_every == 0 and step < total_steps:
-            paused = time.perf_counter()
+            paused = clock()
             ev = run_eval(step)
-            t0 += time.perf_counter() - paused  # evaluation is off the clock
+            t0 += clock() - paused  # evaluation is off the clock
             record_targets(ev, now, step, "eval")
             history.append({"step": step, "seconds": round(now, 4), **{f"eval_{k}": v for k, v in ev.items()}})
         if ckpt and cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
@@ -483,7 +490,7 @@ def fit(model: nn.Module, loss_fn: Callable, cfg: TrainConfig, *, param_groups: 
         nonlocal lr_scale
         lr_scale *= 0.5
         restore(good)
-        record_event(at_step, f"{bad}: restored last good state, {what}", time.perf_counter() - t0)
+        record_event(at_step, f"{bad}: restored last good state, {what}", clock() - t0)
         if not cfg.quiet:
             print(f"[{cfg.desc}] step {at_step}: {bad}; restored the last good state, {what} (x{lr_scale:g})",
                   file=sys.stderr)
@@ -497,7 +504,7 @@ def fit(model: nn.Module, loss_fn: Callable, cfg: TrainConfig, *, param_groups: 
 
     full_loss = lbfgs_loss if lbfgs_loss is not None else loss_fn
     while True:
-        now = time.perf_counter() - t0
+        now = clock() - t0
         if cfg.seconds is not None and now >= cfg.seconds:
             stopped_by = "seconds"
             break
@@ -553,7 +560,7 @@ def fit(model: nn.Module, loss_fn: Callable, cfg: TrainConfig, *, param_groups: 
             best, n_finite = min(best, loss_val), n_finite + 1
             good = snapshot()
             info = {k: (float(v) if torch.is_tensor(v) else v) for k, v in first.get("info", {}).items()}
-            after_step(time.perf_counter() - t0, info, {"lr": lr, "stage": "lbfgs", "evals": len(losses)})
+            after_step(clock() - t0, info, {"lr": lr, "stage": "lbfgs", "evals": len(losses)})
             if stalls >= 2:
                 stopped_by = "converged"
                 break
@@ -586,13 +593,13 @@ def fit(model: nn.Module, loss_fn: Callable, cfg: TrainConfig, *, param_groups: 
         step += 1
         loss_val = float(loss.detach())
         best, n_finite = min(best, loss_val), n_finite + 1
-        now = time.perf_counter() - t0
+        now = clock() - t0
         info = {k: (float(v) if torch.is_tensor(v) else v) for k, v in info.items()}
         row = {"lr": cfg.lr * f, "stage": "adam"} if cfg.lbfgs_steps else {"lr": cfg.lr * f}
         after_step(now, info, row)
     if bar is not None:
         bar.close()
-    seconds = time.perf_counter() - t0
+    seconds = clock() - t0
     if not params_finite():
         restore(good)
         record_event(step, "non-finite parameters after the last update: restored last good state", seconds)

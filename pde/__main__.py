@@ -57,6 +57,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="collocation points: uniform (fixed, or every step with --resample) or rad: every "
                         "--rad-every steps, draw from a uniform pool of --rad-pool x --points with probability "
                         "~ |r|^k / mean|r|^k + c (residual-based adaptive sampling, Wu et al. 2023)")
+    s.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="what --seconds and the times in the history measure: wall time, or this process's CPU "
+                        "time (all threads; with --threads 1, what an unshared core would take on a busy machine)")
     s.add_argument("--lbfgs-points", type=number(int, "--lbfgs-points", 1, allow_none=True), default=None, metavar="N",
                    help="L-BFGS stage on N uniform points drawn at the switch (default: the Adam stage's points)")
     s.add_argument("--rad-every", type=number(int, "--rad-every", 1), default=100, metavar="N",
@@ -96,7 +99,7 @@ def config_from_args(a: argparse.Namespace) -> SolveConfig:
                        schedule=a.schedule, seed=a.seed, device=a.device, dtype=a.dtype, eval_res=a.eval_res,
                        eval_every=a.eval_every, checkpoint_every=a.checkpoint_every, laplacian=a.laplacian,
                        quiet=a.quiet, sampling=a.sampling, rad_every=a.rad_every, rad_pool=a.rad_pool, rad_k=a.rad_k,
-                       rad_c=a.rad_c, lbfgs_points=a.lbfgs_points, **lbfgs_options(a))
+                       rad_c=a.rad_c, lbfgs_points=a.lbfgs_points, clock=a.clock, **lbfgs_options(a))
 
 
 def set_threads(spec) -> None:

@@ -70,6 +70,7 @@ class SolveConfig:
     lbfgs_history: int = 50
     lbfgs_iter: int = 10
     lbfgs_points: int | None = None              # L-BFGS on this many uniform points drawn at the switch
+    clock: str = "wall"                          # what --seconds measures: wall | cpu (inr.train.TrainConfig.clock)
 
     def validate(self) -> None:
         problems.get(self.problem, self.n)  # raises on an unknown problem or bad n
@@ -100,6 +101,8 @@ class SolveConfig:
             raise ValueError(f"--sampling must be 'uniform' or 'rad', got {self.sampling!r}")
         if self.sampling == "rad" and self.resample:
             raise ValueError("--resample draws uniform points every step; it cannot be combined with --sampling rad")
+        if self.clock not in ("wall", "cpu"):
+            raise ValueError(f"--clock must be 'wall' or 'cpu', got {self.clock!r}")
         if self.lbfgs_points is not None and self.lbfgs_points < 1:
             raise ValueError(f"--lbfgs-points must be >= 1, got {self.lbfgs_points}")
         if self.rad_every < 1 or self.rad_pool < 1:
@@ -270,11 +273,11 @@ def solve(cfg: SolveConfig, checkpoint_path: str | None = None, resume: bool = F
                        target_mode="min", quiet=cfg.quiet, desc=f"{cfg.model} {cfg.problem} n={cfg.n}",
                        log_every=max(1, min(50, cfg.steps // 200)), checkpoint_every=cfg.checkpoint_every,
                        checkpoint_path=checkpoint_path, resume=resume,
-                       fingerprint=fingerprint(cfg, model_config), **cfg.train_options())
-    cpu0 = time.process_time()
+                       fingerprint=fingerprint(cfg, model_config), clock=cfg.clock, **cfg.train_options())
+    cpu0, wall0 = time.process_time(), time.perf_counter()
     result = fit(ansatz, loss_fn, tcfg, evaluate=evaluate if cfg.eval_every else None, eval_every=cfg.eval_every,
                  extra_state=(get_extra, set_extra), lbfgs_loss=lbfgs_loss)
-    cpu_seconds = time.process_time() - cpu0
+    cpu_seconds, wall_seconds = time.process_time() - cpu0, time.perf_counter() - wall0
     switch = next((row["step"] for row in result.history if row.get("stage") == "lbfgs"), None)
 
     errors, pred, truth = evaluate_errors(ansatz, problem, grid)
@@ -284,7 +287,7 @@ def solve(cfg: SolveConfig, checkpoint_path: str | None = None, resume: bool = F
         "problem": problem.describe(), "model": cfg.model, "params": models.count_params(ansatz),
         **errors, "final_residual_rms": float(final_res.double().square().mean().sqrt()),
         "final_loss": result.final_loss, "seconds": round(result.seconds, 3), "steps": result.steps,
-        "cpu_seconds": round(cpu_seconds, 3),   # process CPU time of the training (all threads; shows load)
+        "cpu_seconds": round(cpu_seconds, 3), "wall_seconds": round(wall_seconds, 3), "clock": cfg.clock,   # process CPU time of the training (all threads; shows load)
         "seconds_per_step": result.seconds_per_step, "stopped_by": result.stopped_by,
         "time_to_rel_l2": result.time_to_target, "divergence_events": result.events, "lr": lr,
         "lbfgs": (None if not cfg.lbfgs_steps else

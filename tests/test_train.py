@@ -91,3 +91,29 @@ def test_wall_budget_stops_early():
 def test_bad_config(bad):
     with pytest.raises(ValueError):
         TrainConfig(**bad)
+
+
+def test_cpu_clock_counts_this_process_cpu_time_not_waiting():
+    """clock="cpu": the budget is the process's CPU time, so time spent waiting (here: sleeping, as when
+    other jobs hold the cores) does not use it up; clock="wall" stops on wall time."""
+    import time as _time
+
+    import torch as _torch
+
+    from inr.train import TrainConfig as _TC, fit as _fit
+
+    def run(clock):
+        w = _torch.nn.Parameter(_torch.zeros(3))
+
+        def loss_fn(step):
+            _time.sleep(0.02)
+            return (w - 1).square().sum()
+
+        holder = _torch.nn.ParameterList([w])
+        return _fit(holder, loss_fn, _TC(steps=25, seconds=0.15, lr=1e-2, quiet=True, clock=clock))
+
+    wall, cpu = run("wall"), run("cpu")
+    assert wall.stopped_by == "seconds" and wall.steps < 25
+    assert cpu.steps == 25 and cpu.seconds < 0.15
+    with pytest.raises(ValueError, match="clock"):
+        _TC(clock="sundial")
