@@ -61,6 +61,10 @@ def load(name: str, size: int) -> np.ndarray:
     raise ValueError(f"unknown image {name!r}; choose from {', '.join(IMAGES)}")
 
 
+def _has_hash(net_name: str) -> bool:
+    return net_name == "hash"
+
+
 def zero_outside_circle(img: np.ndarray) -> bool:
     n = min(img.shape)
     yy, xx = np.mgrid[:img.shape[0], :img.shape[1]]
@@ -206,6 +210,8 @@ def main(argv=None) -> int:
     p.add_argument("--inr-tv", type=float, default=None,
                    help="TV weight on every INR image (default: per model, tomography.recon.DEFAULT_TV)")
     p.add_argument("--view-batch", type=int, default=None, help="random views projected per INR step (default all)")
+    p.add_argument("--coarse-to-fine", type=float, default=0.0,
+                   help="hash encodings: fraction of the budget over which finer levels switch on (default 0)")
     p.add_argument("--photons", type=float, default=None, help="Poisson noise (default: noiseless)")
     p.add_argument("--readout-noise", type=float, default=0.0)
     p.add_argument("--sart-iterations", type=int, default=10)
@@ -284,7 +290,8 @@ def main(argv=None) -> int:
                     load0 = os.getloadavg()[0]
                     tv = DEFAULT_TV.get(model, 0.0) if a.inr_tv is None else a.inr_tv
                     img, res, net = reconstruct_inr(scan, model, a.params, a.steps, a.seconds, None, "linear",
-                                                    a.seed, a.device, a.quiet, tv=tv, view_batch=a.view_batch)
+                                                    a.seed, a.device, a.quiet, tv=tv, view_batch=a.view_batch,
+                                                    coarse_to_fine=a.coarse_to_fine if _has_hash(net_name=model) else 0.0)
                     recons[model] = img
                     metrics[model] = {"psnr": psnr(img, truth), "ssim": ssim(img, truth)}
                     oracle = max(h.get("oracle_best_psnr", -np.inf) for h in res.history)
@@ -294,6 +301,7 @@ def main(argv=None) -> int:
                                             "steps": res.steps, "stopped_by": res.stopped_by,
                                             "seconds_per_step": round(res.seconds / max(res.steps, 1), 4),
                                             "inr_tv": tv, "view_batch": a.view_batch,
+                                            "coarse_to_fine": a.coarse_to_fine if _has_hash(net_name=model) else 0.0,
                                             "load_at_start": round(load0, 2), "load_at_end": round(os.getloadavg()[0], 2),
                                             "oracle_best_psnr (oracle selection)": round(oracle, 3),
                                             "config": net.model.config})

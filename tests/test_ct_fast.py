@@ -111,3 +111,26 @@ def test_cli_thorax_phantom(tmp_path):
                  "--quiet", "--threads", "1", "--out", str(out)]) == 0
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["image"] == "tomography.phantoms.thorax" and cfg["view_batch"] == 3 and cfg["inr_tv"] > 0
+
+
+def test_level_schedule_switches_finer_levels_on():
+    from inr.models import build
+    from tomography.recon import LevelSchedule
+
+    torch.manual_seed(0)
+    net = build("hash", 2, 1, table=64, levels=4, features=2, base_resolution=2, finest_resolution=16)
+    enc = net.body[0]
+    x = torch.rand(10, 2) * 2 - 1
+    full = enc(x)
+    sched = LevelSchedule(net, warm=0.5)
+    sched.update(0.0)
+    out = enc(x)
+    torch.testing.assert_close(out[:, :2], full[:, :2])
+    assert torch.all(out[:, 2:] == 0)
+    sched.update(0.25)                      # alpha 0.5: levels 0, 1 on, level 2 at half, level 3 off
+    torch.testing.assert_close(enc(x), full * torch.tensor([1, 1, 1, 1, 0.5, 0.5, 0, 0]))
+    sched.update(0.5)
+    torch.testing.assert_close(enc(x), full)
+    sched.remove()
+    with pytest.raises(ValueError, match="hash-grid"):
+        LevelSchedule(build("siren", 2, 1, hidden=8, hidden_layers=1), 0.5)

@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--view-batch", type=_number(int, "--view-batch", 0, allow_none=True), default=None,
                    help="project only this many random views per INR step (unbiased stochastic sinogram loss; "
                         "default: all views)")
+    r.add_argument("--coarse-to-fine", type=_number(float, "--coarse-to-fine", None), default=0.0, metavar="FRAC",
+                   help="hash-grid encodings: switch the finer levels on gradually over this fraction of the budget "
+                        "(tomography.recon.LevelSchedule; default 0: all levels from the start)")
     r.add_argument("--output", choices=OUTPUTS, default="linear", help="INR output map (default linear)")
     r.add_argument("--no-mask", action="store_true",
                    help="model every pixel, also those no ray passes through (default: with the disc geometry "
@@ -200,7 +203,8 @@ def recon(args) -> dict:
                                              args.output, args.seed, device, args.quiet,
                                              mask_outside=not args.no_mask, checkpoint_path=str(run.checkpoint),
                                              checkpoint_every=args.checkpoint_every, resume=args.resume,
-                                             tv=inr_tv, view_batch=args.view_batch)
+                                             tv=inr_tv, view_batch=args.view_batch,
+                                             coarse_to_fine=args.coarse_to_fine)
         recons[args.model] = image
         oracle = max((h.get("oracle_best_psnr", -np.inf) for h in result.history), default=None)
         metrics[args.model] = {**_score(image, truth), "seconds": round(result.seconds, 3), "steps": result.steps,
@@ -215,6 +219,7 @@ def recon(args) -> dict:
                   "peak_attenuation": args.peak_attenuation, "model": net.model.config, "params": args.params,
                   "steps": args.steps, "seconds": args.seconds,
                   "lr": args.lr, "inr_tv": inr_tv, "view_batch": args.view_batch,
+                  "coarse_to_fine": args.coarse_to_fine,
                   "output": args.output, "fbp_filter": args.fbp_filter,
                   "sart_iterations": args.sart_iterations, "tv_weight": args.tv_weight,
                   "tv_iterations": args.tv_iterations, "seed": args.seed, "device": str(device),

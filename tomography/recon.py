@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -176,6 +177,41 @@ def view_subset_loss(P: Projector, x: torch.Tensor, y: torch.Tensor, views) -> t
     return torch.mean((P.forward_views(x, views) - y[views.to(y.device)]) ** 2)
 
 
+class LevelSchedule:
+    """Coarse-to-fine for hash-grid encodings: the features of level ``l`` (of ``L``) are multiplied by
+    ``clip(a (L - 1) - l + 1, 0, 1)`` with ``a = min(1, progress / warm)``, so only the coarsest level
+    is on at the start and the finest is fully on once ``warm`` of the budget (steps or wall time,
+    whichever is further along) has passed.  Applied as a forward hook on every
+    :class:`inr.layers.hashgrid.HashGridEncoding` inside ``model``; a masked level gets no gradient."""
+
+    def __init__(self, model: torch.nn.Module, warm: float):
+        from inr.layers.hashgrid import HashGridEncoding
+
+        self.warm, self.alpha = float(warm), 0.0
+        self.encodings = [m for m in model.modules() if isinstance(m, HashGridEncoding)]
+        if not self.encodings:
+            raise ValueError("coarse-to-fine needs a model with a hash-grid encoding (model hash, or "
+                             "encoding='hash')")
+        self.handles = [m.register_forward_hook(self._hook) for m in self.encodings]
+
+    def weights(self, enc) -> torch.Tensor:
+        L = enc.levels
+        w = (self.alpha * (L - 1) - torch.arange(L, dtype=torch.float32) + 1).clamp(0, 1)
+        return w.repeat_interleave(enc.features)
+
+    def _hook(self, module, inputs, out):
+        if self.alpha >= 1.0:
+            return out
+        return out * self.weights(module).to(out.device, out.dtype)
+
+    def update(self, progress: float) -> None:
+        self.alpha = 1.0 if self.warm <= 0 else min(1.0, max(0.0, progress) / self.warm)
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
 def _fingerprint(scan: Scan, img: CTImage, output: str, mask_outside: bool, extra: dict | None = None) -> str:
     import hashlib
     import json
@@ -190,7 +226,7 @@ def reconstruct_inr(scan: Scan, model: str = "lrnn-siren", params: int | None = 
                     seed: int = 0, device="auto", quiet: bool = False, log_every: int = 10,
                     hyper: dict | None = None, mask_outside: bool = True, checkpoint_path: str | None = None,
                     checkpoint_every: int = 0, resume: bool = False, tv: float | None = None, view_batch: int | None = None,
-                    tv_eps: float = 1e-3):
+                    tv_eps: float = 1e-3, coarse_to_fine: float = 0.0):
     """Fit a registry model to ``scan.measured``.
 
     Returns ``(image, result, net)``: the final iterate as an (H, W) numpy array, the
@@ -206,7 +242,9 @@ def reconstruct_inr(scan: Scan, model: str = "lrnn-siren", params: int | None = 
     ``tv``: weight of the smoothed total-variation term :func:`tv_penalty` added to the (peak-scaled)
     sinogram loss (0: none; None: the model's :data:`DEFAULT_TV`).  ``view_batch``: project only this many angles per step, drawn uniformly
     without replacement from a generator seeded by ``seed`` (:func:`view_subset_loss`, an unbiased
-    estimate of the full loss); None or >= the number of views: all of them.
+    estimate of the full loss); None or >= the number of views: all of them.  ``coarse_to_fine``
+    (hash-grid encodings only): fraction of the budget over which the finer levels are switched on
+    (:class:`LevelSchedule`; 0: all levels from the start).
     """
     dev = resolve_device(device)
     seed_everything(seed)
@@ -219,8 +257,15 @@ def reconstruct_inr(scan: Scan, model: str = "lrnn-siren", params: int | None = 
     n_views = scan.geometry.n_angles
     k = None if not view_batch or view_batch >= n_views else int(view_batch)
     gen = torch.Generator().manual_seed(int(seed) + 7919)
+    levels = LevelSchedule(img, coarse_to_fine) if coarse_to_fine else None
+    t_start = time.perf_counter()
 
     def loss_fn(step):
+        if levels is not None:
+            prog = step / max(steps, 1)
+            if seconds:
+                prog = max(prog, (time.perf_counter() - t_start) / seconds)
+            levels.update(prog)
         x = img()
         if k is None:
             loss = torch.mean((P.forward(x) - y) ** 2) / scale ** 2
@@ -238,10 +283,13 @@ def reconstruct_inr(scan: Scan, model: str = "lrnn-siren", params: int | None = 
                       log_every=log_every, desc=f"ct {model}", checkpoint_every=int(checkpoint_every),
                       checkpoint_path=checkpoint_path, resume=resume,
                       fingerprint=_fingerprint(scan, img, output, mask_outside,
-                                                {"tv": tv, "view_batch": k} if (tv or k) else None))
+                                                {"tv": tv, "view_batch": k, "coarse_to_fine": coarse_to_fine}
+                                                if (tv or k or coarse_to_fine) else None))
     result: FitResult = fit(img, loss_fn, cfg, extra_state=(
         lambda: {"best_psnr": best["psnr"], "views_rng": gen.get_state()},
         lambda d: (best.update(psnr=float(d["best_psnr"])), gen.set_state(d["views_rng"]) if "views_rng" in d else None)))
+    if levels is not None:
+        levels.update(1.0)
     with torch.no_grad():
         final = img().double().cpu().numpy()
     return final, result, img
