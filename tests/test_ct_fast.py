@@ -134,3 +134,27 @@ def test_level_schedule_switches_finer_levels_on():
     sched.remove()
     with pytest.raises(ValueError, match="hash-grid"):
         LevelSchedule(build("siren", 2, 1, hidden=8, hidden_layers=1), 0.5)
+
+
+def test_cached_hash_encoding_matches_the_model():
+    from tomography.recon import CTImage, LevelSchedule
+    from inr.models import build
+
+    torch.manual_seed(0)
+    net = build("hash", 2, 1, table=200, levels=4, features=2, base_resolution=2, finest_resolution=16)
+    support = torch.zeros(12, 12, dtype=torch.bool)
+    support[2:10, 1:11] = True
+    img = CTImage(net, (12, 12), support=support)
+    assert img.cached
+    with torch.no_grad():
+        net.body[0].embeddings.normal_()
+    ref = net(img.grid)
+    out = img._evaluate()
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    for p in net.parameters():
+        g1, = torch.autograd.grad((net(img.grid) ** 2).sum(), p)
+        g2, = torch.autograd.grad((img._evaluate() ** 2).sum(), p)
+        torch.testing.assert_close(g2, g1)
+    sched = LevelSchedule(net, 0.5)                 # the level weights act on the cached path too
+    sched.update(0.1)
+    torch.testing.assert_close(img._evaluate(), net(img.grid))

@@ -111,6 +111,33 @@ def pixel_grid(shape, device=None, dtype=torch.float32) -> torch.Tensor:
     return torch.stack(torch.meshgrid(ys, xs, indexing="ij"), -1).reshape(-1, 2)
 
 
+class _FixedGridHash(torch.autograd.Function):
+    """A hash-grid encoding at fixed points: ``(table, idx, wts) -> (B, L F)`` from corner indices and
+    weights computed once (:class:`CTImage`); backward scatters into the table (as
+    :class:`inr.layers.hashgrid.HashGridFn` does), no input gradient."""
+
+    @staticmethod
+    def forward(ctx, table, idx, wts):
+        from inr.layers.hashgrid import _interpolate
+
+        ctx.save_for_backward(idx, wts)
+        ctx.table_shape = table.shape
+        return _interpolate(idx, wts, table)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        idx, wts = ctx.saved_tensors
+        L, B, C = idx.shape
+        F = ctx.table_shape[1]
+        g = grad.reshape(B, L, F).permute(2, 1, 0)[..., None]  # (F, L, B, 1)
+        out = torch.zeros(ctx.table_shape, dtype=grad.dtype, device=grad.device)
+        flat = idx.reshape(-1)
+        for f in range(F):
+            out[:, f].scatter_add_(0, flat, (wts * g[f]).reshape(-1))
+        return out, None, None
+
+
 class CTImage(torch.nn.Module):
     """``model(grid)`` reshaped to the image, through an optional output map (``sigmoid`` keeps values
     in (0, 1), the known range of the normalised images).
@@ -137,9 +164,35 @@ class CTImage(torch.nn.Module):
         else:
             self.index = None
         self.register_buffer("grid", grid)
+        # a hash-grid encoding first in the body sees the same points every step: its corner indices and
+        # weights are computed once here instead of on every forward (same values, less work per step)
+        from inr.layers.hashgrid import HashGridEncoding
+
+        body = getattr(model, "body", None)
+        self.cached = (isinstance(body, torch.nn.Sequential) and len(body) > 0
+                       and isinstance(body[0], HashGridEncoding) and hasattr(model, "head"))
+        if self.cached:
+            enc = body[0]
+            with torch.no_grad():
+                c, w = enc.positions(grid)
+                idx, wts = enc.corners(c, w)
+            self.register_buffer("hash_idx", idx, persistent=False)
+            self.register_buffer("hash_wts", wts.to(enc.embeddings.dtype), persistent=False)
+
+    def _evaluate(self) -> torch.Tensor:
+        if not self.cached:
+            return self.model(self.grid)
+        body = self.model.body
+        enc = body[0]
+        h = _FixedGridHash.apply(enc.embeddings, self.hash_idx, self.hash_wts)
+        for hook in enc._forward_hooks.values():   # e.g. LevelSchedule
+            r = hook(enc, (self.grid,), h)
+            h = h if r is None else r
+        y = self.model.head(body[1:](h))
+        return y.real if getattr(self.model, "complex_out", False) else y
 
     def forward(self) -> torch.Tensor:
-        y = self.model(self.grid).reshape(-1)
+        y = self._evaluate().reshape(-1)
         if self.output == "sigmoid":
             y = torch.sigmoid(y)
         if self.index is None:
