@@ -25,7 +25,7 @@ from .radon import Geometry, Projector, uniform_angles
 # Learning rates per family (docs/methods.md section 4: WIRE 5e-3, SIREN/Gauss 1e-3..2e-3, ReLU+PE 5e-4..1e-3).
 # LRNN: 5e-3 from one probe (Shepp-Logan 64x64, 25 views, 240 s CPU budget): 17.9 dB vs 14.4 dB at 1e-3.
 DEFAULT_LR = {"siren": 1e-3, "spder": 1e-3, "gauss": 2e-3, "wire": 5e-3, "relu-pe": 1e-3,
-              "lrnn-siren": 5e-3, "lrnn-spder": 5e-3}
+              "lrnn-siren": 5e-3, "lrnn-spder": 5e-3, "hash": 1e-2}
 # Weight of the INR's total-variation term (tv_penalty) per model; families not listed get none.
 DEFAULT_TV = {"hash": 1e-4}
 DEFAULT_MODEL = "hash"
@@ -206,6 +206,8 @@ def inr_problem(scan: Scan, model: str, params: int | None = 180_000, output: st
     :class:`CTImage` of a freshly built registry model (CT defaults of :data:`DEFAULT_HYPER` under
     ``hyper``; disc support if ``mask_outside`` and the geometry is a disc)."""
     kw = {**DEFAULT_HYPER.get(model, {}), **(hyper or {})}
+    if model == "hash" and "finest_resolution" not in kw:   # the finest level at the image's resolution
+        kw["finest_resolution"] = max(scan.geometry.shape)
     net = models.build(model, 2, 1, params=params, device=device, **kw)
     P = Projector(scan.geometry.shape, scan.geometry.theta, scan.geometry.circle, device=device)
     support = P.support() if scan.geometry.circle and mask_outside else None
