@@ -208,6 +208,7 @@ def inr_problem(scan: Scan, model: str, params: int | None = 180_000, output: st
     kw = {**DEFAULT_HYPER.get(model, {}), **(hyper or {})}
     if model == "hash" and "finest_resolution" not in kw:   # the finest level at the image's resolution
         kw["finest_resolution"] = max(scan.geometry.shape)
+        kw.setdefault("base_resolution", min(16, kw["finest_resolution"]))
     net = models.build(model, 2, 1, params=params, device=device, **kw)
     P = Projector(scan.geometry.shape, scan.geometry.theta, scan.geometry.circle, device=device)
     support = P.support() if scan.geometry.circle and mask_outside else None
