@@ -233,9 +233,10 @@ def test_cli_errors_are_one_line_exit_2(tmp_path, capsys):
 
 def test_benchmark_quick_setting(tmp_path):
     r = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "ct.py"), "--quick", "--quiet",
-                        "--images", "shepp", "--step-timing", "--out", str(tmp_path)], capture_output=True, text=True,
-                       cwd=ROOT)
+                        "--images", "shepp", "--step-timing", "--out", str(tmp_path / "ct")], capture_output=True,
+                       text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-2000:]
+    tmp_path = tmp_path / "ct"
     table = (tmp_path / "table.md").read_text()
     assert "Status: complete" in table and "| shepp | 24 | 12 | FBP |" in table
     m = json.loads((tmp_path / "metrics.json").read_text())

@@ -44,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     from inr.models import MODELS
 
     from .baselines import FILTERS
-    from .recon import OUTPUTS
+    from .phantoms import PHANTOMS
+    from .recon import DEFAULT_MODEL, DEFAULT_TV, OUTPUTS
 
     p = _Parser(prog="python -m tomography", description="Sparse-view parallel-beam CT reconstruction.")
     add_version(p)
@@ -52,7 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("recon", help="simulate a scan of an image and reconstruct it (INR, FBP, SART, TV)")
     r.add_argument("image", nargs="?", help="image file read by inr.signals (grayscale or RGB, averaged to gray; 8/16-bit scaled by "
                         "the format maximum to [0, 1], float taken as is)")
-    r.add_argument("--phantom", action="store_true", help="use scikit-image's Shepp-Logan phantom")
+    r.add_argument("--phantom", nargs="?", const="shepp", default=None, choices=PHANTOMS,
+                   help="use a built-in phantom instead of a file: shepp (scikit-image's Shepp-Logan, also what "
+                        "--phantom alone gives) or thorax (tomography.phantoms.thorax: analytic chest slice)")
     r.add_argument("--size", type=_size, default=None,
                    help="resize to N x N or HxW (default: 256 for --phantom, the file's own size otherwise)")
     r.add_argument("--views", type=_number(int, "--views", 0), default=100, help="projection angles (default 100)")
@@ -67,7 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Gaussian readout noise std in detector counts (needs --photons)")
     r.add_argument("--peak-attenuation", type=_number(float, "--peak-attenuation", 0), default=3.0,
                    help="attenuation exp(-A) of the most attenuating ray sets mu (default 3)")
-    r.add_argument("--model", choices=MODELS, default="lrnn-siren", help="INR from the registry")
+    r.add_argument("--model", choices=MODELS, default=DEFAULT_MODEL,
+                   help=f"INR from the registry (default {DEFAULT_MODEL}: the fastest family on a CPU, with its "
+                        f"CT defaults, docs/methods.md s.4)")
     r.add_argument("--params", type=_number(int, "--params", 0), default=180_000,
                    help="parameter budget picking the width (default 180000)")
     r.add_argument("--steps", type=_number(int, "--steps", 0), default=5000, help="Adam steps (default 5000)")
@@ -75,6 +80,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="wall-clock budget for the INR fit (default: none)")
     r.add_argument("--lr", type=_number(float, "--lr", 0), default=None,
                    help="learning rate, decayed exponentially to 0.1x (default: per model, docs/methods.md s.4)")
+    r.add_argument("--inr-tv", type=_number(float, "--inr-tv", None, allow_none=True), default=None,
+                   help="weight of a smoothed total-variation term on the INR image added to its sinogram loss "
+                        "(tomography.recon.tv_penalty; default: per model, DEFAULT_TV: "
+                        + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_TV.items()) + ", others 0)")
+    r.add_argument("--view-batch", type=_number(int, "--view-batch", 0, allow_none=True), default=None,
+                   help="project only this many random views per INR step (unbiased stochastic sinogram loss; "
+                        "default: all views)")
+    r.add_argument("--coarse-to-fine", type=_number(float, "--coarse-to-fine", None), default=0.0, metavar="FRAC",
+                   help="hash-grid encodings: switch the finer levels on gradually over this fraction of the budget "
+                        "(tomography.recon.LevelSchedule; default 0: all levels from the start)")
     r.add_argument("--output", choices=OUTPUTS, default="linear", help="INR output map (default linear)")
     r.add_argument("--no-mask", action="store_true",
                    help="model every pixel, also those no ray passes through (default: with the disc geometry "
@@ -161,21 +176,23 @@ def recon(args) -> dict:
     from inr.models import count_params
     from inr.train import resolve_device
 
-    from .recon import load_image, phantom, reconstruct_inr, simulate
+    from .phantoms import make as make_phantom
+    from .recon import DEFAULT_TV, load_image, reconstruct_inr, simulate
 
-    if args.phantom == bool(args.image):
+    if bool(args.phantom) == bool(args.image):
         raise ValueError("give exactly one of IMAGE or --phantom")
     if args.readout_noise and args.photons is None:
         raise ValueError("--readout-noise is a standard deviation in detector counts and needs --photons")
-    name = "shepp-logan" if args.phantom else os.path.splitext(os.path.basename(args.image))[0]
+    name = {"shepp": "shepp-logan", "thorax": "thorax"}.get(args.phantom) if args.phantom else os.path.splitext(os.path.basename(args.image))[0]
     out = args.out or os.path.join("runs", f"ct-{name}-{args.model}-{args.views}v")
     run = RunFolder(out, resume=args.resume)   # refuses an existing --out before any work
-    truth = phantom(args.size or (256, 256)) if args.phantom else load_image(args.image, args.size)
+    truth = make_phantom(args.phantom, args.size or (256, 256)) if args.phantom else load_image(args.image, args.size)
     if min(truth.shape) < MIN_SIZE:
         raise ValueError(f"the image is {truth.shape[0]}x{truth.shape[1]} pixels; CT reconstruction here needs "
                          f"at least {MIN_SIZE}x{MIN_SIZE} (use --size)")
     device = resolve_device(args.device)
     apply_threads(args.threads)
+    inr_tv = DEFAULT_TV.get(args.model, 0.0) if args.inr_tv is None else args.inr_tv
     with run:
         tmp = str(run.path)
         scan = simulate(truth, args.views, args.angle_range, not args.full_field, args.photons, args.readout_noise,
@@ -185,20 +202,25 @@ def recon(args) -> dict:
         image, result, net = reconstruct_inr(scan, args.model, args.params, args.steps, args.seconds, args.lr,
                                              args.output, args.seed, device, args.quiet,
                                              mask_outside=not args.no_mask, checkpoint_path=str(run.checkpoint),
-                                             checkpoint_every=args.checkpoint_every, resume=args.resume)
+                                             checkpoint_every=args.checkpoint_every, resume=args.resume,
+                                             tv=inr_tv, view_batch=args.view_batch,
+                                             coarse_to_fine=args.coarse_to_fine)
         recons[args.model] = image
         oracle = max((h.get("oracle_best_psnr", -np.inf) for h in result.history), default=None)
         metrics[args.model] = {**_score(image, truth), "seconds": round(result.seconds, 3), "steps": result.steps,
                                "params": count_params(net), "stopped_by": result.stopped_by,
                                "oracle_best_psnr (oracle selection, not the reported value)": oracle,
-                               "divergence_events": len(result.events)}
-        config = {"command": "recon", "image": args.image or "skimage.data.shepp_logan_phantom", "size": list(truth.shape),
+                               "divergence_events": len(result.events), "inr_tv": inr_tv}
+        config = {"command": "recon", "image": args.image or {"shepp": "skimage.data.shepp_logan_phantom",
+                                                             "thorax": "tomography.phantoms.thorax"}[args.phantom], "size": list(truth.shape),
                   "views": args.views, "angle_range": args.angle_range, "circle": not args.full_field,
                   "mask_outside": not args.no_mask,
                   "photons": args.photons, "readout_noise": args.readout_noise, "mu": scan.mu,
                   "peak_attenuation": args.peak_attenuation, "model": net.model.config, "params": args.params,
                   "steps": args.steps, "seconds": args.seconds,
-                  "lr": args.lr, "output": args.output, "fbp_filter": args.fbp_filter,
+                  "lr": args.lr, "inr_tv": inr_tv, "view_batch": args.view_batch,
+                  "coarse_to_fine": args.coarse_to_fine,
+                  "output": args.output, "fbp_filter": args.fbp_filter,
                   "sart_iterations": args.sart_iterations, "tv_weight": args.tv_weight,
                   "tv_iterations": args.tv_iterations, "seed": args.seed, "device": str(device),
                   "threads": torch.get_num_threads(),

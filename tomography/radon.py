@@ -198,6 +198,21 @@ class _SparseApply(torch.autograd.Function):
         return _SparseApply.apply(g.contiguous(), ctx.pair, not ctx.transpose), None, None
 
 
+class _SubsetApply(torch.autograd.Function):
+    """``A_S x`` for the rows ``rows`` of ``A`` (scipy row slice, CPU); backward ``A_S^T g`` (a CSC product)."""
+
+    @staticmethod
+    def forward(ctx, x, pair, rows):
+        M = pair.mats[0][rows]
+        ctx.M = M
+        return torch.from_numpy(np.ascontiguousarray(M @ x.detach().numpy()))
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        return torch.from_numpy(np.ascontiguousarray(ctx.M.T @ g.contiguous().numpy())), None, None
+
+
 class Projector:
     """Parallel-beam projection ``A`` and its exact adjoint ``A^T`` for one geometry.
 
@@ -240,6 +255,23 @@ class Projector:
         return self._apply(image, False, self.geometry.shape, self.sinogram_shape, "image")
 
     __call__ = forward
+
+    def forward_views(self, image: torch.Tensor, views) -> torch.Tensor:
+        """Sinogram rows ``(..., len(views), n_det)`` of the angles ``views`` (indices into ``theta``), the
+        same values as ``forward(image)[..., views, :]`` but projecting only those angles (CPU; on a GPU
+        the full sinogram is projected and indexed).  First derivatives only on the CPU path."""
+        views = torch.as_tensor(views, dtype=torch.long).reshape(-1)
+        if self.device.type != "cpu":
+            return self.forward(image)[..., views.to(self.device), :]
+        shape = self.geometry.shape
+        if tuple(image.shape[-2:]) != tuple(shape):
+            raise ValueError(f"image must have shape (..., {shape[0]}, {shape[1]}), got {tuple(image.shape)}")
+        N = self.geometry.n_det
+        rows = (views[:, None] * N + torch.arange(N)[None, :]).reshape(-1).numpy()
+        batch = image.shape[:-2]
+        flat = image.reshape(-1, shape[0] * shape[1]).to(self.dtype).T.contiguous()
+        out = _SubsetApply.apply(flat, self.pair, rows)
+        return out.T.reshape(*batch, len(views), N)
 
     def adjoint(self, sinogram: torch.Tensor) -> torch.Tensor:
         """Back-projection ``A^T y``: images ``(..., H, W)`` of sinograms ``(..., n_angles, n_det)``."""
