@@ -154,11 +154,13 @@ def _mains():
     from approx.cli import main as approx_main
     from inr.cli import main as inr_main
     from pde.__main__ import main as pde_main
+    from tomography.cli import main as ct_main
 
-    return {"inr": (inr_main, "fit"), "approx": (approx_main, "runge"), "pde": (pde_main, "solve")}
+    return {"inr": (inr_main, "fit"), "approx": (approx_main, "runge"), "pde": (pde_main, "solve"),
+            "tomography": (ct_main, "recon")}
 
 
-@pytest.mark.parametrize("tool", ["inr", "approx", "pde"])
+@pytest.mark.parametrize("tool", ["inr", "approx", "pde", "tomography"])
 def test_every_regression_tool_shows_the_lbfgs_options(tool, capsys):
     main, command = _mains()[tool]
     assert main([command, "--help"]) == 0
@@ -168,7 +170,7 @@ def test_every_regression_tool_shows_the_lbfgs_options(tool, capsys):
         assert flag in text and f"(default: {default})" in text.rsplit(flag, 1)[-1][:400], flag   # its own entry
 
 
-@pytest.mark.parametrize("tool", ["inr", "approx", "pde"])
+@pytest.mark.parametrize("tool", ["inr", "approx", "pde", "tomography"])
 @pytest.mark.parametrize("args", [["--lbfgs-steps", "-1"], ["--lbfgs-steps", "x"], ["--lbfgs-fraction", "1"],
                                   ["--lbfgs-fraction", "0"], ["--lbfgs-lr", "nan"], ["--lbfgs-history", "0"],
                                   ["--lbfgs-iter", "0"]])
@@ -240,6 +242,25 @@ def test_inr_fit_with_lbfgs(tiny_png, tmp_path):
     assert {"adam", "lbfgs"} <= {r["stage"] for r in rows if r.get("stage")}
     # several files: not available, one line
     assert main(["fit", str(path), str(path), "--lbfgs-steps", "2", "--quiet", "--out", str(tmp_path / "m")]) == 2
+
+
+def test_tomography_lbfgs_stage_uses_every_view(tmp_path, monkeypatch):
+    """With random view subsets for Adam, the L-BFGS stage's loss is the deterministic full-sinogram loss."""
+    import csv
+
+    from tomography import recon as R
+    from tomography.cli import main
+
+    seen = []
+    real = R.view_subset_loss
+    monkeypatch.setattr(R, "view_subset_loss", lambda *a, **k: seen.append(1) or real(*a, **k))
+    out = tmp_path / "ct"
+    assert main(["recon", "--phantom", "--size", "24", "--views", "12", "--model", "hash", "--params", "2000",
+                 "--steps", "6", "--view-batch", "4", "--lbfgs-steps", "2", "--lbfgs-iter", "2", "--quiet",
+                 "--threads", "1", "--out", str(out)]) == 0
+    rows = list(csv.DictReader(open(out / "history.csv")))
+    assert "lbfgs" in {r["stage"] for r in rows if r.get("stage")}
+    assert len(seen) == 7   # 6 Adam steps + the final-loss evaluation; the L-BFGS evaluations use every view
 
 
 def test_make_full_loss_uses_every_point_or_one_fixed_subset():

@@ -11,7 +11,8 @@ import time
 
 import numpy as np
 
-from inr.cliutil import EXIT_USAGE, Parser, add_common, add_version, apply_threads, number, parse_args, run_main
+from inr.cliutil import (EXIT_USAGE, Parser, add_common, add_lbfgs, add_version, apply_threads, lbfgs_options, number,
+                          parse_args, run_main)
 from inr.runfiles import versions
 from inr.runs import RunFolder
 
@@ -101,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="TV weight (see tomography.baselines.tv_reconstruct; default 3e-4)")
     r.add_argument("--tv-iterations", type=_number(int, "--tv-iterations", 0), default=300,
                    help="Chambolle-Pock iterations (default 300)")
+    add_lbfgs(r, full_batch_help="the full sinogram (every view)")
     add_common(r, seed_help="seeds noise, initialisation and everything else",
                out_help="run folder to create, must not exist (default runs/ct-<image>-<model>-<views>v)")
     r.add_argument("--checkpoint-every", type=number(int, "--checkpoint-every", 0), default=0, metavar="N",
@@ -204,7 +206,7 @@ def recon(args) -> dict:
                                              mask_outside=not args.no_mask, checkpoint_path=str(run.checkpoint),
                                              checkpoint_every=args.checkpoint_every, resume=args.resume,
                                              tv=inr_tv, view_batch=args.view_batch,
-                                             coarse_to_fine=args.coarse_to_fine)
+                                             coarse_to_fine=args.coarse_to_fine, lbfgs=lbfgs_options(args))
         recons[args.model] = image
         oracle = max((h.get("oracle_best_psnr", -np.inf) for h in result.history), default=None)
         metrics[args.model] = {**_score(image, truth), "seconds": round(result.seconds, 3), "steps": result.steps,

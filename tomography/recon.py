@@ -282,7 +282,7 @@ def reconstruct_inr(scan: Scan, model: str = "lrnn-siren", params: int | None = 
                     seed: int = 0, device="auto", quiet: bool = False, log_every: int = 10,
                     hyper: dict | None = None, mask_outside: bool = True, checkpoint_path: str | None = None,
                     checkpoint_every: int = 0, resume: bool = False, tv: float | None = None, view_batch: int | None = None,
-                    tv_eps: float = 1e-3, coarse_to_fine: float = 0.0):
+                    tv_eps: float = 1e-3, coarse_to_fine: float = 0.0, lbfgs: dict | None = None):
     """Fit a registry model to ``scan.measured``.
 
     Returns ``(image, result, net)``: the final iterate as an (H, W) numpy array, the
@@ -300,7 +300,8 @@ def reconstruct_inr(scan: Scan, model: str = "lrnn-siren", params: int | None = 
     without replacement from a generator seeded by ``seed`` (:func:`view_subset_loss`, an unbiased
     estimate of the full loss); None or >= the number of views: all of them.  ``coarse_to_fine``
     (hash-grid encodings only): fraction of the budget over which the finer levels are switched on
-    (:class:`LevelSchedule`; 0: all levels from the start).
+    (:class:`LevelSchedule`; 0: all levels from the start).  ``lbfgs``: the L-BFGS stage's ``lbfgs_*``
+    keywords of :class:`inr.train.TrainConfig` (off by default); its loss always uses every view.
     """
     dev = resolve_device(device)
     seed_everything(seed)
@@ -316,14 +317,14 @@ def reconstruct_inr(scan: Scan, model: str = "lrnn-siren", params: int | None = 
     levels = LevelSchedule(img, coarse_to_fine) if coarse_to_fine else None
     t_start = time.perf_counter()
 
-    def loss_fn(step):
+    def loss_fn(step, all_views: bool = False):
         if levels is not None:
             prog = step / max(steps, 1)
             if seconds:
                 prog = max(prog, (time.perf_counter() - t_start) / seconds)
             levels.update(prog)
         x = img()
-        if k is None:
+        if k is None or all_views:
             loss = torch.mean((P.forward(x) - y) ** 2) / scale ** 2
         else:
             loss = view_subset_loss(P, x, y, torch.randperm(n_views, generator=gen)[:k]) / scale ** 2
@@ -340,8 +341,9 @@ def reconstruct_inr(scan: Scan, model: str = "lrnn-siren", params: int | None = 
                       checkpoint_path=checkpoint_path, resume=resume,
                       fingerprint=_fingerprint(scan, img, output, mask_outside,
                                                 {"tv": tv, "view_batch": k, "coarse_to_fine": coarse_to_fine}
-                                                if (tv or k or coarse_to_fine) else None))
-    result: FitResult = fit(img, loss_fn, cfg, extra_state=(
+                                                if (tv or k or coarse_to_fine) else None),
+                      **(lbfgs or {}))
+    result: FitResult = fit(img, loss_fn, cfg, lbfgs_loss=lambda step: loss_fn(step, all_views=True), extra_state=(
         lambda: {"best_psnr": best["psnr"], "views_rng": gen.get_state()},
         lambda d: (best.update(psnr=float(d["best_psnr"])), gen.set_state(d["views_rng"]) if "views_rng" in d else None)))
     if levels is not None:
