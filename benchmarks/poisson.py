@@ -247,7 +247,7 @@ def main(argv=None) -> int:
     folder = RunFolder(a.out)   # refused now if it exists, before any work
     peer = a.peer == "auto"
     if peer and not _peer_available():
-        print("DeepXDE not installed (pip install deepxde): the peer is skipped", file=sys.stderr)
+        print("DeepXDE not installed (pip install -e '.[peer]'): the peer is skipped", file=sys.stderr)
         peer = False
     runs, t0 = [], time.time()
     with folder:

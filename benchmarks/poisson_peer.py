@@ -9,7 +9,8 @@ boundary loss; collocation points come from DeepXDE's own sampler.  The error is
 the same dense grid as our runs (``pde.solve.eval_grid``).
 
 Runs in its own process (``python benchmarks/poisson_peer.py '<json spec>'``), because DeepXDE picks
-its backend and global state at import.  Prints one JSON line.  Needs ``pip install deepxde``; with
+its backend and global state at import.  Prints one JSON line.  Needs ``pip install -e ".[peer]"``
+(DeepXDE, run on its PyTorch backend); with
 DeepXDE absent it prints ``{"skipped": ...}`` and exits 0.
 """
 from __future__ import annotations
@@ -79,6 +80,6 @@ def run(spec: dict) -> dict:
 if __name__ == "__main__":
     spec = json.loads(sys.argv[1]) if len(sys.argv) > 1 else {"n": 4}
     if not available():
-        print(json.dumps({"skipped": "DeepXDE not installed (pip install deepxde)"}))
+        print(json.dumps({"skipped": "DeepXDE not installed (pip install -e '.[peer]')"}))
         sys.exit(0)
     print(json.dumps(run(spec)))
