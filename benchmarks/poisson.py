@@ -33,6 +33,7 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
+import poisson_peer  # noqa: E402  (beside this script; imports only the standard library at load)
 from inr.runfiles import versions  # noqa: E402
 from inr.runs import RunFolder  # noqa: E402
 from pde import kan as kan_mod  # noqa: E402
@@ -204,6 +205,18 @@ def _figure(ns, width=4.0):
     return fig, fig.subplots(1, len(ns), squeeze=False)[0]
 
 
+def _finish(fig, axs, ns, xlabel: str, ylabel: str, path: Path) -> None:
+    """Titles, labels, grid and legend of the one-panel-per-n figures, then save."""
+    for ax, n in zip(axs, ns):
+        ax.set_title(f"n = {n}")
+        ax.set_xlabel(xlabel)
+        ax.grid(True, which="both", alpha=0.3)
+    axs[0].set_ylabel(ylabel)
+    axs[-1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def plot_params(runs: list[dict], ns: list[int], path: Path) -> None:
     fig, axs = _figure(ns)
     for ax, n in zip(axs, ns):
@@ -212,13 +225,7 @@ def plot_params(runs: list[dict], ns: list[int], path: Path) -> None:
                          and r.get("rel_l2") is not None)
             if pts:
                 ax.loglog(*zip(*pts), "o-" if model != "deepxde" else "k*", label=model)
-        ax.set_title(f"n = {n}")
-        ax.set_xlabel("parameters")
-        ax.grid(True, which="both", alpha=0.3)
-    axs[0].set_ylabel("relative L2 error")
-    axs[-1].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _finish(fig, axs, ns, "parameters", "relative L2 error", path)
 
 
 def plot_time(runs: list[dict], ns: list[int], path: Path) -> None:
@@ -232,13 +239,7 @@ def plot_time(runs: list[dict], ns: list[int], path: Path) -> None:
         for r in runs:
             if r["n"] == n and r["model"] == "deepxde" and r.get("rel_l2") is not None:
                 ax.semilogy([r["seconds"]], [r["rel_l2"]], "k*", ms=9, label="DeepXDE (final)")
-        ax.set_title(f"n = {n}")
-        ax.set_xlabel("training seconds")
-        ax.grid(True, which="both", alpha=0.3)
-    axs[0].set_ylabel("relative L2 error (grid)")
-    axs[-1].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _finish(fig, axs, ns, "training seconds", "relative L2 error (grid)", path)
 
 
 def main(argv=None) -> int:
@@ -246,7 +247,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(a.threads)
     folder = RunFolder(a.out)   # refused now if it exists, before any work
     peer = a.peer == "auto"
-    if peer and not _peer_available():
+    if peer and not poisson_peer.available():
         print("DeepXDE not installed (pip install -e '.[peer]'): the peer is skipped", file=sys.stderr)
         peer = False
     runs, t0 = [], time.time()
@@ -288,11 +289,6 @@ def main(argv=None) -> int:
         text = table(runs, a)
     print(text)
     return 0
-
-
-def _peer_available() -> bool:
-    import importlib.util
-    return importlib.util.find_spec("deepxde") is not None
 
 
 if __name__ == "__main__":

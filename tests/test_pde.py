@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import sympy as sp
 import torch
+from pde_problems import HarmonicProblem
 
 import pde
 from pde import models, problems
@@ -131,19 +132,8 @@ def test_kan_laplacian_and_parameter_count(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == []
 
 
-class _Harmonic(problems.Problem):
-    """Laplace(u) = 0 with nonzero boundary values, u* = exp(x) sin(y) + x^2 - y^2."""
-    name, dim, sign = "harmonic", 2, -1.0
-
-    def exact(self, x):
-        return (torch.exp(x[:, 0]) * torch.sin(x[:, 1]) + x[:, 0] ** 2 - x[:, 1] ** 2).unsqueeze(1)
-
-    def source(self, x):
-        return torch.zeros(x.shape[0], 1, dtype=x.dtype)
-
-
 def test_exact_boundary_ansatz_hits_nonzero_boundary_values():
-    p = _Harmonic()
+    p = HarmonicProblem()
     assert residual(p.exact, p, torch.rand(50, 2, dtype=torch.float64)).abs().max() < 1e-12
     torch.manual_seed(0)
     net = models.build("siren", 2, 1, hidden=8, hidden_layers=1, dtype=torch.float64)

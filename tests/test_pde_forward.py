@@ -8,6 +8,7 @@ import sys
 import pytest
 import sympy as sp
 import torch
+from pde_problems import HarmonicProblem
 from torch import nn
 
 import pde
@@ -266,21 +267,10 @@ def test_hash_mixed_second_derivatives_with_skewed_inputs():
 
 # -- the ansatz, the residual and training -------------------------------------------------------------
 
-class _Harmonic(problems.Problem):
-    """Laplace(u) = 0 with nonzero boundary values: a 2-D Coons lift with a nonzero Laplacian."""
-    name, dim, sign = "harmonic", 2, -1.0
-
-    def exact(self, x):
-        return (torch.exp(x[:, 0]) * torch.sin(x[:, 1]) + x[:, 0] ** 2 - x[:, 1] ** 2).unsqueeze(1)
-
-    def source(self, x):
-        return torch.zeros(x.shape[0], 1, dtype=x.dtype)
-
-
 @pytest.mark.parametrize("boundary", ["exact", "penalty"])
 @pytest.mark.parametrize("prob", ["poisson2d", "multiscale1d", "harmonic"])
 def test_ansatz_rule(prob, boundary):
-    p = _Harmonic() if prob == "harmonic" else problems.get(prob, 3 if prob == "poisson2d" else 1)
+    p = HarmonicProblem() if prob == "harmonic" else problems.get(prob, 3 if prob == "poisson2d" else 1)
     torch.manual_seed(0)
     net = models.build("lrnn-siren", p.dim, 1, rank=6, **models.pde_defaults("lrnn-siren", 3, p.dim), dtype=D64)
     u = Ansatz(net, p, boundary)
