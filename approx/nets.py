@@ -14,11 +14,12 @@ import torch
 from torch import nn
 
 from inr.layers.quadratic import QuadraticLinear
+from inr.errors import InputError
 
 ARCHS = ("qnn", "mlp")
 
 
-class ModelFileError(ValueError):
+class ModelFileError(InputError):
     """A model path that cannot be read as a saved network."""
 
 

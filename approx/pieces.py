@@ -22,11 +22,12 @@ import torch
 from torch import nn
 
 from inr.layers.quadratic import QuadraticLinear
+from inr.errors import InputError
 
 EPS = np.finfo(np.float64).eps
 
 
-class PiecesError(ValueError):
+class PiecesError(InputError):
     """The network is not a univariate piecewise-polynomial network this module can expand."""
 
 

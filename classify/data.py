@@ -28,11 +28,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
+from inr.errors import InputError
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
 
-class DataError(ValueError):
+class DataError(InputError):
     """A data set that is missing, corrupt or not in the expected format (names the file)."""
 
 

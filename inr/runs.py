@@ -18,11 +18,12 @@ import shutil
 from pathlib import Path
 
 from . import runfiles
+from .errors import InputError
 
 CHECKPOINT = "checkpoint.pt"
 
 
-class RunError(ValueError):
+class RunError(InputError):
     """A bad fitting option or output location; the message names it."""
 
 

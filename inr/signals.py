@@ -28,9 +28,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from .errors import InputError
 
 
-class SignalError(ValueError):
+class SignalError(InputError):
     """A file that cannot be used as a signal; the message names the file."""
 
 

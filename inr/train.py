@@ -23,13 +23,14 @@ import torch
 from torch import nn
 
 from .runfiles import save_torch
+from .errors import InputError
 
 
 class DivergenceError(RuntimeError):
     """Training kept producing non-finite (or blown-up) losses after repeated learning-rate cuts."""
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """A checkpoint that cannot be resumed: corrupt, truncated, unsafe, or of another signal / model."""
 
 
