@@ -13,7 +13,9 @@ import torch
 from torch import nn
 
 from .layers import ComplexGaborLayer, GaussLayer, LRNNLayer, PositionalEncoding, RealGaborLayer, SineLayer
+from .errors import InputError
 from .layers.hashgrid import HashGridEncoding
+from .spec import Hyper, ModelSpec, TaskDefaults
 
 
 def count_params(model: nn.Module, trainable_only: bool = True) -> int:
@@ -125,27 +127,217 @@ def _hash(in_features, out_features, table=1 << 14, levels=8, features=2, base_r
     return nn.Sequential(*layers), nn.Linear(n, out_features, **fk), False
 
 
-# name -> (constructor, the width argument a parameter budget solves for)
-_REGISTRY: dict[str, tuple[Callable, str]] = {
-    "siren": (_siren_family("sin"), "hidden"),
-    "spder": (_siren_family("spder"), "hidden"),
-    "gauss": (_gauss, "hidden"),
-    "wire": (_wire, "hidden"),
-    "relu-pe": (_relu_pe, "hidden"),
-    "lrnn-siren": (_lrnn_family("sin"), "rank"),
-    "lrnn-spder": (_lrnn_family("spder"), "rank"),
-    "hash": (_hash, "table"),
+# ----------------------------------------------------------------------------------------------
+# The family specs: hyper-parameter schema and per-task defaults (inr.spec).  Hyper-parameter defaults
+# are read from each constructor's signature, so they are written once, there.
+
+def _compiled_available() -> bool:
+    """Whether the LRNN's torch.compile'd component kernels can run here: a C++ compiler on the PATH
+    (Inductor needs one on the CPU) or CUDA, and ``INR_COMPILE`` is not ``0``.  The first fit on a
+    machine spends ~15-40 s compiling; later processes load the kernels from Inductor's disk cache."""
+    import os
+    import shutil
+
+    if os.environ.get("INR_COMPILE", "1") == "0":
+        return False
+    return torch.cuda.is_available() or any(shutil.which(c) for c in ("c++", "g++", "gcc", "clang"))
+
+
+def lrnn_fit_kernel() -> str:
+    """The LRNN component kernel image and audio fits use: compiled where it can run, else fused."""
+    return "compiled" if _compiled_available() else "fused"
+
+
+_BIG = 1 << 16          # widths, ranks: refused above this before anything is allocated
+_FREQ = (1e-6, 1e6)     # frequency factors and widths of Gaussians
+
+_WIDTH = lambda help: (int, help, 1, _BIG)
+_COMMON = {
+    "hidden": _WIDTH("hidden width; overrides --params"),
+    "hidden_layers": (int, "hidden layers after the first", 0, 64),
+    "w0": (float, "frequency factor of the hidden layers", *_FREQ),
+    "w0_first": (float, "first-layer frequency factor (default: w0)", *_FREQ),
+    "activation": (str, "periodic activation", None, None, ("sin", "spder", "spder-atan")),
+    "encoding": (str, "'hash': hash-grid features before the first layer (options in encoding_options)",
+                 None, None, ("hash",)),
+    "encoding_options": (dict, "HashGridEncoding keywords for encoding='hash'"),
+    "scale": (float, "Gaussian scale s", *_FREQ),
+    "s0": (float, "WIRE Gaussian width s0", *_FREQ),
+    "form": (str, "WIRE form", None, None, ("complex", "real")),
+    "n_freqs": (int, "positional-encoding frequencies L", 1, 30),
+    "rank": _WIDTH("LRNN rank r per layer; overrides --params"),
+    "depth": (int, "LRNN layers", 1, 64),
+    "dbar": (int, "LRNN components per product", 1, 64),
+    "width": (int, "LRNN component MLP width m (component=mlp)", 1, 1024),
+    "shared": (bool, "one set of components shared by all r neurons"),
+    "component_std": (float, "standard deviation of each component at initialisation", 1e-6, 1e3),
+    "memory_efficient": (bool, "recomputing kernel (false: plain autograd)"),
+    "kernel": (str, "LRNN component kernel"),
+    "precision": (str, "LRNN hidden-layer projections in fp32 or bf16"),
+    "component": (str, "LRNN components: harmonic (K harmonics) or mlp (the paper's 1-m-1 MLP)"),
+    "harmonics": (int, "harmonics K of a harmonic component", 1, 64),
+    "band": (str, "first LRNN layer: band from the components or from the projection"),
+    "head_init": (str, "read-out initialisation", None, None, ("default", "small")),
+    "table": (int, "hash-table entries per level; overrides --params", 1, 1 << 26),
+    "levels": (int, "hash-grid levels", 1, 32),
+    "features": (int, "features per hash-grid level", 1, 32),
+    "base_resolution": (int, "coarsest hash-grid resolution", 1, 1 << 20),
+    "finest_resolution": (int, "finest hash-grid resolution (default: per dimension)", 1, 1 << 24),
 }
-MODELS = tuple(_REGISTRY)
 
 
-def register(name: str, constructor: Callable, width_arg: str) -> None:
-    """Add a model family: ``constructor(in_features, out_features, **hyper) -> (body, head, complex_out)``."""
-    _REGISTRY[name] = (constructor, width_arg)
+def _hypers(ctor, names, choices=None) -> tuple:
+    """:class:`Hyper` entries for ``names``, defaults from ``ctor``'s signature."""
+    import inspect
+
+    sig = inspect.signature(ctor).parameters
+    out = []
+    for n in names:
+        typ, text, lo, hi, ch = (*_COMMON[n], None, None, None)[:5]
+        ch = (choices or {}).get(n, ch)
+        out.append(Hyper(n, typ, sig[n].default if n in sig else None, text, lo, hi, ch))
+    return tuple(out)
+
+
+def _lrnn_choices():
+    from .layers import lrnn
+
+    return {"kernel": lrnn.KERNELS, "precision": lrnn.PRECISIONS, "component": lrnn.COMPONENTS,
+            "band": lrnn.BANDS}
+
+
+def _pde_siren(n: float = 1, dim: int = 2) -> dict:
+    # The network reads t = 2x - 1, where a solution like sin(n pi x) has angular frequency n pi / 2 per
+    # axis; a Laplacian amplifies frequency squared, so an image's w0 = 30 gives a huge, noisy residual.
+    # Sweeps on poisson2d n = 4 (300 steps, 1024 points, exact boundary): w0_first 6 / 12 / 25 gave rel. L2
+    # 0.67 / 0.74 / 0.94; hidden w0 only scales the effective learning rate (its init divides by w0).
+    return {"w0_first": 1.5 * n, "w0": 30.0}
+
+
+def _pde_lrnn(n: float = 1, dim: int = 2) -> dict:
+    # At n = 4 (16k params): w0 1 / lr 5e-3: 0.030; 1.5 / 1e-2: 0.012; 3 / 1e-2: 0.029; 6.3 and 12 / 2e-3:
+    # 0.93, 1.05.  A product of dbar components sums their frequencies, so a low w0 still reaches n.  The
+    # poster's MLP components (the configuration these sweeps tuned); memory_efficient=False: plain
+    # autograd is ~1.6x faster for the Laplacian's double backward at PINN batch sizes.
+    return {"w0": max(1.0, 3.0 * n / 8.0), "depth": 2, "dbar": 2, "width": 4, "memory_efficient": False,
+            "component": "mlp", "band": "component", "head_init": "default"}
+
+
+def _lrnn_fit(kind: str, activation: str):
+    def hyper(**_):
+        d = {"kernel": lrnn_fit_kernel()}
+        if kind == "audio":
+            # the band from a SIREN-style projection with a fixed step multiplier (docs/methods.md 2.6): the
+            # K = 4 harmonics and products already widen the band; on the 1 s test clip (50k params, 150
+            # steps) w0_first 600, 1000 and 3000 stalled or were slower than 300
+            d.update(w0_first=300.0, band="projection")
+            if activation == "spder":
+                d["activation"] = "spder-atan"
+        return d
+    return hyper
+
+
+_IMG_NOTE = ("image lr: sweeps on the cameraman at small scale (64^2 ~3k params, 300 full-batch steps; "
+             "128^2 ~12.5k, 200 steps), one notch below the best rate (wider nets want smaller rates): SIREN "
+             "best 3e-3/1e-3, SPDER best 1e-3 (collapses at 3e-3), LRNN best 1e-2 (collapses at 3e-2); Gauss, "
+             "WIRE, ReLU+PE: the papers' code values.  CPU batch 4096: on cameraman 256^2 in 60 s 4096-point "
+             "batches reached 38.7 dB (SIREN) / 39.1 dB (SPDER) against 25-30 dB with 16384")
+_CT_NOTE = "CT lr: docs/methods.md section 4 (WIRE 5e-3, SIREN/Gauss 1e-3..2e-3, ReLU+PE 5e-4..1e-3)"
+_PDE_NOTE = ("PDE lr: short sweeps on poisson2d n = 4 (SIREN diverged at 1e-3; LRNN improved from 2e-3 to "
+             "1e-2); the others common defaults, not tuned")
+
+
+def _sirenlike(activation: str) -> dict:
+    audio = {"w0_first": 3000.0}
+    if activation == "spder":
+        audio["activation"] = "spder-atan"   # sin(z) arctan(z) on audio (docs/methods.md section 1)
+    return {"image": TaskDefaults(lr=5e-4, note=_IMG_NOTE),
+            "audio": TaskDefaults(lr=5e-4, hyper=audio),
+            "ct": TaskDefaults(lr=1e-3, cpu_batch=None, note=_CT_NOTE),
+            "pde": TaskDefaults(lr=2e-4, cpu_batch=None, hyper=_pde_siren, note=_PDE_NOTE)}
+
+
+def _lrnn_tasks(activation: str) -> dict:
+    return {"image": TaskDefaults(lr=3e-3, hyper=_lrnn_fit("image", activation), note=_IMG_NOTE),
+            # 3e-3, the image rate, stalled on the test clip (50k params, 150 steps: whole-clip MSE 0.038 at
+            # 3e-3, 2.1e-3 at 1e-3, 1.6e-3 at 3e-4; docs/methods.md section 2.6)
+            "audio": TaskDefaults(lr=1e-3, hyper=_lrnn_fit("audio", activation)),
+            # one probe (Shepp-Logan 64^2, 25 views, 240 s): 17.9 dB at 5e-3 vs 14.4 dB at 1e-3
+            "ct": TaskDefaults(lr=5e-3, cpu_batch=None),
+            "pde": TaskDefaults(lr=1e-2, cpu_batch=None, hyper=_pde_lrnn, note=_PDE_NOTE)}
+
+
+def _plain_tasks(image_lr: float, ct_lr: float, ct_hyper=None, pde_lr: float | None = 1e-3) -> dict:
+    t = {"image": TaskDefaults(lr=image_lr, note=_IMG_NOTE), "audio": TaskDefaults(lr=image_lr),
+         "ct": TaskDefaults(lr=ct_lr, cpu_batch=None, hyper=ct_hyper or {}, note=_CT_NOTE)}
+    if pde_lr is not None:
+        t["pde"] = TaskDefaults(lr=pde_lr, cpu_batch=None)
+    return t
+
+
+# Instant-NGP: lr 1e-2 (its code; benchmarks/hash_sweep.py on the cameraman 256^2, ~200k params, 5 s:
+# first to 30/35/40 dB at 2048 points and 8 levels, 3e-2 close, 3e-3 clearly slower); Adam betas (0.9, 0.99)
+# and eps 1e-15: sparse table rows get rare gradients, which a fast second-moment decay and a tiny eps keep
+# from being damped (paired 5 s runs ended 3-5 dB higher); 2048 points per step: a step costs ~linear in
+# the batch and learns about as much as 4096 points (30/35/40 dB at 0.6/1.0/1.8 s against 0.8/1.7/3.1 s).
+_NGP = {"betas": (0.9, 0.99), "eps": 1e-15, "cpu_batch": 2048}
+_HASH_TASKS = {"image": TaskDefaults(lr=1e-2, **_NGP), "audio": TaskDefaults(lr=1e-2, **_NGP),
+               "ct": TaskDefaults(lr=1e-2, cpu_batch=None, tv=1e-4),
+               "pde": TaskDefaults(lr=1e-3, cpu_batch=None)}
+
+_SIREN_H = ("hidden", "hidden_layers", "w0", "w0_first", "activation", "encoding", "encoding_options")
+_LRNN_H = ("rank", "depth", "dbar", "width", "w0", "w0_first", "activation", "shared", "component_std",
+           "memory_efficient", "kernel", "precision", "component", "harmonics", "band", "head_init")
+_SPECS: dict[str, ModelSpec] = {}
+
+
+def register(spec: ModelSpec) -> None:
+    """Add (or replace) a model family in the registry."""
+    _SPECS[spec.name] = spec
+
+
+def spec(name: str) -> ModelSpec:
+    """The :class:`~inr.spec.ModelSpec` of a registered family."""
+    if name not in _SPECS:
+        raise InputError(f"unknown model {name!r}; choose one of: {', '.join(_SPECS)}")
+    return _SPECS[name]
+
+
+def names(task: str | None = None) -> tuple:
+    """Registered families (those with defaults for ``task`` when given)."""
+    return tuple(n for n, s in _SPECS.items() if task is None or task in s.tasks)
+
+
+def _register_builtins() -> None:
+    for name, act in (("siren", "sin"), ("spder", "spder")):
+        ctor = _siren_family(act)
+        register(ModelSpec(name, ctor, "hidden", _hypers(ctor, _SIREN_H), _sirenlike(act),
+                           "SIREN: sine layers" if act == "sin" else "SPDER: sin(z) sqrt|z| layers"))
+    register(ModelSpec("gauss", _gauss, "hidden", _hypers(_gauss, ("hidden", "hidden_layers", "scale")),
+                       _plain_tasks(1e-3, 2e-3), "Gaussian activations exp(-(s z)^2)"))
+    register(ModelSpec("wire", _wire, "hidden", _hypers(_wire, ("hidden", "hidden_layers", "w0", "s0", "form")),
+                       _plain_tasks(5e-3, 5e-3, {"w0": 10.0, "s0": 10.0}, pde_lr=None),
+                       "WIRE: complex Gabor wavelets"))
+    register(ModelSpec("relu-pe", _relu_pe, "hidden", _hypers(_relu_pe, ("hidden", "hidden_layers", "n_freqs")),
+                       _plain_tasks(1e-3, 1e-3), "ReLU MLP on a positional (Fourier) encoding"))
+    for name, act in (("lrnn-siren", "sin"), ("lrnn-spder", "spder")):
+        ctor = _lrnn_family(act)
+        register(ModelSpec(name, ctor, "rank", _hypers(ctor, _LRNN_H, _lrnn_choices()), _lrnn_tasks(act),
+                           f"LRNN: products of learnable univariate components ({act} envelope)"))
+    register(ModelSpec("hash", _hash, "table",
+                       _hypers(_hash, ("table", "levels", "features", "base_resolution", "finest_resolution",
+                                       "hidden", "hidden_layers")),
+                       _HASH_TASKS, "Instant-NGP: multiresolution hash grid + small ReLU MLP"))
+
+
+_register_builtins()
+MODELS = tuple(_SPECS)   # the built-in families
 
 
 def _make(name, in_features, out_features, hyper, device=None, dtype=None) -> INR:
-    ctor, _ = _REGISTRY[name]
+    ctor = spec(name).constructor
+    if ctor is None:
+        raise InputError(f"model {name!r} is not built by inr.models.build (see the tool that registered it)")
     body, head, cplx = ctor(in_features, out_features, device=device, dtype=dtype, **hyper)
     config = {"name": name, "in_features": in_features, "out_features": out_features, **hyper}
     return INR(body, head, config, complex_out=cplx)
@@ -156,15 +348,36 @@ def _count_for(name, in_features, out_features, hyper) -> int:
         return count_params(_make(name, in_features, out_features, hyper))
 
 
+def max_params() -> int:
+    """The largest model :func:`build` makes: ``INR_MAX_PARAMS`` (default 100 million parameters, 0.4 GB in
+    float32 and ~1.6 GB with Adam's moments and the gradient).  A larger model is refused before anything
+    is allocated."""
+    import os
+
+    v = os.environ.get("INR_MAX_PARAMS", "")
+    try:
+        return int(float(v)) if v else 100_000_000
+    except ValueError:
+        raise InputError(f"INR_MAX_PARAMS must be a number, got {v!r}") from None
+
+
+def check_size(name: str, n: int) -> None:
+    """Refuse a model of ``n`` parameters above :func:`max_params`, with the memory estimate."""
+    if n > max_params():
+        raise InputError(f"{name} with these options has {n:,} parameters (~{16 * n / 2**30:.1f} GiB to train with "
+                         f"Adam in float32), above the limit of {max_params():,}; lower the width or --params, "
+                         f"or raise INR_MAX_PARAMS")
+
+
 def solve_width(name: str, in_features: int, out_features: int, params: int, **hyper) -> int:
     """The width (hidden size or LRNN rank) whose parameter count is closest to ``params``."""
-    _, arg = _REGISTRY[name]
+    arg = spec(name).width_arg
     f = lambda w: _count_for(name, in_features, out_features, {**hyper, arg: w})
     lo, hi = 1, 2
     while f(hi) < params:
         lo, hi = hi, hi * 2
         if hi > 1 << 20:
-            raise ValueError(f"parameter budget {params} is too large for {name}")
+            raise InputError(f"parameter budget {params} is too large for {name}")
     while hi - lo > 1:
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if f(mid) < params else (lo, mid)
@@ -181,16 +394,17 @@ def build(name: str, in_features: int, out_features: int, *, params: int | None 
         params: parameter budget; picks the width (``hidden`` or ``rank``) whose count is closest.
         **hyper: the family's hyper-parameters (``hidden``, ``hidden_layers``, ``w0``, ``rank``, ``dbar``, ...).
     """
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(_REGISTRY)}")
+    s = spec(name)
+    hyper = s.check(hyper)
     if params is not None and params < 1:
-        raise ValueError(f"params must be positive, got {params}")
+        raise InputError(f"params must be positive, got {params}")
     try:
         if params is not None:
-            hyper[_REGISTRY[name][1]] = solve_width(name, in_features, out_features, params, **hyper)
+            hyper[s.width_arg] = solve_width(name, in_features, out_features, params, **hyper)
+        check_size(name, _count_for(name, in_features, out_features, hyper))
         return _make(name, in_features, out_features, hyper, device=device, dtype=dtype)
     except TypeError as e:  # an option the family does not take
-        raise ValueError(f"bad option for model {name!r}: {e}") from None
+        raise InputError(f"bad option for model {name!r}: {e}") from None
 
 
 def from_config(config: dict, device=None, dtype=None) -> INR:

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from inr import models as registry
+from inr.spec import Hyper, ModelSpec, TaskDefaults
 
 from . import kan as kan_mod
 
@@ -35,7 +36,12 @@ def _mlp_tanh(in_features, out_features, hidden=64, hidden_layers=3, device=None
     return nn.Sequential(*layers), head, False
 
 
-registry.register("mlp-tanh", _mlp_tanh, "hidden")
+registry.register(ModelSpec(
+    "mlp-tanh", _mlp_tanh, "hidden",
+    (Hyper("hidden", int, 64, "hidden width; overrides --params", 1, 1 << 16),
+     Hyper("hidden_layers", int, 3, "hidden layers after the first", 0, 64)),
+    {"pde": TaskDefaults(lr=2e-3, cpu_batch=None, hyper={"hidden_layers": 3})},
+    "the classic PINN network: tanh layers, Glorot init"))
 
 MODELS = tuple(m for m in registry.MODELS if m != "wire") + ("mlp-tanh", "kan")
 
