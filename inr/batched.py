@@ -12,19 +12,19 @@ so each model receives exactly the gradient it would get alone, and Adam (elemen
 stacked tensor is Adam on each slice.
 
 Same seed, same result: model i is built right after ``seed_everything(seed_i)`` (exactly as
-:func:`inr.fitting.fit_signal` does) and its random point sampler is a private generator started
+a single :func:`inr.fitting.fit` does) and its random point sampler is a private generator started
 from the global state at that moment, so signal i gets the init and the point stream it would get
 alone; results agree with one-at-a-time fits up to float rounding.  Exceptions: the wall budget
 (``seconds`` per signal, so ``N x seconds`` for a chunk of N) and the divergence guard act on the
 whole chunk (a non-finite loss in one model restores and slows down every model of its chunk).
 
-Run folder (``out``): one subfolder per signal with the files of a single ``fit_signal`` run
+Run folder (``out``): one subfolder per signal with the files of a single fit
 (reconstruction, error map, metrics.json, history.csv, curves.png, model.pt, config.json), plus
 ``summary.json``, ``summary.md`` and ``summary.csv``.  In one process it is an
 :class:`inr.runs.RunFolder` (``out`` checked before any work, assembled under ``.<out>.partial``,
 renamed when complete, removed if the run fails); under torchrun :mod:`inr.shard` shares that staging
 folder between the ranks and rank 0 renames it.  Model options are validated as for a single fit
-(:func:`inr.fitting.check_model_options`).
+(the family's spec, :class:`inr.models.ModelConfig`).
 
 Time to target: a batched fit evaluates each whole signal only after the last step, so
 ``time_to_target`` (whole signal, the headline as in a single fit) holds the final step for the targets
@@ -45,6 +45,7 @@ import os
 import platform
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +56,9 @@ from torch.func import functional_call, stack_module_state, vmap
 from . import fitting as F
 from .runfiles import versions, write_json
 from .layers.lrnn import CompiledHarmonicFn, CompiledProductFn, HarmonicProductFn, LRNNLayer, ProductFn
-from .runs import RunFolder
+from .errors import InputError
+from .metrics import psnr_from_mse
+from .runs import RunFolder, check_out, staging_dir
 from .models import count_params
 from .signals import AUDIO_SUFFIXES, IMAGE_SUFFIXES, Signal, SignalError, load
 from .train import DivergenceError, FitResult, TrainConfig, fit, resolve_device, seed_everything
@@ -247,33 +250,34 @@ def _time_to_target(history: list, key: str, targets, mode: str) -> dict:
     return out
 
 
-def fit_group(signals: list[Signal], seeds: list[int], model: str, *, params=200_000, steps=2000,
-              seconds=None, lr=None, batch=None, targets=(), device="cpu", model_options=None,
-              schedule="cosine", lr_final=0.1, quiet=True, desc=None, engine="auto"):
-    """Train one model per signal (same kind, shape and channels) together.
+def fit_group(signals: list[Signal], seeds: list[int], cfg: "F.FitConfig", engine: str = "auto",
+              desc: str | None = None):
+    """Train one model per signal (same kind, shape and channels) together, with ``cfg`` resolved for
+    their kind (:meth:`inr.fitting.FitConfig.resolved`: the same model, lr, Adam settings, batch and
+    schedule a single fit uses).
 
-    Returns ``(nets, results, info)``: the trained per-signal models (on ``device``), a
-    :class:`~inr.train.FitResult` per signal (history and time to target of that signal; steps,
-    seconds and divergence events are the chunk's), and a dict with the chunk's saved-tensor bytes.
-    ``engine``: ``stacked`` (:class:`StackedINR`), ``loop`` (:class:`LoopINR`) or ``auto`` (:func:`pick_engine`).
-    """
+    Returns ``(nets, results, info)``: the trained per-signal models, a :class:`~inr.train.FitResult`
+    per signal (history and time to target of that signal; steps, seconds and divergence events are the
+    chunk's), and a dict with the chunk's saved-tensor bytes and engine.  ``cfg.train.seconds`` is the
+    chunk's budget.  ``engine``: ``stacked`` (:class:`StackedINR`), ``loop`` (:class:`LoopINR`) or
+    ``auto`` (:func:`pick_engine`)."""
     s0 = signals[0]
     if any((s.kind, s.shape, s.channels) != (s0.kind, s0.shape, s0.channels) for s in signals):
         raise ValueError("fit_group needs signals of one kind, grid shape and channel count")
-    dev = resolve_device(device)
-    lr = F.default_lr(model, s0.kind) if lr is None else float(lr)
+    dev = resolve_device(cfg.train.device)
     nets, gens = [], []
     for sig, seed in zip(signals, seeds):
         seed_everything(seed)
-        nets.append(F.build_for(sig, model, params, model_options, device=dev))
+        nets.append(cfg.model.build(sig.coord_dim, sig.channels, sig.kind, device=dev))
         g = torch.Generator()
-        g.set_state(torch.get_rng_state())   # the stream fit_signal's sampler would draw from
+        g.set_state(torch.get_rng_state())   # the stream a single fit's sampler would draw from
         gens.append(g)
     engine = pick_engine(engine, dev)
     stacked = StackedINR(nets) if engine == "stacked" else LoopINR(nets)
     coords = s0.coords(device=dev)
     Y = F.to_network(torch.stack([s.targets(device=dev) for s in signals]), s0.kind)   # (N, n, C)
     N, n = Y.shape[0], Y.shape[1]
+    batch = cfg.batch
     full = batch is None or batch >= n
     shared = len(set(seeds)) == 1      # identical generators: draw the points once for everyone
     key = "psnr" if s0.kind == "image" else "mse"
@@ -302,7 +306,7 @@ def fit_group(signals: list[Signal], seeds: list[int], model: str, *, params=200
                         errs.append(torch.mean((F.from_network(o, "image").clamp(0, 1) - (t[i] + 1) * 0.5) ** 2))
             per = torch.stack(per)
             total = per.sum().requires_grad_()
-            vals = ([F.M.psnr_from_mse(float(e)) for e in torch.stack(errs).tolist()] if key == "psnr"
+            vals = ([psnr_from_mse(float(e)) for e in torch.stack(errs).tolist()] if key == "psnr"
                     else per.tolist())
         else:
             out = stacked(x)
@@ -311,7 +315,7 @@ def fit_group(signals: list[Signal], seeds: list[int], model: str, *, params=200
             with torch.no_grad():
                 if key == "psnr":
                     err = torch.mean((F.from_network(out, "image").clamp(0, 1) - (t + 1) * 0.5) ** 2, dim=(1, 2))
-                    vals = [F.M.psnr_from_mse(float(e)) for e in err.tolist()]
+                    vals = [psnr_from_mse(float(e)) for e in err.tolist()]
                 else:
                     vals = per.tolist()
         info = {f"loss_{i}": v for i, v in enumerate(per.tolist())}
@@ -319,15 +323,14 @@ def fit_group(signals: list[Signal], seeds: list[int], model: str, *, params=200
         info[key] = min(vals) if key == "psnr" else max(vals)     # the progress bar shows the worst
         return total, info
 
-    cfg = TrainConfig(steps=int(steps), seconds=seconds, lr=lr, lr_final=lr_final, schedule=schedule,
-                      device=str(dev), targets=(), target_key=key, quiet=quiet,
-                      desc=desc or f"{model} x{N} {s0.shape}")
+    tcfg = replace(cfg.train, targets=(), target_key=key, desc=desc or f"{cfg.model.name} x{N} {s0.shape}",
+                   checkpoint_every=0, checkpoint_path=None, resume=False)
     states = [g.get_state() for g in gens]
     saved = F.saved_tensor_bytes(loss_fn)    # loop engine: the sum over models (held one at a time)
     stacked.zero_grad(set_to_none=True)
     for g, st in zip(gens, states):
         g.set_state(st)
-    res = fit(stacked, loss_fn, cfg)
+    res = fit(stacked, loss_fn, tcfg)
     results = []
     for i, net in enumerate(nets):
         net.load_state_dict(stacked.state_for(i))
@@ -335,7 +338,8 @@ def fit_group(signals: list[Signal], seeds: list[int], model: str, *, params=200
         last = hist[-1]["loss"] if hist else float("nan")
         results.append(FitResult(steps=res.steps, seconds=res.seconds, last_step_loss=last,
                                  final_loss=res.final_info.get(f"loss_{i}", float("nan")), history=hist,
-                                 time_to_target=_time_to_target(hist, key, targets, "max" if key == "psnr" else "min"),
+                                 time_to_target=_time_to_target(hist, key, cfg.targets or (),
+                                                                "max" if key == "psnr" else "min"),
                                  events=res.events, seconds_per_step=res.seconds_per_step, stopped_by=res.stopped_by))
     return nets, results, {"saved_tensors_bytes": saved, "engine": engine}
 
@@ -344,82 +348,69 @@ def fit_group(signals: list[Signal], seeds: list[int], model: str, *, params=200
 # Many files -> one run folder
 
 
-def fit_many(files, model: str = "lrnn-spder", params: int | None = 200_000, steps: int = 2000,
-             seconds: float | None = None, lr: float | None = None, batch: int | str | None = "auto",
-             target_psnr=(30, 40), target_mse=(1e-3, 1e-4), device: str = "auto", seed: int = 0,
-             out=None, quiet: bool = False, model_options: dict | None = None, group_size: int = 16,
-             schedule: str = "cosine", lr_final: float = 0.1, shard: tuple = (0, 1), merge: bool = True,
-             engine: str = "auto") -> dict:
-    """Fit ``model`` to every file (see :func:`list_signal_files`) and write one run folder.
+def fit_many(files, cfg: "F.FitConfig | None" = None, out=None, group_size: int = 16, engine: str = "auto",
+             shard: tuple = (0, 1), merge: bool = True) -> dict:
+    """Fit ``cfg``'s model to every file (see :func:`list_signal_files`) and write one run folder.
 
-    Args are those of :func:`inr.fitting.fit_signal`, plus:
+    Args:
+        cfg: the :class:`~inr.fitting.FitConfig` a single fit of each file would use (its defaults when
+            None); ``cfg.train.seconds`` is the budget per signal (a chunk of N signals trained together
+            may run N x seconds).  Whole signals are evaluated after the last step only.
+        out: the run folder to create (default ``runs/batch-<model>-<time>``).
         group_size: at most this many signals train together (bounds memory: ``group_size x batch``
             points per step); signals of different kind / shape / channels never share a chunk.
-        seconds: wall budget per signal: a chunk of N signals trained together may run N x seconds.
-        shard: ``(rank, world)``: fit only the files ``rank, rank + world, ...`` of the sorted list,
-            writing into the shared staging folder (see :mod:`inr.shard`).
         engine: how a chunk runs (:func:`pick_engine`): ``stacked`` weights, a ``loop`` over the models,
             or ``auto`` (stacked on CUDA, loop on the CPU).  Results are the same either way.
+        shard: ``(rank, world)``: fit only the files ``rank, rank + world, ...`` of the sorted list,
+            writing into the shared staging folder (see :mod:`inr.shard`).
         merge: write the summary and rename the staging folder to ``out`` at the end (a sharded run
             leaves this to rank 0 after every rank has finished).
 
     Returns the summary (also ``summary.json``), or this rank's part of it when ``merge`` is False.
     """
+    cfg = cfg or F.FitConfig()
     files = list_signal_files(files)
     if not files:
         raise F.RunError("no input files (a folder is searched for " + ", ".join(sorted(SUFFIXES)) + ")")
-    if group_size is None or group_size < 1:
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
         raise F.RunError(f"--group-size must be >= 1, got {group_size}")
-    dev = resolve_device(device)
-    if batch == "auto":
-        batch = None if dev.type == "cuda" else F.CPU_BATCH   # as fit_signal
-    if batch is not None and (not isinstance(batch, int) or batch <= 0):
-        raise F.RunError(f"--batch must be a positive integer, 'auto' or None (full batch), got {batch!r}")
-    if steps is None or steps <= 0:
-        raise F.RunError(f"--steps must be > 0, got {steps}")
-    if seconds is not None:
-        F._positive_finite("--seconds", seconds)
-    lr = None if lr is None else F._positive_finite("--lr", lr)   # None: per signal kind (fit_group)
-    F.check_model_options(model_options, params)   # as a single fit: before any work, naming the option
+    if cfg.train.lbfgs_steps or cfg.train.checkpoint_every:
+        raise F.RunError("--lbfgs-steps and --checkpoint-every apply to a single file, not to several files")
+    dev = resolve_device(cfg.train.device)
     pick_engine(engine, dev)
-    out = Path(out) if out is not None else Path("runs") / f"batch-{model}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out = Path(out) if out is not None else Path("runs") / f"batch-{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     rank, world = shard
     if world == 1 and merge:
         # one process: the run folder is a RunFolder (checked now, built under a hidden name, renamed at
         # the end, removed if the run fails), as for a single fit
         with RunFolder(out) as run:
-            part = _fit_files(run.path, files, rank, world, model, params, steps, seconds, lr, batch, target_psnr,
-                              target_mse, dev, seed, quiet, model_options, group_size, schedule, lr_final, engine)
+            _fit_files(run.path, files, shard, cfg, group_size, engine)
             summary = merge_records(run.path, out, 1)
         summary["run_dir"] = str(out)
         return summary
     # sharded: every rank writes into the shared staging folder; rank 0 merges (merge_run) at the end
-    stage = F.staging_dir(out)
+    stage = staging_dir(out)
     if out.exists():
         raise F.RunError(f"--out {out}: already exists; choose a new run folder")
     if world == 1:
-        F._check_out(out)
+        check_out(out)
         if stage.exists():
             shutil.rmtree(stage)   # a stale attempt at the same folder
     stage.mkdir(parents=True, exist_ok=True)
-    part = _fit_files(stage, files, rank, world, model, params, steps, seconds, lr, batch, target_psnr, target_mse,
-                      dev, seed, quiet, model_options, group_size, schedule, lr_final, engine)
+    part = _fit_files(stage, files, shard, cfg, group_size, engine)
     if not merge:
         return part
     return merge_run(out)
 
 
-def _fit_files(stage: Path, files, rank, world, model, params, steps, seconds, lr, batch, target_psnr, target_mse,
-               dev, seed, quiet, model_options, group_size, schedule, lr_final, engine) -> dict:
+def _fit_files(stage: Path, files, shard: tuple, cfg, group_size: int, engine: str) -> dict:
     """This rank's share of ``files``: fit in chunks, one subfolder per signal in ``stage``, and the
     shard record ``.shard-RANK-of-WORLD.json``; returns the record."""
+    rank, world = shard
     names = folder_names(files)
     mine = files[rank::world]
-    fit_options = {"model": model, "params_budget": params, "steps": int(steps), "seconds": seconds, "lr": lr,
-                   "lr_final": lr_final, "schedule": schedule, "batch": batch, "device": str(dev), "seed": seed,
-                   "model_options": model_options or {}, "group_size": group_size, "world_size": world,
-                   "engine": engine,
-                   "files": [str(f) for f in files]}
+    batch_options = {"group_size": group_size, "world_size": world, "engine": engine,
+                     "files": [str(f) for f in files]}
     results, failures, signals, sig_files = [], [], [], []
     for f in mine:
         try:
@@ -427,41 +418,43 @@ def _fit_files(stage: Path, files, rank, world, model, params, steps, seconds, l
             sig_files.append(f)
         except SignalError as e:
             failures.append({"file": str(f), "stage": "load", "error": " ".join(str(e).split())})
+    dev = resolve_device(cfg.train.device)
     for chunk in group_signals(signals, group_size):
         sigs = [signals[i] for i in chunk]
         cfiles = [sig_files[i] for i in chunk]
-        targets = tuple(float(t) for t in ((target_psnr if sigs[0].kind == "image" else target_mse) or ()))
-        budget = None if seconds is None else seconds * len(sigs)
+        rcfg = cfg.resolved(sigs[0].kind, dev)
+        budget = None if rcfg.train.seconds is None else rcfg.train.seconds * len(sigs)
         try:
-            nets, fits, info = fit_group(sigs, [seed] * len(sigs), model, params=params, steps=steps,
-                                         seconds=budget, lr=lr, batch=batch, targets=targets, device=str(dev),
-                                         model_options=model_options, schedule=schedule, lr_final=lr_final,
-                                         quiet=quiet, engine=engine)
-        except (DivergenceError, F.RunError, ValueError, RuntimeError) as e:
+            nets, fits, info = fit_group(sigs, [rcfg.train.seed] * len(sigs),
+                                         replace(rcfg, train=replace(rcfg.train, seconds=budget)), engine=engine)
+        except (DivergenceError, InputError, RuntimeError) as e:
             failures += [{"file": str(f), "stage": "fit", "error": " ".join(str(e).split())[:500]} for f in cfiles]
             continue
         for sig, f, net, res in zip(sigs, cfiles, nets, fits):
             folder = names[str(f)]
-            m = _write_signal_run(stage, folder, sig, f, net, res, info, len(sigs), fit_options, dev)
+            m = _write_signal_run(stage, folder, (sig, f, net, res), info, len(sigs), rcfg, batch_options)
             results.append(m)
     part = {"rank": rank, "world_size": world, "results": results, "failures": failures}
     write_json(part, stage / f".shard-{rank}-of-{world}.json")
     return part
 
 
-def _write_signal_run(stage: Path, folder: str, sig, f, net, res, info, group_n, fit_options, dev) -> dict:
-    """One signal's subfolder, written under a hidden name and renamed (a half-written one never looks done)."""
+def _write_signal_run(stage: Path, folder: str, job: tuple, info: dict, group_n: int, cfg, batch_options: dict) -> dict:
+    """One signal's subfolder (``job``: signal, file, trained net, its FitResult), written under a hidden
+    name and renamed (a half-written one never looks done)."""
+    sig, f, net, res = job
+    dev = resolve_device(cfg.train.device)
     pred = F.predict(net, sig.coords(device=dev), sig.kind)
-    m = {"signal": sig.name, "file": str(f), "kind": sig.kind, "model": fit_options["model"],
+    m = {"signal": sig.name, "file": str(f), "kind": sig.kind, "model": cfg.model.name,
          "params": count_params(net), **F.signal_metrics(sig, pred),
          "steps": res.steps, "seconds": res.seconds, "seconds_per_step": res.seconds_per_step,
          "stopped_by": res.stopped_by, "final_loss": res.final_loss,
-         "divergence_events": res.events, "batch": fit_options["batch"], "lr": fit_options["lr"],
+         "divergence_events": res.events, "batch": cfg.batch, "lr": cfg.train.lr,
          "device": str(dev),
          "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",
          "group_size": group_n, "seconds_are": "wall time of the whole chunk of signals trained together",
-         "memory": {**info, "peak_rss_bytes": F.peak_rss_bytes()}, "seed": fit_options["seed"],
-         "versions": versions(), "config": {"fit": fit_options, "model": net.config}}
+         "memory": {**info, "peak_rss_bytes": F.peak_rss_bytes()}, "seed": cfg.train.seed,
+         "versions": versions()}
     key = "psnr" if sig.kind == "image" else "mse"
     final = m.get(key)
     hit = {"seconds": round(res.seconds, 4), "step": res.steps}
@@ -470,7 +463,7 @@ def _write_signal_run(stage: Path, folder: str, sig, f, net, res, info, group_n,
     m["time_to_target_batch"] = res.time_to_target
     m["time_to_target_note"] = ("time_to_target: the whole-signal evaluation after the last step (batched fits "
                                 "evaluate only then); time_to_target_batch: first training batch at or beyond it")
-    config = {"model": net.config, "fit": fit_options, "signal": sig.describe()}
+    config = {"fit": cfg.to_dict(), "batch": batch_options, "model": net.config, "signal": sig.describe()}
     tmp, dst = stage / f".{folder}.tmp", stage / folder
     if tmp.exists():
         shutil.rmtree(tmp)

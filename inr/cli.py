@@ -15,27 +15,43 @@ from pathlib import Path
 
 from .cliutil import (EXIT_USAGE, Parser, add_common, add_lbfgs, add_version, apply_threads, lbfgs_options, number,
                       parse_args, positive_float, run_main)
-from .fitting import DEFAULT_LR, EVAL_EVERY, MAX_PARAMS, RunError, evaluate_run, fit_signal
-from .models import MODELS
+from .cliutil import LBFGS_OPTIONS
+from .config import from_dict, merge, read_file
+from .fitting import FitConfig, RunError, as_signal, default_out, evaluate_run, fit, with_overrides
+from .models import names, spec
+from .runs import RunFolder
 
-# model hyper-parameter options: registry keyword -> (type, help)
-_HYPER = {
-    "hidden": (int, "hidden width (siren, spder, gauss, wire, relu-pe); overrides --params"),
-    "hidden_layers": (int, "hidden layers (siren, spder, gauss, wire, relu-pe; default 3)"),
-    "rank": (int, "LRNN rank r per layer; overrides --params"),
-    "depth": (int, "LRNN layers (default 2)"),
-    "dbar": (int, "LRNN components per product (default 2)"),
-    "width": (int, "LRNN component MLP width m (default 4)"),
-    "w0": (float, "frequency factor (siren/spder/lrnn default 30, wire 20)"),
-    "w0_first": (float, "first-layer frequency factor (audio defaults: siren/spder 3000, lrnn 300)"),
-    "activation": (str, "sin, spder or spder-atan (siren/spder/lrnn families)"),
-    "scale": (float, "Gauss scale s (default 10)"),
-    "s0": (float, "WIRE Gaussian width s0 (default 10)"),
-    "n_freqs": (int, "ReLU+PE frequencies L (default 10)"),
-    "kernel": (str, "LRNN component kernel: fused (default; chunked recompute, fastest on the CPU), compiled "
-                    "(torch.compile, the GPU speed path; first step compiles) or plain (autograd)"),
-    "precision": (str, "LRNN hidden-layer projections in fp32 (default) or bf16 (components stay fp32)"),
-}
+def _hyper_help(task: str = "image") -> dict:
+    """``{hyper-parameter: (type, help)}`` over the families with defaults for ``task``, generated from
+    their specs: the help names each family's default."""
+    out: dict = {}
+    for name in names(task):
+        for h in spec(name).hypers:
+            if h.type is dict:
+                continue
+            typ, text, per = out.get(h.name, (h.type, h.help, []))
+            per.append(f"{name} {h.default}")
+            out[h.name] = (typ, text, per)
+    return {k: (t, f"{text}; " + ", ".join(per) + (f"; one of {', '.join(spec_choices(k, task))}"
+                                                     if spec_choices(k, task) else ""))
+            for k, (t, text, per) in out.items()}
+
+
+def spec_choices(hyper: str, task: str) -> tuple:
+    for name in names(task):
+        for h in spec(name).hypers:
+            if h.name == hyper and h.choices:
+                return tuple(h.choices)
+    return ()
+
+
+def _bool(s):
+    low = str(s).lower()
+    if low in ("true", "1", "yes"):
+        return True
+    if low in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {s!r}")
 
 
 _Parser = Parser
@@ -92,58 +108,65 @@ def make_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="inr", description="Fit implicit neural representations (SIREN, SPDER, WIRE, Gauss, "
                                         "ReLU+PE, LRNN) to images and audio.")
     add_version(p)
-    sub = p.add_subparsers(dest="command", metavar="{fit,eval,merge}", parser_class=_Parser)
+    sub = p.add_subparsers(dest="command", metavar="{fit,eval,render,export,merge}", parser_class=_Parser)
     sub.required = True
 
+    d = FitConfig()
     f = sub.add_parser("fit", help="fit a model to an image or WAV file (default: the cameraman image)",
+                       argument_default=argparse.SUPPRESS,
                        description="Fit a model to an image (PNG/JPEG/TIFF/BMP) or a WAV file and write a run "
                                    "folder: reconstruction, error map, metrics.json, history.csv, curves.png, "
-                                   "model.pt, config.json.")
+                                   "model.pt, config.json.  Options come from the defaults, then --config FILE, "
+                                   "then the flags given.")
     f.add_argument("file", nargs="*", default=[],
                    help="image or WAV file; omitted: scikit-image's 512x512 cameraman.  Several files or a "
-                        "folder: one model per signal, trained together (same result as fitting each alone "
-                        "with the same --seed); the run folder gets one subfolder per signal and "
+                        "folder: one model per signal, trained together (same weights as fitting each alone "
+                        "with the same options); the run folder gets one subfolder per signal and "
                         "summary.json/.md/.csv; files that fail are reported and skipped (exit code 0 with a "
                         "warning line per failed file, 1 if none could be fitted).  Under torchrun the sorted "
                         "files are split over the ranks (rank r fits files r, r+W, ...) and --out is required")
+    f.add_argument("--config", metavar="FILE",
+                   help="options from a JSON or TOML file (a run's config.json reproduces that run); flags "
+                        "given on the command line override it")
     # The hash grid is the default: on a CPU it reaches 30/35/40 dB first on the benchmark images
-    # (benchmarks/image_fit.py, README).
-    f.add_argument("--model", default="hash", choices=MODELS,
-                   help="model family (default: %(default)s, the fastest to 30/35/40 dB on a CPU in our "
+    # (benchmarks/image_fit.py, docs/results.md).
+    f.add_argument("--model", choices=names("image"),
+                   help=f"model family (default: {d.model.name}, the fastest to 30/35/40 dB on a CPU in our "
                         "benchmark; lrnn-spder learns the most per step)")
-    f.add_argument("--params", type=_positive_int("--params", MAX_PARAMS), default=200_000,
-                   help="parameter budget; picks the width / rank closest to it (default: %(default)s; "
-                        "ignored when --hidden or --rank is given)")
-    f.add_argument("--steps", type=_positive_int("--steps"), default=20000,
-                   help="optimizer steps (default: %(default)s)")
-    f.add_argument("--seconds", type=_seconds, default=60.0,
-                   help="wall-clock training budget in seconds, 'none' for no limit; training stops at "
-                        "--steps or --seconds, whichever comes first (default: %(default)s)")
-    f.add_argument("--lr", type=positive_float("--lr"), default=None,
-                   help="Adam learning rate (default per model: "
-                        + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items()) + ")")
-    f.add_argument("--batch", type=_batch, default="auto",
-                   help="random points per step, 'full' for every point; 'auto' = full on CUDA, 4096 on "
-                        "the CPU (default: %(default)s)")
-    f.add_argument("--eval-every", type=number(int, "--eval-every", 0), default=EVAL_EVERY, metavar="N",
+    f.add_argument("--params", type=_positive_int("--params"),
+                   help=f"parameter budget; picks the width / rank / table closest to it (default: "
+                        f"{d.model.params}; ignored when --hidden, --rank or --table is given)")
+    f.add_argument("--steps", type=_positive_int("--steps"), help=f"optimizer steps (default: {d.train.steps})")
+    f.add_argument("--seconds", type=_seconds,
+                   help="training budget in seconds, 'none' for no limit; training stops at --steps or "
+                        f"--seconds, whichever comes first (default: {d.train.seconds:g})")
+    lrs = ", ".join(f"{n} {spec(n).task('image').lr:g}" for n in names("image"))
+    f.add_argument("--lr", type=positive_float("--lr"), help=f"Adam learning rate (default per model: {lrs})")
+    batches = ", ".join(f"{n} {spec(n).task('image').cpu_batch}" for n in names("image"))
+    f.add_argument("--batch", type=_batch,
+                   help=f"random points per step, 'full' for every point; 'auto' = full on CUDA, on the CPU the "
+                        f"model's batch ({batches}) (default: auto)")
+    f.add_argument("--eval-every", type=number(int, "--eval-every", 0), metavar="N",
                    help="evaluate the whole signal every N steps, off the training clock (0: only after the "
-                        "last step); time to target counts these evaluations (default: %(default)s)")
-    f.add_argument("--warmup", type=number(int, "--warmup", 0), default=0, metavar="STEPS",
-                   help="linear learning-rate warm-up over this many steps (default: %(default)s)")
-    f.add_argument("--schedule-by", choices=("auto", "steps", "time"), default="auto",
+                        f"last step); time to target counts these evaluations (default: {d.eval_every})")
+    f.add_argument("--warmup", type=number(int, "--warmup", 0), metavar="STEPS",
+                   help="linear learning-rate warm-up over this many steps (default: 0)")
+    f.add_argument("--schedule-by", choices=("auto", "steps", "time"),
                    help="progress of the cosine learning-rate decay: 'steps' (step/--steps), 'time' "
-                        "(elapsed/--seconds) or 'auto', the larger of both (default: %(default)s)")
-    f.add_argument("--target-psnr", type=_floats("--target-psnr"), action="append", default=None,
+                        "(elapsed/--seconds) or 'auto', the larger of both (default: auto)")
+    f.add_argument("--target-psnr", type=_floats("--target-psnr"), action="append",
                    metavar="DB[,DB...]", help="PSNR targets to time (images; repeatable; default: 30,40)")
-    f.add_argument("--target-mse", type=_floats("--target-mse"), action="append", default=None,
+    f.add_argument("--target-mse", type=_floats("--target-mse"), action="append",
                    metavar="MSE[,MSE...]", help="MSE targets to time (audio; repeatable; default: 1e-3,1e-4)")
     add_lbfgs(f, full_batch_help="every point of the signal (at most 65,536: else that many drawn once; "
-                                 "one signal only)")
-    add_common(f, out_help="run folder to create (must not exist; default: runs/<name>-<model>-<time>)",
-               quiet_help="no progress bar and no summary")
+                                 "one signal only)", suppress=True)
+    add_common(f, device=None, seed=None, threads="auto",
+               out_help="run folder to create (must not exist; default: runs/<name>-<model>-<time>)",
+               quiet_help="no progress bar and no summary", device_help="auto, cpu or cuda (default: auto)",
+               seed_help="seeds python, numpy and torch (default: 0)")
     f.add_argument("--resume", action="store_true",
                    help="continue the interrupted run at --out from its last checkpoint")
-    f.add_argument("--checkpoint-every", type=number(int, "--checkpoint-every", 0), default=0, metavar="N",
+    f.add_argument("--checkpoint-every", type=number(int, "--checkpoint-every", 0), metavar="N",
                    help="checkpoint every N steps so an interrupted run can be resumed (default: off)")
     f.add_argument("--group-size", type=_positive_int("--group-size"), default=16,
                    help="several files: at most this many same-shape signals train together; memory per step "
@@ -152,12 +175,14 @@ def make_parser() -> argparse.ArgumentParser:
                    help="several files: 'stacked' weights (few large kernels), 'loop' over the models inside "
                         "each step (cache-friendly), 'auto' = stacked on CUDA, loop on the CPU (default: "
                         "%(default)s)")
-    g = f.add_argument_group("model hyper-parameters (passed to the model; see inr.models)")
-    for name, (typ, text) in _HYPER.items():
-        g.add_argument("--" + name.replace("_", "-"), dest="hp_" + name, type=typ, default=None,
+    g = f.add_argument_group("model hyper-parameters (from each family's spec, inr.models; per-family defaults "
+                             "shown; the audio defaults differ where docs/methods.md says)")
+    for name, (typ, text) in _hyper_help("image").items():
+        g.add_argument("--" + name.replace("_", "-"), dest="hp_" + name, type=_bool if typ is bool else typ,
                        metavar=typ.__name__.upper(), help=text)
     g.add_argument("--set", dest="extra", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
-                   help="any other model keyword (e.g. --set shared=true --set form=real); repeatable")
+                   help="any other option: a config field (e.g. --set train.grad_clip=1) or a model keyword "
+                        "(e.g. --set form=real); repeatable")
 
     e = sub.add_parser("eval", help="rebuild a run's model, reload its signal and recompute the metrics",
                        description="Rebuild the model of a run folder from config.json and model.pt, reload "
@@ -166,6 +191,23 @@ def make_parser() -> argparse.ArgumentParser:
     e.add_argument("run_dir", help="a run folder written by 'inr fit'")
     add_common(e, skip=("seed", "threads", "out", "quiet"))
     e.add_argument("--json", action="store_true", help="print the metrics as JSON")
+
+    r = sub.add_parser("render", help="sample a fitted model at another resolution or sample rate",
+                       description="Rebuild a run's model and write the signal it represents at any resolution "
+                                   "(images, --size HxW: super-resolution) or sample rate (audio, --rate).")
+    r.add_argument("run_dir", help="a run folder written by 'inr fit'")
+    r.add_argument("--size", type=_size, help="image size HxW (default: the fitted size)")
+    r.add_argument("--rate", type=_positive_int("--rate"), help="audio sample rate (default: the fitted rate)")
+    add_common(r, skip=("seed", "quiet"), out_help="file to write (must not exist; default: "
+                                                     "RUN_DIR-render-HxW.png / RUN_DIR-render-RATE.wav)")
+
+    x = sub.add_parser("export", help="export a fitted model with torch.export (and ONNX where it installs)",
+                       description="Export a run's model as a torch.export program (.pt2), checked by comparing "
+                                   "its output with the model's own on the fitted grid.")
+    x.add_argument("run_dir", help="a run folder written by 'inr fit'")
+    x.add_argument("--format", choices=("torch", "onnx"), default="torch", help="torch.export (.pt2) or ONNX")
+    add_common(x, skip=("seed", "quiet"), out_help="file to write (must not exist; default: RUN_DIR.pt2 / "
+                                                     "RUN_DIR.onnx)")
 
     m = sub.add_parser("merge", help="finish a sharded batch run whose ranks ran as separate jobs",
                        description="Combine the per-rank records of a sharded 'inr fit FILES/FOLDER' run (in "
@@ -177,10 +219,32 @@ def make_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _model_options(a) -> dict:
-    opts = {k[3:]: v for k, v in vars(a).items() if k.startswith("hp_") and v is not None}
-    opts.update(dict(a.extra))
-    return opts
+FLAG_FIELDS = {"params": "model.params", "steps": "train.steps", "seconds": "train.seconds", "lr": "train.lr",
+               "batch": "batch", "eval_every": "eval_every", "warmup": "train.warmup",
+               "schedule_by": "train.schedule_by", "device": "train.device", "seed": "train.seed",
+               "quiet": "train.quiet", "checkpoint_every": "train.checkpoint_every",
+               **{k: f"train.{k}" for k in LBFGS_OPTIONS}}
+
+
+def fit_config(a) -> FitConfig:
+    """The :class:`FitConfig` of ``inr fit``'s parsed flags: defaults, then --config, then the flags given."""
+    given = vars(a)
+    # flags not given are absent (argparse.SUPPRESS), except the shared ones whose "not given" is None/False
+    over = {path: given[k] for k, path in FLAG_FIELDS.items()
+            if k in given and not (k in ("device", "seed", "quiet") and given[k] in (None, False))}
+    if "model" in given:
+        over["model"] = given["model"]
+    targets = [x for g in (given.get("target_psnr") or []) + (given.get("target_mse") or []) for x in g]
+    if targets:
+        over["targets"] = targets
+    over.update({k[3:]: v for k, v in given.items() if k.startswith("hp_") and v is not None})
+    over.update(dict(given.get("extra") or []))
+    cfg = FitConfig()
+    if given.get("config"):
+        data = read_file(given["config"])
+        data = data["fit"] if isinstance(data.get("fit"), dict) else data   # a run's config.json
+        cfg = from_dict(FitConfig, merge(cfg.to_dict(), data))
+    return with_overrides(cfg, over)
 
 
 def _flat(groups, default):
@@ -201,46 +265,44 @@ def _fmt_metrics(m: dict) -> str:
 def _cmd_fit(a) -> int:
     from .shard import dist_env
 
+    files = a.file
+    cfg = fit_config(a)
     env = dist_env()
-    if len(a.file) > 1 or any(Path(f).is_dir() for f in a.file) or (env and env[1] > 1):
-        if a.lbfgs_steps:
-            raise RunError("--lbfgs-steps fits one signal at a time; it is not available for several files")
-        return _cmd_fit_many(a, env)
-    a.file = a.file[0] if a.file else None
-    if a.resume and a.out is None:
+    if len(files) > 1 or any(Path(f).is_dir() for f in files) or (env and env[1] > 1):
+        return _cmd_fit_many(a, cfg, env)
+    resume = getattr(a, "resume", False)
+    if resume and getattr(a, "out", None) is None:
         raise RunError("--resume needs --out: the folder of the interrupted run")
     apply_threads(a.threads)
-    m = fit_signal(a.file, model=a.model, params=a.params, steps=a.steps, seconds=a.seconds, lr=a.lr,
-                   batch=None if a.batch == "full" else a.batch,
-                   target_psnr=_flat(a.target_psnr, (30.0, 40.0)), target_mse=_flat(a.target_mse, (1e-3, 1e-4)),
-                   device=a.device, seed=a.seed, out=a.out, quiet=a.quiet, model_options=_model_options(a),
-                   resume=a.resume, checkpoint_every=a.checkpoint_every, eval_every=a.eval_every,
-                   warmup=a.warmup, schedule_by=a.schedule_by, lbfgs=lbfgs_options(a))
-    if not a.quiet:
+    sig = as_signal(files[0] if files else None)
+    out = Path(a.out) if getattr(a, "out", None) else default_out(sig, cfg.model.name)
+    with RunFolder(out, resume=resume) as run:   # --out checked before any work
+        result = fit(sig, cfg, run)
+        result.write(run.path)
+    m = result.metrics
+    if not cfg.train.quiet:
         reached = ", ".join(f"{t}: {'%.1f s' % v['seconds'] if v else 'not reached'}"
                             for t, v in m["time_to_target"].items())
         print(f"{m['model']} ({m['params']:,} params) on {m['signal']}: {_fmt_metrics(m)}")
         print(f"{m['steps']} steps in {m['seconds']:.1f} s ({1000 * m['seconds_per_step']:.1f} ms/step, "
               f"stopped by {m['stopped_by']}; +{m['eval_seconds']:.1f} s for {m['evaluations']} whole-signal "
               f"evaluations); targets (whole signal): {reached or 'none'}")
-        print(f"run folder: {m['run_dir']}")
+        print(f"run folder: {out}")
     return 0
 
 
-def _cmd_fit_many(a, env) -> int:
-    if a.resume or a.checkpoint_every:
+def _cmd_fit_many(a, cfg: FitConfig, env) -> int:
+    if getattr(a, "resume", False) or cfg.train.checkpoint_every:
         raise RunError("--resume and --checkpoint-every apply to a single file, not to several files or a folder")
+    if getattr(a, "eval_every", None) is not None:
+        raise RunError("--eval-every applies to a single file: several files are evaluated after the last step")
     apply_threads(a.threads)
     from .shard import fit_sharded
 
-    s = fit_sharded(a.file, a.out, model=a.model, params=a.params, steps=a.steps, seconds=a.seconds, lr=a.lr,
-                    batch=None if a.batch == "full" else a.batch,
-                    target_psnr=_flat(a.target_psnr, (30.0, 40.0)), target_mse=_flat(a.target_mse, (1e-3, 1e-4)),
-                    device=a.device, seed=a.seed, quiet=a.quiet, model_options=_model_options(a),
-                    group_size=a.group_size, engine=a.engine)
+    s = fit_sharded(a.file, cfg, getattr(a, "out", None), a.group_size, a.engine)
     if env and env[1] > 1 and env[0] != 0:
         return 0   # this rank's share is written; rank 0 merged and reports
-    return _report_many(s, a.quiet)
+    return _report_many(s, cfg.train.quiet)
 
 
 def _report_many(s: dict, quiet: bool) -> int:
@@ -262,6 +324,32 @@ def _cmd_merge(a) -> int:
     from .batched import merge_run
 
     return _report_many(merge_run(a.run_dir, world_size=a.world_size), False)
+
+
+def _size(s):
+    try:
+        h, w = (int(v) for v in s.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--size takes HxW (e.g. 1024x1024), got {s!r}") from None
+    if h < 1 or w < 1:
+        raise argparse.ArgumentTypeError(f"--size must be positive, got {s!r}")
+    return h, w
+
+
+def _cmd_render(a) -> int:
+    from .export import render_run
+
+    path = render_run(a.run_dir, size=a.size, rate=a.rate, out=a.out, device=a.device)
+    print(f"written: {path}")
+    return 0
+
+
+def _cmd_export(a) -> int:
+    from .export import export_run
+
+    path, err = export_run(a.run_dir, fmt=a.format, out=a.out)
+    print(f"written: {path} (largest difference from the model on the fitted grid: {err:.3g})")
+    return 0
 
 
 def _cmd_eval(a) -> int:
@@ -289,7 +377,8 @@ def main(argv=None) -> int:
     a = parse_args(make_parser(), argv)
     if isinstance(a, int):  # --help, or a usage error already reported in one line
         return a
-    cmd = {"fit": _cmd_fit, "eval": _cmd_eval, "merge": _cmd_merge}[a.command]
+    cmd = {"fit": _cmd_fit, "eval": _cmd_eval, "render": _cmd_render, "export": _cmd_export,
+           "merge": _cmd_merge}[a.command]
     return run_main(f"inr {a.command}", lambda: cmd(a), interrupted="interrupted; no run folder was completed")
 
 

@@ -144,25 +144,37 @@ def add_common(p: argparse.ArgumentParser, *, device: str | None = "auto", seed:
 LBFGS_OPTIONS = ("lbfgs_steps", "lbfgs_fraction", "lbfgs_lr", "lbfgs_history", "lbfgs_iter")
 
 
-def add_lbfgs(p: argparse.ArgumentParser, *, full_batch_help: str = "the full-batch loss") -> None:
+def add_lbfgs(p: argparse.ArgumentParser, *, full_batch_help: str = "the full-batch loss",
+              suppress: bool = False) -> None:
     """The L-BFGS stage options of every regression tool (:class:`inr.train.TrainConfig`'s ``lbfgs_*``
     fields, same names, defaults and checks everywhere): ``--lbfgs-steps --lbfgs-fraction --lbfgs-lr
-    --lbfgs-history --lbfgs-iter``.  :func:`lbfgs_options` reads them back as TrainConfig keywords."""
+    --lbfgs-history --lbfgs-iter``.  :func:`lbfgs_options` reads them back as TrainConfig keywords.
+    ``suppress``: an option not given is absent from the parsed namespace (a config file's value stands)."""
     from inr.train import TrainConfig
 
     d = TrainConfig()
+
+    def default(v):
+        return {"default": argparse.SUPPRESS} if suppress else {"default": v}
+
+    def shown(text, v):
+        return f"{text} (default: {v})" if suppress else text
+
     g = p.add_argument_group("L-BFGS stage (after the Adam steps; off by default)")
-    g.add_argument("--lbfgs-steps", type=number(int, "--lbfgs-steps", 0), default=d.lbfgs_steps, metavar="N",
-                   help=f"outer L-BFGS steps after the Adam steps, on {full_batch_help} (0: no L-BFGS stage)")
-    g.add_argument("--lbfgs-fraction", type=open_fraction("--lbfgs-fraction"),
-                   default=d.lbfgs_fraction, metavar="F",
-                   help="with --seconds: the share of the wall budget given to the L-BFGS stage")
-    g.add_argument("--lbfgs-lr", type=positive_float("--lbfgs-lr"), default=d.lbfgs_lr,
-                   help="L-BFGS step length (strong-Wolfe line search)")
-    g.add_argument("--lbfgs-history", type=positive_int("--lbfgs-history"), default=d.lbfgs_history,
-                   help="L-BFGS curvature pairs kept")
-    g.add_argument("--lbfgs-iter", type=positive_int("--lbfgs-iter"), default=d.lbfgs_iter,
-                   help="L-BFGS iterations per outer step (history row, guard and checkpoint per outer step)")
+    g.add_argument("--lbfgs-steps", type=number(int, "--lbfgs-steps", 0), metavar="N", **default(d.lbfgs_steps),
+                   help=shown(f"outer L-BFGS steps after the Adam steps, on {full_batch_help} (0: no L-BFGS stage)",
+                              d.lbfgs_steps))
+    g.add_argument("--lbfgs-fraction", type=open_fraction("--lbfgs-fraction"), metavar="F",
+                   **default(d.lbfgs_fraction),
+                   help=shown("with --seconds: the share of the wall budget given to the L-BFGS stage",
+                              d.lbfgs_fraction))
+    g.add_argument("--lbfgs-lr", type=positive_float("--lbfgs-lr"), **default(d.lbfgs_lr),
+                   help=shown("L-BFGS step length (strong-Wolfe line search)", d.lbfgs_lr))
+    g.add_argument("--lbfgs-history", type=positive_int("--lbfgs-history"), **default(d.lbfgs_history),
+                   help=shown("L-BFGS curvature pairs kept", d.lbfgs_history))
+    g.add_argument("--lbfgs-iter", type=positive_int("--lbfgs-iter"), **default(d.lbfgs_iter),
+                   help=shown("L-BFGS iterations per outer step (history row, guard and checkpoint per outer "
+                              "step)", d.lbfgs_iter))
 
 
 def lbfgs_options(args: argparse.Namespace) -> dict:

@@ -1,7 +1,9 @@
-"""A signal + a model -> a trained run folder.
+"""A signal + a model -> a :class:`Fit` (and, through :meth:`Fit.save`, a run folder).
 
-``fit_signal(signal_or_path, model="lrnn-spder", params=200_000, ...)`` seeds, builds the model from the
-registry, trains it with :func:`inr.train.fit` and writes a run folder:
+``fit("photo.png", model="siren", seconds=10)`` (or ``fit(signal, FitConfig(...))``) seeds, builds the
+model from the registry with its family's defaults for the signal's kind (:mod:`inr.spec`), trains it
+with :func:`inr.train.fit` and returns a :class:`Fit`: the model, metrics, history, ``predict``,
+``render`` (any resolution or sample rate) and ``save``.  A saved run folder holds:
 
 - ``reconstruction.png`` (input size; 16-bit for 16-bit input) or ``reconstruction.wav`` (input rate,
   channels, subtype); ``error.png`` for images (|prediction - truth| averaged over channels, colour-mapped,
@@ -9,7 +11,8 @@ registry, trains it with :func:`inr.train.fit` and writes a run folder:
 - ``comparison.png`` for images: original, reconstruction and the error map with a colour bar side by
   side, PSNR / SSIM in the title;
 - ``metrics.json``, ``history.csv``, ``curves.png``, ``model.pt`` (state dict) and ``config.json``
-  (model config, fit options, signal description).
+  (``fit``: the resolved :class:`FitConfig`, which ``--config`` reads back; ``model``: the network's
+  config; ``signal``: the signal's description).
 
 Time to target: every ``eval_every`` steps (default :data:`EVAL_EVERY`) and after the last step the model
 is evaluated on the WHOLE signal, off the training clock (the time it takes is reported as
@@ -18,22 +21,6 @@ evaluations: the first evaluation at or beyond a target, timed by the training c
 target is seen at most ``eval_every`` steps late).  ``metrics["time_to_target_batch"]`` is the older,
 noisier measure from each step's random batch before its update (optimistic: a batch can score above the
 whole signal).  ``history.csv`` holds the evaluations as rows with ``eval_psnr`` / ``eval_mse``.
-
-The folder is assembled under a hidden temporary name next to ``out`` and renamed at the end, so a
-run that fails or is interrupted never leaves a complete-looking folder.  With ``checkpoint_every``
-the temporary folder keeps ``checkpoint.pt`` after an interruption and ``resume=True`` continues it.
-
-The pieces (model defaults, loss, prediction, metrics, folder writing) are separate functions so
-batched fitting and the benchmarks can reuse them.
-
-Defaults (our choice, docs/methods.md section 1 where it speaks):
-
-- learning rates (Adam, cosine decay to 0.1x): see :data:`DEFAULT_LR` and the sweep noted there;
-- audio: SIREN/SPDER first-layer ``w0_first=3000``; SPDER and LRNN-SPDER use ``sin(z) arctan(z)``
-  (``spder-atan``); LRNN audio models use ``w0_first=300`` (:data:`LRNN_AUDIO_W0_FIRST`) with
-  ``band="projection"`` and Adam 1e-3 (:data:`AUDIO_LR`): their K = 4 harmonics and products already widen
-  the band, and on :func:`inr.signals.test_audio` (50k params, 150 steps) w0 600, 1000 and 3000 stalled or
-  were slower (docs/methods.md section 2.6).
 """
 from __future__ import annotations
 
@@ -46,53 +33,29 @@ import shutil
 import resource
 import sys
 import time
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from . import metrics as M
-from .models import build, count_params, from_config
+from .config import from_dict, leaf_paths, merge, to_dict
+from .errors import InputError
+from .models import ModelConfig, build, count_params, from_config, spec
 from .signals import Signal, SignalError, load
 from .runfiles import save_torch, versions, write_json
 from .runs import RunError, RunFolder, staging_dir
 from .runs import check_out as _check_out  # noqa: F401 - used by inr.batched / inr.shard
-from .train import DivergenceError, TrainConfig, fit, resolve_device, seed_everything
+from .train import DivergenceError, TrainConfig, resolve_device, seed_everything
+from .train import fit as train_fit
 
-# Adam learning rates.  hash (Instant-NGP's code uses 1e-2): benchmarks/hash_sweep.py on the cameraman
-# 256^2, ~200k params, 2048-8192 point batches, 5 s: 1e-2 first to 30/35/40 dB at the default 2048 points
-# and 8 levels, 3e-2 close (ahead at 4096-8192 points), 3e-3 clearly slower.  (Instant-NGP's Adam betas
-# (0.9, 0.99) and eps 1e-15, which the training loop does not expose, ended 3-5 dB higher after 5 s there.)
-# SIREN/SPDER/LRNN: from a sweep on the cameraman at small scale (64^2 image,
-# ~3k params, 300 full-batch steps; 128^2, ~12.5k params, 200 steps), one notch below the best rate
-# there because wider nets want smaller rates: SIREN best 3e-3 (64^2) / 1e-3 (128^2); SPDER best 1e-3,
-# collapses at 3e-3; LRNN best 1e-2, collapses at 3e-2.  Gauss, WIRE, ReLU+PE: the papers' code values.
-DEFAULT_LR = {"siren": 5e-4, "spder": 5e-4, "gauss": 1e-3, "wire": 5e-3, "relu-pe": 1e-3,
-              "lrnn-siren": 3e-3, "lrnn-spder": 3e-3, "hash": 1e-2}
-FALLBACK_LR = 1e-3          # models registered later without an entry above
-AUDIO_W0_FIRST = 3000.0       # SIREN / SPDER audio (docs/methods.md section 1)
-LRNN_AUDIO_W0_FIRST = 300.0   # LRNN audio (our choice, see the module docstring)
-# LRNN on audio: 1e-3 (3e-3, the image rate, stalled: test clip, 50k params, 150 steps, whole-clip MSE
-# 0.038 at 3e-3, 2.1e-3 at 1e-3, 1.6e-3 at 3e-4; docs/methods.md section 2.6)
-AUDIO_LR = {"lrnn-siren": 1e-3, "lrnn-spder": 1e-3}
 PREDICT_CHUNK = 65536       # coordinates per forward pass when predicting a whole signal
-# Random points per step on a CPU for batch="auto": on cameraman 256x256 in 60 s, 4096-point batches reached
-# 38.7 dB (SIREN) / 39.1 dB (SPDER) against ~25-30 dB with 16384 (benchmarks/image_fit.py, README).
-CPU_BATCH = 4096
 # Whole-signal evaluations every this many steps (time to target; off the clock).  Measured: `inr fit
 # --seconds 20 --threads 1` (512^2 cameraman, SIREN 200k, 4096-point batches) on the loaded 2-core CPU ran
 # 291 steps at 69 ms/step, and one whole-image evaluation took 2.9 s, about 43 steps' worth.  Every 100
 # steps the evaluations add ~40% wall time outside the training clock and time targets to within 100 steps.
 EVAL_EVERY = 100
-MAX_PARAMS = 10**9          # --params above this is refused (a 1e11 budget would exhaust memory)
-# Per-family exceptions: the hash grid's steps cost ~linear in the batch and 2048-point steps learn about as
-# much as 4096-point ones, so 2048 reached 30/35/40 dB first at every rate and level count tried
-# (cameraman 256^2, 200k params: 0.6/1.0/1.8 s against 0.8/1.7/3.1 s; benchmarks/hash_sweep.py).
-CPU_BATCH_BY_MODEL = {"hash": 2048}
-# Adam settings per family (default betas (0.9, 0.999), eps 1e-8).  The hash grid uses Instant-NGP's:
-# sparse table rows get rare gradients, which a fast second-moment decay and a tiny eps keep from being
-# damped; in paired 5 s runs on cameraman 256^2 it ended 3-5 dB higher (benchmarks/hash_sweep.py --adam ngp).
-ADAM_BY_MODEL = {"hash": {"betas": (0.9, 0.99), "eps": 1e-15}}
 RUN_FILES = ("metrics.json", "config.json", "model.pt", "history.csv", "curves.png")
 IMAGE_FILES = ("reconstruction.png", "error.png", "comparison.png")
 
@@ -105,73 +68,6 @@ def _positive_finite(name: str, v) -> float:
     if not (math.isfinite(x) and x > 0):
         raise RunError(f"{name} must be a finite number > 0, got {v}")
     return x
-
-
-def check_model_options(model_options: dict | None, params: int | None) -> None:
-    """Reject model hyper-parameters that cannot build a model (zero widths, non-finite frequencies)
-    before any work, with a message naming the option."""
-    for k, v in (model_options or {}).items():
-        if isinstance(v, bool) or v is None:
-            continue
-        if isinstance(v, int) and k in ("hidden", "hidden_layers", "rank", "depth", "dbar", "width",
-                                        "n_freqs") and v < 1:
-            raise RunError(f"--{k.replace('_', '-')} must be >= 1, got {v}")
-        if isinstance(v, float) and not math.isfinite(v):
-            raise RunError(f"--{k.replace('_', '-')} must be a finite number, got {v}")
-        if k in ("w0", "w0_first", "scale", "s0") and isinstance(v, (int, float)) and not v > 0:
-            raise RunError(f"--{k.replace('_', '-')} must be > 0, got {v}")
-    if params is not None and not (1 <= params <= MAX_PARAMS):
-        raise RunError(f"--params must be between 1 and {MAX_PARAMS:,}, got {params:,}")
-
-
-# ----------------------------------------------------------------------------------------------
-# Model and loss
-
-
-def compiled_kernels_available() -> bool:
-    """Whether LRNN fits use the torch.compile'd component kernels: a C++ compiler is on the PATH (Inductor
-    needs one on the CPU) and ``INR_COMPILE`` is not ``0``.  The first fit on a machine spends ~15-40 s
-    compiling; later processes load the kernels from Inductor's on-disk cache."""
-    if os.environ.get("INR_COMPILE", "1") == "0":
-        return False
-    return torch.cuda.is_available() or any(shutil.which(c) for c in ("c++", "g++", "gcc", "clang"))
-
-
-def model_defaults(model: str, kind: str) -> dict:
-    """Hyper-parameters this tool sets for ``model`` on an ``"image"`` or ``"audio"`` signal
-    (anything passed in ``model_options`` overrides them)."""
-    d = {}
-    if model in ("lrnn-siren", "lrnn-spder"):
-        d["kernel"] = "compiled" if compiled_kernels_available() else "fused"
-    if kind != "audio":
-        return d
-    if model in ("siren", "spder"):
-        d["w0_first"] = AUDIO_W0_FIRST
-    if model in ("lrnn-siren", "lrnn-spder"):
-        # the band from a SIREN-style projection with a fixed step multiplier (docs/methods.md section 2.6)
-        d["w0_first"], d["band"] = LRNN_AUDIO_W0_FIRST, "projection"
-    if model in ("spder", "lrnn-spder"):
-        d["activation"] = "spder-atan"
-    return d
-
-
-def default_lr(model: str, kind: str = "image") -> float:
-    """Adam learning rate for ``model`` on an ``"image"`` or ``"audio"`` signal."""
-    if kind == "audio" and model in AUDIO_LR:
-        return AUDIO_LR[model]
-    return DEFAULT_LR.get(model, FALLBACK_LR)
-
-
-def build_for(signal: Signal, model: str, params: int | None = None, model_options: dict | None = None,
-              device=None):
-    """Build ``model`` for ``signal``: coordinate dim in, channels out, this tool's defaults for the kind."""
-    hyper = {**model_defaults(model, signal.kind), **(model_options or {})}
-    if params is not None and any(k in hyper for k in ("hidden", "rank", "table")):
-        params = None  # an explicit width wins over the budget
-    try:
-        return build(model, signal.coord_dim, signal.channels, params=params, device=device, **hyper)
-    except TypeError as e:  # build() turns these into ValueError only after the width search
-        raise RunError(f"bad option for model {model!r}: {e}") from None
 
 
 def to_network(values: torch.Tensor, kind: str) -> torch.Tensor:
@@ -417,127 +313,271 @@ def write_curves(history: list, kind: str, path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# The whole job
+# The whole job: FitConfig -> fit() -> Fit
+
+TARGETS = {"image": (30.0, 40.0), "audio": (1e-3, 1e-4)}   # timed by default: PSNR dB / MSE
+# TrainConfig fields that belong to one process (paths, switches, what fit() fills in), not to the run
+TRAIN_RUNTIME = ("checkpoint_path", "resume", "fingerprint", "quiet", "desc", "targets", "target_key",
+                 "target_mode")
 
 
-def fit_signal(signal: Signal | str | os.PathLike | None = None, model: str = "lrnn-spder",
-               params: int | None = 200_000, steps: int = 2000, seconds: float | None = None,
-               lr: float | None = None, batch: int | str | None = None, target_psnr=(30, 40),
-               target_mse=(1e-3, 1e-4), device: str = "auto", seed: int = 0,
-               out: str | os.PathLike | None = None, quiet: bool = False, model_options: dict | None = None,
-               resume: bool = False, checkpoint_every: int = 0, schedule: str = "cosine",
-               lr_final: float = 0.1, eval_every: int = EVAL_EVERY, warmup: int = 0,
-               schedule_by: str = "auto", lbfgs: dict | None = None) -> dict:
-    """Fit ``model`` to a signal and write a run folder; returns the metrics dict (also in metrics.json).
+def _fit_train() -> TrainConfig:
+    """The loop settings of a fit: 20,000 steps or 60 s, whichever comes first; lr, Adam betas and eps
+    None = the model family's defaults for the signal's kind (:mod:`inr.spec`)."""
+    return TrainConfig(steps=20000, seconds=60.0, lr=None, betas=None, eps=None)
 
-    Args:
-        signal: a :class:`Signal`, a path to an image / WAV file, or None (the cameraman).
-        model: a registry name (:data:`inr.models.MODELS`).
-        params: parameter budget (picks ``hidden`` / ``rank``); ignored when ``model_options`` sets the width.
-        steps, seconds: stop at ``steps`` optimizer steps or ``seconds`` of training, whichever comes first.
-        lr: Adam learning rate; None picks :data:`DEFAULT_LR` for the model.
-        batch: random points per step; None = every point (full batch); ``"auto"`` = full batch on CUDA,
-            :data:`CPU_BATCH` points on the CPU (:data:`CPU_BATCH_BY_MODEL` for some families).
-        target_psnr: PSNR targets (dB) whose first crossing is timed (images): ``time_to_target`` from
-            the whole-signal evaluations, ``time_to_target_batch`` from the training batches.
-        target_mse: MSE targets timed for audio (first MSE at or below each), likewise.
-        eval_every: evaluate the whole signal every this many steps, off the clock (0: only after the last
-            step); see the module docstring.
-        device: ``auto``, ``cpu`` or ``cuda``.
-        seed: seeds python, numpy and torch (initialisation and the point sampler).
-        out: run folder (must not exist); None -> ``runs/<name>-<model>-<time>``.
-        model_options: extra hyper-parameters for the model (``hidden``, ``rank``, ``w0``, ...).
-        resume, checkpoint_every: write ``checkpoint.pt`` every N steps into the staging folder and
-            continue from it when ``resume`` is set.
-        schedule, lr_final, warmup, schedule_by: learning-rate schedule (see :class:`inr.train.TrainConfig`):
-            shape, final fraction, linear warm-up steps, and whether its progress follows steps, time or
-            the larger of both (``auto``).
-        lbfgs: ``lbfgs_*`` keywords of :class:`inr.train.TrainConfig` (e.g. ``{"lbfgs_steps": 200}``): an
-            L-BFGS stage after the Adam steps, on every point of the signal up to :data:`LBFGS_MAX_POINTS`,
-            else on that many points drawn once (:func:`make_full_loss`).
-    """
-    lbfgs = dict(lbfgs or {})
-    if steps is None or steps <= 0:
-        raise RunError(f"--steps must be > 0, got {steps}")
-    if seconds is not None:
-        _positive_finite("--seconds", seconds)
-    if checkpoint_every < 0:
-        raise RunError(f"--checkpoint-every must be >= 0, got {checkpoint_every}")
-    if eval_every is None or eval_every < 0:
-        raise RunError(f"--eval-every must be >= 0, got {eval_every}")
-    if warmup is None or warmup < 0:
-        raise RunError(f"--warmup must be >= 0, got {warmup}")
-    if schedule_by not in ("auto", "steps", "time"):
-        raise RunError(f"--schedule-by must be steps, time or auto, got {schedule_by!r}")
-    if schedule_by == "time" and seconds is None:
-        raise RunError("--schedule-by time needs a time budget (--seconds)")
-    if lr is not None:
-        lr = _positive_finite("--lr", lr)
-    check_model_options(model_options, params)
-    sig = signal if isinstance(signal, Signal) else load(signal)
-    dev = resolve_device(device)
-    if batch == "auto":
-        batch = None if dev.type == "cuda" else CPU_BATCH_BY_MODEL.get(model, CPU_BATCH)
-    if batch is not None and (not isinstance(batch, int) or batch <= 0):
-        raise RunError(f"--batch must be a positive integer, 'auto' or None (full batch), got {batch!r}")
-    lr = default_lr(model, sig.kind) if lr is None else lr
-    targets = tuple(float(t) for t in ((target_psnr if sig.kind == "image" else target_mse) or ()))
-    out = Path(out) if out is not None else default_out(sig, model)
-    run = RunFolder(out, resume=resume)   # checks --out before any work
 
-    seed_everything(seed)
-    net = build_for(sig, model, params, model_options, device=dev)
-    _check_budget(net, model, params, model_options)
-    fingerprint = json.dumps({"signal": {"kind": sig.kind, "shape": list(sig.shape), "channels": sig.channels,
-                                         "sha256": sig.digest()},
-                              "model": net.config}, sort_keys=True, default=str)
-    cfg = TrainConfig(steps=int(steps), seconds=seconds, lr=lr, lr_final=lr_final, schedule=schedule,
-                      schedule_by=schedule_by, warmup=int(warmup), seed=seed, **ADAM_BY_MODEL.get(model, {}),
-                      device=str(dev), targets=targets, target_key="psnr" if sig.kind == "image" else "mse",
-                      target_mode="max" if sig.kind == "image" else "min", quiet=quiet,
-                      checkpoint_every=int(checkpoint_every), checkpoint_path=str(run.checkpoint),
-                      resume=resume, fingerprint=fingerprint, desc=f"{model} {sig.name}", **lbfgs)
+@dataclass
+class FitConfig:
+    """Everything a fit needs besides the signal; validated when made, saved as the run's config.json.
+
+    ``batch``: random points per step; ``"auto"``: the family's CPU batch on a CPU (:mod:`inr.spec`),
+    every point on CUDA; None or ``"full"``: every point.  ``eval_every``: whole-signal evaluations every
+    this many steps, off the training clock (0: after the last step only).  ``targets``: PSNR (dB, images) or
+    MSE (audio) values whose first crossing is timed; None: :data:`TARGETS`."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=_fit_train)
+    batch: int | str | None = "auto"
+    eval_every: int = EVAL_EVERY
+    targets: tuple | None = None
+
+    def __post_init__(self):
+        if isinstance(self.model, dict):
+            self.model = from_dict(ModelConfig, self.model, "model")
+        if isinstance(self.train, dict):
+            self.train = from_dict(TrainConfig, self.train, "train")
+        if self.batch == "full":
+            self.batch = None
+        if self.batch not in ("auto", None) and (isinstance(self.batch, bool) or not isinstance(self.batch, int)
+                                                 or self.batch < 1):
+            raise RunError(f"--batch must be a positive integer, 'auto' or 'full', got {self.batch!r}")
+        if isinstance(self.eval_every, bool) or not isinstance(self.eval_every, int) or self.eval_every < 0:
+            raise RunError(f"--eval-every must be an integer >= 0, got {self.eval_every!r}")
+        if self.targets is not None:
+            try:
+                self.targets = tuple(float(t) for t in self.targets)
+            except (TypeError, ValueError):
+                raise RunError(f"targets must be numbers, got {self.targets!r}") from None
+            if not all(math.isfinite(t) for t in self.targets):
+                raise RunError(f"targets must be finite numbers, got {self.targets!r}")
+        if self.train.seconds is not None:
+            _positive_finite("--seconds", self.train.seconds)
+
+    def resolved(self, kind: str, device: torch.device) -> "FitConfig":
+        """This config with every default made explicit for a signal of ``kind`` on ``device``: the
+        family's task defaults (lr, Adam betas/eps, CPU batch, hyper-parameters) and the targets."""
+        task = spec(self.model.name).task(kind)
+        t = self.train
+        train = replace(t, lr=task.lr if t.lr is None else t.lr, betas=task.betas if t.betas is None else t.betas,
+                        eps=task.eps if t.eps is None else t.eps, device=str(device))
+        batch = self.batch
+        if batch == "auto":
+            batch = None if device.type == "cuda" else task.cpu_batch
+        options = spec(self.model.name).resolve(kind, self.model.options)
+        model = ModelConfig(self.model.name, self.model.params, options)
+        targets = TARGETS[kind] if self.targets is None else self.targets
+        return replace(self, model=model, train=train, batch=batch, targets=targets)
+
+    def to_dict(self) -> dict:
+        return {**to_dict(self), "train": to_dict(self.train, skip=TRAIN_RUNTIME)}
+
+
+def as_signal(signal) -> Signal:
+    """A :class:`Signal` from a Signal, a file path, a numpy array (images ``(H, W[, C])`` in [0, 1]) or
+    None (the built-in cameraman)."""
+    if isinstance(signal, Signal):
+        return signal
+    if isinstance(signal, np.ndarray):
+        from .signals import image_from_array
+
+        return image_from_array(signal)
+    return load(signal)
+
+
+def fit(signal=None, config: FitConfig | None = None, run: RunFolder | None = None, **overrides) -> "Fit":
+    """Fit an INR to ``signal`` (anything :func:`as_signal` takes) and return a :class:`Fit`.
+
+    ``config``: a :class:`FitConfig` (default: the command line's defaults: the hash grid, 200k parameters,
+    60 s); ``overrides``: options by name on top of it (``model="siren"``, ``params=50_000``,
+    ``seconds=10``, ``lr=1e-3``, ``seed=1``, ``hidden=128``: any field of the config tree, or a model
+    hyper-parameter).  ``run``: a :class:`~inr.runs.RunFolder` whose staging folder holds the checkpoint
+    (``train.checkpoint_every``) and is resumed when the folder was opened with ``resume=True``; writing
+    the results is :meth:`Fit.save`'s job."""
+    cfg = with_overrides(config or FitConfig(), overrides)
+    sig = as_signal(signal)
+    dev = resolve_device(cfg.train.device)
+    cfg = cfg.resolved(sig.kind, dev)
+    if cfg.train.checkpoint_every and run is None:
+        raise RunError("checkpoint_every needs a run folder to keep the checkpoint in (fit(..., run=RunFolder(out)))")
+    seed_everything(cfg.train.seed)
+    net = cfg.model.build(sig.coord_dim, sig.channels, sig.kind, device=dev)
+    _check_budget(net, cfg.model)
     coords, values = sig.coords(device=dev), sig.targets(device=dev)
-    loss_fn = make_loss(net, coords, values, sig.kind, batch)
-    evaluate = make_evaluator(net, coords, values, sig.kind)
-    fit_options = {"model": model, "params_budget": params, "steps": int(steps), "seconds": seconds, "lr": lr,
-                   "lr_final": lr_final, "schedule": schedule, "batch": batch, "targets": list(targets),
-                   "device": str(dev), "seed": seed, "model_options": model_options or {},
-                   "checkpoint_every": checkpoint_every, "eval_every": int(eval_every), "warmup": int(warmup),
-                   "schedule_by": schedule_by, **lbfgs}
+    loss_fn = make_loss(net, coords, values, sig.kind, cfg.batch)
+    fingerprint = json.dumps({"signal": {"kind": sig.kind, "shape": list(sig.shape), "channels": sig.channels,
+                                         "sha256": sig.digest()}, "model": net.config}, sort_keys=True, default=str)
+    image = sig.kind == "image"
+    train = replace(cfg.train, targets=cfg.targets, target_key="psnr" if image else "mse",
+                    target_mode="max" if image else "min", fingerprint=fingerprint,
+                    desc=f"{cfg.model.name} {sig.name}", quiet=cfg.train.quiet,
+                    checkpoint_path=str(run.checkpoint) if run is not None else None,
+                    resume=bool(run is not None and run.resume))
+    rng = torch.get_rng_state()   # measured before training, generator restored: the run is unchanged
+    saved = saved_tensor_bytes(loss_fn)
+    torch.set_rng_state(rng)
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
+    full_loss = make_full_loss(net, coords, values, sig.kind, cfg.train.seed) if train.lbfgs_steps else None
+    result = train_fit(net, loss_fn, train, evaluate=make_evaluator(net, coords, values, sig.kind),
+                       eval_every=cfg.eval_every, lbfgs_loss=full_loss)
+    pred = predict(net, coords, sig.kind)
+    if not torch.isfinite(pred).all():
+        raise DivergenceError(f"{cfg.model.name} on {sig.name}: the trained model predicts non-finite values; "
+                              f"lower --lr")
+    memory = {"saved_tensors_bytes": saved, "peak_rss_bytes": peak_rss_bytes()}
+    if dev.type == "cuda":
+        memory["cuda_max_allocated_bytes"] = int(torch.cuda.max_memory_allocated(dev))
+    m = fit_metrics(sig, net, pred, result, cfg)
+    m["memory"] = memory
+    return Fit(net, sig.describe(), cfg, m, result, signal=sig, prediction=pred)
 
-    with run:
-        # Measured before training (and with the generator state restored) so the run itself is unchanged.
-        rng = torch.get_rng_state()
-        saved = saved_tensor_bytes(loss_fn)
-        torch.set_rng_state(rng)
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-            torch.cuda.reset_peak_memory_stats(dev)
-        full_loss = make_full_loss(net, coords, values, sig.kind, seed) if cfg.lbfgs_steps else None
-        result = fit(net, loss_fn, cfg, evaluate=evaluate, eval_every=int(eval_every), lbfgs_loss=full_loss)
-        pred = predict(net, coords, sig.kind)
-        if not torch.isfinite(pred).all():
-            raise DivergenceError(f"{model} on {sig.name}: the trained model predicts non-finite values; "
-                                  f"lower --lr")
-        memory = {"saved_tensors_bytes": saved, "peak_rss_bytes": peak_rss_bytes()}
-        if dev.type == "cuda":
-            memory["cuda_max_allocated_bytes"] = int(torch.cuda.max_memory_allocated(dev))
-        m = {"signal": sig.name, "kind": sig.kind, "model": model, "params": count_params(net),
-             **signal_metrics(sig, pred),
-             "steps": result.steps, "seconds": result.seconds, "seconds_per_step": result.seconds_per_step,
-             "stopped_by": result.stopped_by, "final_loss": result.final_loss,
-             "final_loss_note": "training MSE ([-1,1] scale) of the final parameters, after the last update",
-             "last_step_loss": result.last_step_loss,
-             **target_metrics(result, int(eval_every)), "divergence_events": result.events,
-             "batch": batch, "lr": lr, "device": str(dev),
-             "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",
-             "memory": memory, "seed": seed, "versions": versions(), "config": {"fit": fit_options,
-                                                                               "model": net.config}}
-        config = {"model": net.config, "fit": fit_options, "signal": sig.describe()}
-        write_run(run.path, sig, net, pred, m, config, result)
-    m["run_dir"] = str(out)
-    return m
+
+def with_overrides(cfg, overrides: dict):
+    """``cfg`` (a config dataclass) with ``overrides`` by name (see :func:`fit`); a name that is no field
+    but a hyper-parameter of the model goes to ``model.options``."""
+    if not overrides:
+        return cfg
+    cls = type(cfg)
+    paths = leaf_paths(cls)
+    overrides = dict(overrides)
+    base = to_dict(cfg)
+    name = overrides.get("model")
+    if isinstance(name, str):
+        overrides["model"] = {"name": name}
+        if name != cfg.model.name:   # another family: the old family's options do not apply
+            base["model"]["options"] = {}
+    options = {k: overrides.pop(k) for k in list(overrides) if k not in paths and "." not in k}
+    if options:
+        overrides["model.options"] = {**base["model"]["options"], **options}
+    return from_dict(cls, merge(base, overrides, cls))
+
+
+def fit_metrics(sig: Signal, net, pred, result, cfg: FitConfig) -> dict:
+    """metrics.json of a fit: signal metrics, steps and time, time to target, the settings used."""
+    dev = cfg.train.device
+    return {"signal": sig.name, "kind": sig.kind, "model": cfg.model.name, "params": count_params(net),
+            **signal_metrics(sig, pred),
+            "steps": result.steps, "seconds": result.seconds, "seconds_per_step": result.seconds_per_step,
+            "stopped_by": result.stopped_by, "final_loss": result.final_loss,
+            "final_loss_note": "training MSE ([-1,1] scale) of the final parameters, after the last update",
+            "last_step_loss": result.last_step_loss,
+            **target_metrics(result, cfg.eval_every), "divergence_events": result.events,
+            "batch": cfg.batch, "lr": cfg.train.lr, "device": dev,
+            "device_name": torch.cuda.get_device_name(dev) if dev.startswith("cuda") else platform.processor() or "cpu",
+            "seed": cfg.train.seed, "versions": versions()}
+
+
+@dataclass
+class Fit:
+    """A trained INR and what is known about it.
+
+    ``model``: the network (reads coordinates in [-1, 1], answers on the [-1, 1] training scale);
+    ``signal_info``: the fitted signal's description (kind, shape, channels, rate, ...);
+    ``config``: the resolved :class:`FitConfig`; ``metrics``: as in metrics.json; ``train``: the training
+    loop's :class:`~inr.train.FitResult` (``.history``)."""
+    model: torch.nn.Module
+    signal_info: dict
+    config: FitConfig
+    metrics: dict
+    train: object = None
+    signal: Signal | None = None
+    prediction: torch.Tensor | None = None
+
+    @property
+    def kind(self) -> str:
+        return self.signal_info["kind"]
+
+    @property
+    def history(self) -> list:
+        return self.train.history if self.train is not None else []
+
+    def predict(self, coords) -> np.ndarray:
+        """Values at ``coords`` (``(N, d)``, each axis in [-1, 1] as the signal's grid spans it) on the
+        signal's own scale (images: [0, 1] intensities, audio: [-1, 1] amplitude), ``(N, C)`` float64."""
+        c = torch.as_tensor(np.asarray(coords, dtype=np.float32))
+        d = len(self.signal_info["shape"])
+        if c.ndim != 2 or c.shape[1] != d:
+            raise RunError(f"coordinates must have shape (N, {d}), got {tuple(c.shape)}")
+        dev = next(self.model.parameters()).device
+        return predict(self.model, c.to(dev), self.kind).numpy()
+
+    def render(self, shape=None, rate: int | None = None) -> Signal:
+        """The signal re-sampled from the model: images at ``shape`` ``(H, W)`` pixels (any resolution,
+        same extent: super-resolution), audio at ``rate`` samples per second (same duration).  Returns a
+        :class:`Signal` (``.values``; ``.write(path)`` saves a PNG / WAV)."""
+        grid = render_grid(self.signal_info, shape, rate)
+        return grid.with_values(self.predict(grid.coords().numpy()))
+
+    def save(self, out: str | os.PathLike) -> Path:
+        """Write the run folder ``out`` (which must not exist): reconstruction, error map and comparison
+        (images), metrics.json, history.csv, curves.png, model.pt, config.json."""
+        with RunFolder(out) as run:
+            self.write(run.path)
+        return Path(out)
+
+    def write(self, folder: Path) -> None:
+        """Write the run files into an existing (staging) folder."""
+        if self.signal is None or self.prediction is None:
+            raise RunError("this fit was loaded from a run folder; it is already saved")
+        config = {"fit": self.config.to_dict(), "model": self.model.config, "signal": self.signal_info}
+        write_run(Path(folder), self.signal, self.model, self.prediction, self.metrics, config, self.train)
+
+    @classmethod
+    def load(cls, run_dir: str | os.PathLike, device: str = "cpu") -> "Fit":
+        """A saved fit: the model rebuilt from config.json and model.pt, its metrics (no signal)."""
+        net, config = load_run(run_dir, device=device)
+        fitcfg = config.get("fit") if isinstance(config.get("fit"), dict) else {}
+        try:
+            cfg = from_dict(FitConfig, fitcfg) if "train" in fitcfg else FitConfig(ModelConfig(net.config["name"]))
+        except InputError:
+            cfg = FitConfig(ModelConfig(net.config["name"]))
+        info = config.get("signal")
+        if not isinstance(info, dict) or info.get("kind") not in ("image", "audio"):
+            raise RunError(f"{run_dir}: config.json has no usable signal description")
+        metrics = {}
+        try:
+            metrics = json.loads((Path(run_dir) / "metrics.json").read_text())
+        except (OSError, ValueError):
+            pass
+        return cls(net, info, cfg, metrics if isinstance(metrics, dict) else {})
+
+
+def render_grid(info: dict, shape=None, rate: int | None = None) -> Signal:
+    """An empty :class:`Signal` (zeros) laid out like the fitted one at another resolution."""
+    kind, channels = info["kind"], int(info.get("channels") or 1)
+    if kind == "image":
+        if rate is not None:
+            raise RunError("--rate applies to audio; give --size HxW for an image")
+        h, w = (int(v) for v in (shape or info["shape"]))
+        if h < 1 or w < 1:
+            raise RunError(f"--size must be positive, got {h}x{w}")
+        from .signals import check_pixels
+
+        check_pixels(h, w)
+        return Signal("image", np.zeros((h, w, channels)), bit_depth=info.get("bit_depth") or 8)
+    if shape is not None:
+        raise RunError("--size applies to images; give --rate for audio")
+    n0, r0 = int(info["shape"][0]), int(info.get("rate") or 1)
+    r = int(rate or r0)
+    if r < 1:
+        raise RunError(f"--rate must be a positive integer, got {rate}")
+    n = max(1, int(round((n0 - 1) * r / r0)) + 1)
+    from .signals import check_samples
+
+    check_samples(n, channels)
+    return Signal("audio", np.zeros((n, channels)), rate=r, subtype=info.get("subtype"),
+                  scale=float(info.get("scale") or 1.0))
 
 
 def target_metrics(result, eval_every: int) -> dict:
@@ -552,15 +592,15 @@ def target_metrics(result, eval_every: int) -> dict:
             "eval_seconds": result.eval_seconds}
 
 
-def _check_budget(net, model: str, params: int | None, model_options: dict | None) -> None:
+def _check_budget(net, model: ModelConfig) -> None:
     """A --params budget below the smallest model of the family (width / rank 1) is an error, not a
     silently larger model."""
-    if params is None or any(k in (model_options or {}) for k in ("hidden", "rank")):
+    if model.params is None:
         return
     n = count_params(net)
     width = net.config.get("hidden", net.config.get("rank"))
-    if width == 1 and n > params:
-        raise RunError(f"--params {params:,} is below the smallest {model} model for this signal "
+    if width == 1 and n > model.params:
+        raise RunError(f"--params {model.params:,} is below the smallest {model.name} model for this signal "
                        f"({n:,} parameters at width 1); raise --params or set --hidden / --rank")
 
 

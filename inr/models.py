@@ -7,6 +7,7 @@ Widths come either explicitly (``hidden=256`` / ``rank=128``) or from a paramete
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -412,3 +413,32 @@ def from_config(config: dict, device=None, dtype=None) -> INR:
     cfg = dict(config)
     name, i, o = cfg.pop("name"), cfg.pop("in_features"), cfg.pop("out_features")
     return build(name, i, o, device=device, dtype=dtype, **cfg)
+
+
+@dataclass
+class ModelConfig:
+    """Which family, how big, and its hyper-parameters (checked against the family's spec).
+
+    ``params``: a parameter budget (the width -- hidden size, rank or table -- whose count is closest) or
+    None when ``options`` sets the width; an explicit width in ``options`` wins over the budget."""
+    name: str = "hash"
+    params: int | None = 200_000
+    options: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        s = spec(self.name)
+        self.options = s.check(dict(self.options or {}))
+        if self.params is not None:
+            if isinstance(self.params, bool) or not isinstance(self.params, int) or self.params < 1:
+                raise InputError(f"--params must be a positive integer, got {self.params!r}")
+            if self.params > max_params():
+                raise InputError(f"--params {self.params:,} is above the limit of {max_params():,} "
+                                 f"(INR_MAX_PARAMS)")
+        if s.width_arg in self.options:
+            self.params = None   # an explicit width wins over the budget
+
+    def build(self, in_features: int, out_features: int, task: str, device=None, dtype=None, **context) -> INR:
+        """The model for ``task`` (its spec's task defaults under :attr:`options`)."""
+        hyper = spec(self.name).resolve(task, self.options, **context)
+        return build(self.name, in_features, out_features, params=self.params, device=device, dtype=dtype,
+                     **hyper)

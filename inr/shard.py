@@ -48,7 +48,8 @@ def rank_device(device: str, local_rank: int) -> str:
     return device if device != "auto" else "cpu"
 
 
-def fit_sharded(files, out, *, device: str = "auto", timeout_minutes: float = 24 * 60, **kw) -> dict | None:
+def fit_sharded(files, cfg, out=None, group_size: int = 16, engine: str = "auto",
+                timeout_minutes: float = 24 * 60) -> dict | None:
     """:func:`inr.batched.fit_many` under torchrun: this rank's share of ``files``, then a barrier
     and (rank 0) the merge.  Outside torchrun it is plain ``fit_many``.  Returns the summary on
     rank 0 (or without torchrun) and this rank's record elsewhere.
@@ -56,7 +57,7 @@ def fit_sharded(files, out, *, device: str = "auto", timeout_minutes: float = 24
     ``out`` is required under torchrun (every rank must name the same folder)."""
     env = dist_env()
     if env is None or env[1] == 1:
-        return batched.fit_many(files, out=out, device=device, **kw)
+        return batched.fit_many(files, cfg, out, group_size, engine)
     rank, world, local = env
     if out is None:
         raise RunError("--out is required under torchrun: every rank must write the same run folder")
@@ -80,8 +81,10 @@ def fit_sharded(files, out, *, device: str = "auto", timeout_minutes: float = 24
             raise problem
         if not int(ok):
             raise RunError(f"--out {out}: rejected by rank 0 (see its message)")
-        part = batched.fit_many(files, out=out, device=rank_device(device, local), shard=(rank, world),
-                                merge=False, **kw)
+        from dataclasses import replace
+
+        mine = replace(cfg, train=replace(cfg.train, device=rank_device(cfg.train.device, local)))
+        part = batched.fit_many(files, mine, out, group_size, engine, shard=(rank, world), merge=False)
         dist.barrier()
         return batched.merge_run(out, world_size=world) if rank == 0 else part
     finally:

@@ -59,6 +59,21 @@ def _check_pixels(p, h: int, w: int, limit: int) -> None:
                           f"(set INR_MAX_PIXELS or max_pixels= to allow larger images)")
 
 
+def check_pixels(h: int, w: int, what: str = "render") -> None:
+    """Refuse an image of ``h x w`` pixels above :func:`max_pixels` (for images made, not read)."""
+    _check_pixels(what, h, w, max_pixels())
+
+
+RENDER_MAX_SAMPLES = 1 << 31   # audio frames x channels a render may produce
+
+
+def check_samples(n: int, channels: int, what: str = "render") -> None:
+    """Refuse audio of ``n`` frames x ``channels`` above :data:`RENDER_MAX_SAMPLES`."""
+    if n * channels > RENDER_MAX_SAMPLES:
+        raise SignalError(f"{what}: {n:,} frames x {channels} channels is above the limit of "
+                          f"{RENDER_MAX_SAMPLES:,} samples")
+
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
 AUDIO_SUFFIXES = {".wav", ".wave", ".flac", ".ogg", ".aif", ".aiff"}
 
@@ -134,6 +149,12 @@ class Signal:
             raise ValueError(f"prediction has {a.size} values, the signal {self.values.size} "
                              f"({self.shape} x {self.channels} channels)")
         return a.reshape(self.values.shape).astype(np.float64)
+
+    def with_values(self, flat) -> "Signal":
+        """A copy on the same grid holding ``flat`` ``(num_points, channels)`` values (e.g. a prediction)."""
+        from dataclasses import replace
+
+        return replace(self, values=self.reshape(flat), source=None, builtin=None)
 
     def digest(self) -> str:
         """SHA-256 of the values, to check later that a reloaded source is the one a run was fitted to."""

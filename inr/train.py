@@ -189,7 +189,7 @@ class TrainConfig:
             raise ValueError(f"steps must be > 0, got {self.steps}")
         if self.seconds is not None and not self.seconds > 0:
             raise ValueError(f"seconds must be > 0, got {self.seconds}")
-        if not (math.isfinite(self.lr) and self.lr > 0):
+        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):   # None: the caller's default
             raise ValueError(f"learning rate must be a finite number > 0, got {self.lr}")
         if self.schedule not in ("cosine", "exponential", "constant"):
             raise ValueError(f"schedule must be cosine, exponential or constant, got {self.schedule!r}")
