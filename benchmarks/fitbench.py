@@ -1,7 +1,7 @@
 """Shared runner for the signal-fitting benchmarks (image_fit.py, audio_fit.py).
 
 Every (model, signal, seed) run happens in its own subprocess, so peak RSS is that run's own and
-one crashing run cannot take the study down.  Registry models go through ``inr.fitting.fit_signal``
+one crashing run cannot take the study down.  Registry models go through ``inr.fitting.fit``
 (the same code as ``inr fit``); the peer library ``siren-pytorch`` is trained by the same loop.
 
 Time to target and success rates in the tables come from whole-signal evaluations every
@@ -59,17 +59,18 @@ def run_peer(sig, seconds, steps, lr, batch, targets, seed, out: Path, eval_ever
 
 def worker(spec: dict) -> dict:
     _set_threads(spec["threads"])
-    from inr.fitting import fit_signal
+    from inr.fitting import fit
     sig = load_signal(spec["signal"])
     out = Path(spec["out"])
     if spec["model"] == PEER:
         return run_peer(sig, spec["seconds"], spec["steps"], spec["lr"], spec["batch"], spec["targets"],
                         spec["seed"], out, spec.get("eval_every"))
-    return fit_signal(sig, model=spec["model"], params=spec["params"], steps=spec["steps"], seconds=spec["seconds"],
-                      lr=spec["lr"], batch=spec["batch"], target_psnr=spec["targets"], target_mse=spec["targets"],
-                      seed=spec["seed"], out=out, quiet=True, model_options=spec.get("model_options") or {},
-                      device=spec.get("device", "cpu"),
-                      **({"eval_every": spec["eval_every"]} if spec.get("eval_every") is not None else {}))
+    f = fit(sig, model=spec["model"], params=spec["params"], steps=spec["steps"], seconds=spec["seconds"],
+            lr=spec["lr"], batch=spec["batch"], targets=spec["targets"], seed=spec["seed"], quiet=True,
+            device=spec.get("device", "cpu"), **(spec.get("model_options") or {}),
+            **({"eval_every": spec["eval_every"]} if spec.get("eval_every") is not None else {}))
+    f.save(out)
+    return {**f.metrics, "run_dir": str(out)}
 
 
 def load_signal(desc: dict):

@@ -35,13 +35,12 @@ from inr.runs import RunFolder, check_out  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+from inr.models import spec  # noqa: E402
 import fitbench  # noqa: E402  (signal loading and tables shared with image_fit.py / audio_fit.py)
 IMAGES = ("camera", "moon", "coins", "brick", "gravel", "astronaut")
 AUDIO = ("test_audio", "speech", "music")
 MODELS = ("siren", "spder", "lrnn-siren", "lrnn-spder")
-# Adam learning rates at ~200k parameters (our choices, from the sweep in docs/methods.md section 2.6).
-LR = {"siren": 1e-3, "spder": 5e-4, "lrnn-siren": 3e-3, "lrnn-spder": 3e-3}
-AUDIO_LR = {"siren": 1e-4, "spder": 1e-4, "lrnn-siren": 1e-3, "lrnn-spder": 1e-3}
+# Adam learning rates: each family's spec for the signal's kind (inr.models.spec), unless --lr names one.
 IMAGE_TARGETS, AUDIO_TARGETS = (30.0, 40.0), (1e-3, 1e-4)
 
 
@@ -114,14 +113,14 @@ def worker(spec: dict) -> dict:
 
     from inr import fitting as F
     from inr import metrics as M
-    from inr.models import count_params
+    from inr.models import ModelConfig, count_params
     from inr.train import TrainConfig, fit, seed_everything
 
     torch.set_num_threads(spec["threads"])
     sig = load_signal(spec["signal"], spec["size"], spec["audio_seconds"])
     name, opts = parse_model(spec["model"])
     seed_everything(spec["seed"])
-    model = F.build_for(sig, name, spec["params"], opts)
+    model = ModelConfig(name, spec["params"], opts).build(sig.coord_dim, sig.channels, sig.kind)
     coords, values = sig.coords(), sig.targets()
     base = F.make_loss(model, coords, values, sig.kind, spec["batch"])
 
@@ -303,7 +302,7 @@ def main(argv=None) -> int:
                 for signal in signals:
                     for model in split_models(a.models):
                         name = parse_model(model)[0]
-                        lr = lrs.get(model, lrs.get(name, (LR if kind == "image" else AUDIO_LR).get(name, 1e-3)))
+                        lr = lrs.get(model, lrs.get(name, spec(name).task(kind).lr))
                         specs.append({"model": model, "signal": signal, "size": a.size, "audio_seconds": a.audio_seconds,
                                       "params": a.params, "lr": lr, "batch": a.batch, "seed": a.seed,
                                       "steps": a.steps if mode == "steps" else 10 ** 9,

@@ -100,10 +100,12 @@ def write_images(images, folder: Path) -> list[Path]:
 
 def _fit(paths, out, a, model, seed, group_size, steps, seconds, engine="auto"):
     from inr.batched import fit_many
+    from inr.fitting import FitConfig, with_overrides
 
-    return fit_many(paths, model=model, params=a.params, steps=steps, seconds=seconds, batch=a.batch,
-                    target_psnr=(30.0, 40.0), device=a.device, seed=seed, out=out, quiet=True,
-                    group_size=group_size, engine=engine)
+    cfg = with_overrides(FitConfig(), {"model": model, "params": a.params, "steps": steps, "seconds": seconds,
+                                       "batch": a.batch, "targets": (30.0, 40.0), "device": a.device, "seed": seed,
+                                       "quiet": True})
+    return fit_many(paths, cfg, out, group_size, engine)
 
 
 # ----------------------------------------------------------------------------------------------

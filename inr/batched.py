@@ -454,7 +454,7 @@ def _write_signal_run(stage: Path, folder: str, job: tuple, info: dict, group_n:
          "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",
          "group_size": group_n, "seconds_are": "wall time of the whole chunk of signals trained together",
          "memory": {**info, "peak_rss_bytes": F.peak_rss_bytes()}, "seed": cfg.train.seed,
-         "versions": versions()}
+         "versions": versions(), "config": {"fit": cfg.to_dict(), "batch": batch_options, "model": net.config}}
     key = "psnr" if sig.kind == "image" else "mse"
     final = m.get(key)
     hit = {"seconds": round(res.seconds, 4), "step": res.steps}

@@ -20,6 +20,7 @@ from .config import from_dict, merge, read_file
 from .fitting import FitConfig, RunError, as_signal, default_out, evaluate_run, fit, with_overrides
 from .models import names, spec
 from .runs import RunFolder
+from .train import resolve_device
 
 def _hyper_help(task: str = "image") -> dict:
     """``{hyper-parameter: (type, help)}`` over the families with defaults for ``task``, generated from
@@ -274,6 +275,7 @@ def _cmd_fit(a) -> int:
     if resume and getattr(a, "out", None) is None:
         raise RunError("--resume needs --out: the folder of the interrupted run")
     apply_threads(a.threads)
+    resolve_device(cfg.train.device)   # a bad --device fails before any folder is made
     sig = as_signal(files[0] if files else None)
     out = Path(a.out) if getattr(a, "out", None) else default_out(sig, cfg.model.name)
     with RunFolder(out, resume=resume) as run:   # --out checked before any work

@@ -124,21 +124,21 @@ def read_file(path: str | os.PathLike) -> dict:
 
 
 def leaf_paths(cls, prefix: str = "") -> dict:
-    """``{leaf name: dotted path}`` for every field of ``cls`` and its nested dataclasses (a name that
-    occurs twice maps to None: it must be given dotted)."""
-    out: dict = {}
+    """``{leaf name: dotted path}`` for every field of ``cls`` and its nested dataclasses.  A shallower
+    field wins over a deeper one of the same name (``targets`` is ``FitConfig.targets``, not
+    ``train.targets``); two at the same depth map to None (give it dotted)."""
     hints = _hints(cls)
+    own, nested = {}, {}
     for f in dataclasses.fields(cls):
         if not f.init:
             continue
         path = _key(prefix, f.name)
+        own[f.name] = path
         sub = _dataclass_in(hints.get(f.name, f.type))
-        items = leaf_paths(sub, path).items() if sub is not None else [(f.name, path)]
-        for k, v in items:
-            out[k] = None if k in out and out[k] != v else v
         if sub is not None:
-            out.setdefault(f.name, path)
-    return out
+            for k, v in leaf_paths(sub, path).items():
+                nested[k] = None if k in nested and nested[k] != v else v
+    return {**nested, **own}
 
 
 def merge(base: dict, overrides: dict, cls=None) -> dict:

@@ -475,7 +475,7 @@ def fit_metrics(sig: Signal, net, pred, result, cfg: FitConfig) -> dict:
             **target_metrics(result, cfg.eval_every), "divergence_events": result.events,
             "batch": cfg.batch, "lr": cfg.train.lr, "device": dev,
             "device_name": torch.cuda.get_device_name(dev) if dev.startswith("cuda") else platform.processor() or "cpu",
-            "seed": cfg.train.seed, "versions": versions()}
+            "seed": cfg.train.seed, "versions": versions(), "config": {"fit": cfg.to_dict(), "model": net.config}}
 
 
 @dataclass

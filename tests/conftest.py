@@ -84,3 +84,36 @@ def interrupt_fit_at(monkeypatch):
 
         monkeypatch.setattr(fitting, "make_loss", make_loss)
     return arm
+
+
+def _fit_overrides(kw: dict) -> dict:
+    """Keyword options by name (as ``inr.fit`` takes them), with ``model_options`` spread out and
+    ``target_psnr`` / ``target_mse`` as ``targets``."""
+    kw = dict(kw)
+    opts = kw.pop("model_options", None) or {}
+    for k in ("target_psnr", "target_mse"):
+        if k in kw:
+            kw["targets"] = kw.pop(k)
+    return {**kw, **opts}
+
+
+def fit_and_save(signal, out, **kw) -> dict:
+    """``inr.fit(signal, **kw).save(out)``; returns the metrics with ``run_dir``."""
+    from inr.fitting import fit
+
+    f = fit(signal, **_fit_overrides(kw))
+    f.save(out)
+    return {**f.metrics, "run_dir": str(out)}
+
+
+def fit_config(**kw):
+    from inr.fitting import FitConfig, with_overrides
+
+    return with_overrides(FitConfig(), _fit_overrides(kw))
+
+
+def fit_files(files, out=None, group_size=16, engine="auto", shard=(0, 1), merge=True, **kw) -> dict:
+    """``inr.batched.fit_many`` with the options by name."""
+    from inr.batched import fit_many
+
+    return fit_many(files, fit_config(**kw), out, group_size, engine, shard=shard, merge=merge)

@@ -2,6 +2,7 @@
 grouping by shape; a corrupt file among good ones is reported and skipped."""
 from __future__ import annotations
 
+from conftest import fit_and_save, fit_config, fit_files
 import json
 
 import numpy as np
@@ -36,10 +37,10 @@ def test_batched_run_matches_fitting_each_file_alone(tmp_path, torch_one_thread,
     paths = _images(tmp_path / "in", [(12, 12)] * 2)
     kw = dict(model=model, params=None, steps=8, batch=50, device="cpu", quiet=True, model_options=TINY[model],
               seed=3)
-    s = B.fit_many([tmp_path / "in"], out=tmp_path / "batch", engine=engine, **kw)
+    s = fit_files([tmp_path / "in"], out=tmp_path / "batch", engine=engine, **kw)
     assert s["n_ok"] == 2 and s["n_failed"] == 0
     for p in paths:
-        alone = F.fit_signal(str(p), out=tmp_path / f"alone-{p.stem}", **kw)
+        alone = fit_and_save(str(p), out=tmp_path / f"alone-{p.stem}", **kw)
         row = next(r for r in s["results"] if r["file"] == str(p.resolve()))
         assert row["psnr"] == pytest.approx(alone["psnr"], abs=1e-4)
         a, b = _state(tmp_path / "batch" / p.stem / "model.pt"), _state(tmp_path / f"alone-{p.stem}" / "model.pt")
@@ -57,11 +58,12 @@ def test_different_seeds_in_one_group_match_their_own_runs(tmp_path, torch_one_t
     paths = _images(tmp_path / "in", [(10, 10)] * 2)
     sigs = [load(p) for p in paths]
     seeds = [5, 11]
-    nets, fits, info = B.fit_group(sigs, seeds, "siren", params=None, steps=6, batch=40, device="cpu",
-                                   model_options=TINY["siren"], targets=(5.0,), engine="stacked")
+    cfg = fit_config(model="siren", params=None, steps=6, batch=40, device="cpu", model_options=TINY["siren"],
+                     targets=(5.0,)).resolved("image", torch.device("cpu"))
+    nets, fits, info = B.fit_group(sigs, seeds, cfg, engine="stacked")
     assert info["engine"] == "stacked"
     for p, seed, net, res in zip(paths, seeds, nets, fits):
-        alone = F.fit_signal(str(p), model="siren", params=None, steps=6, batch=40, device="cpu", seed=seed,
+        alone = fit_and_save(str(p), model="siren", params=None, steps=6, batch=40, device="cpu", seed=seed,
                              quiet=True, model_options=TINY["siren"], out=tmp_path / f"a{seed}", target_psnr=(5.0,))
         ref = _state(tmp_path / f"a{seed}" / "model.pt")
         for k, v in net.state_dict().items():
@@ -85,7 +87,7 @@ def test_corrupt_file_is_reported_and_the_others_finish(tmp_path, torch_one_thre
     paths = _images(tmp_path / "in", [(8, 8), (8, 8), (10, 6)])
     (tmp_path / "in" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     (tmp_path / "in" / "notes.txt").write_text("ignored: not an image suffix")
-    s = B.fit_many([tmp_path / "in"], model="siren", params=None, steps=3, batch=None, device="cpu", quiet=True,
+    s = fit_files([tmp_path / "in"], model="siren", params=None, steps=3, batch=None, device="cpu", quiet=True,
                    model_options=TINY["siren"], out=tmp_path / "run", group_size=1)
     assert s["n_ok"] == 3 and s["n_failed"] == 1
     assert s["failures"][0]["file"].endswith("broken.png") and "broken.png" in s["failures"][0]["error"]
@@ -120,13 +122,13 @@ def test_folder_names_are_unique_and_stable(tmp_path):
 
 def test_bad_options_and_empty_input(tmp_path):
     with pytest.raises(F.RunError, match="no input files"):
-        B.fit_many([tmp_path], out=tmp_path / "r")
+        fit_files([tmp_path], out=tmp_path / "r")
     _images(tmp_path / "in", [(8, 8)])
     with pytest.raises(F.RunError, match="group-size"):
-        B.fit_many([tmp_path / "in"], out=tmp_path / "r", group_size=0)
+        fit_files([tmp_path / "in"], out=tmp_path / "r", group_size=0)
     (tmp_path / "exists").mkdir()
     with pytest.raises(F.RunError, match="already exists"):
-        B.fit_many([tmp_path / "in"], out=tmp_path / "exists")
+        fit_files([tmp_path / "in"], out=tmp_path / "exists")
     assert not (tmp_path / "r").exists()
 
 

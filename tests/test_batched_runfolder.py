@@ -2,6 +2,8 @@
 for a single fit."""
 from __future__ import annotations
 
+from conftest import fit_files
+from inr.errors import InputError
 import json
 
 import pytest
@@ -26,12 +28,12 @@ def _images(folder, n=2):
 @pytest.mark.parametrize("opts,word", [({"hidden": 0}, "--hidden"), ({"w0": float("nan")}, "--w0"),
                                        ({"w0_first": -1.0}, "--w0-first")])
 def test_bad_model_options_are_refused_before_any_work(tmp_path, opts, word):
-    with pytest.raises(F.RunError, match=word):
-        B.fit_many([_images(tmp_path / "in")], out=tmp_path / "r", model_options=opts, **TINY)
-    with pytest.raises(F.RunError, match="--params"):
-        B.fit_many([tmp_path / "in"], out=tmp_path / "r", **{**TINY, "params": 10**12})
-    with pytest.raises(F.RunError, match="--lr"):
-        B.fit_many([tmp_path / "in"], out=tmp_path / "r", lr=float("inf"), **TINY)
+    with pytest.raises(InputError, match=word):
+        fit_files([_images(tmp_path / "in")], out=tmp_path / "r", model_options=opts, **TINY)
+    with pytest.raises(InputError, match="--params"):
+        fit_files([tmp_path / "in"], out=tmp_path / "r", **{**TINY, "params": 10**12})
+    with pytest.raises(InputError, match="learning rate"):
+        fit_files([tmp_path / "in"], out=tmp_path / "r", lr=float("inf"), **TINY)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]   # no folder, no staging folder
 
 
@@ -40,7 +42,7 @@ def test_cli_several_files_bad_option_is_one_line(tmp_path, capsys):
     assert main(["fit", str(tmp_path / "in"), "--model", "siren", "--hidden", "0", "--out", str(tmp_path / "r"),
                  "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "--hidden must be >= 1" in err[0]
+    assert len(err) == 1 and "--hidden (siren) must be in [1, " in err[0]
     assert not (tmp_path / "r").exists() and not F.staging_dir(tmp_path / "r").exists()
 
 
@@ -55,7 +57,7 @@ def test_run_folder_is_built_under_a_staging_name_and_cleaned_on_failure(tmp_pat
         return real(stage, *a, **k)
 
     monkeypatch.setattr(B, "_fit_files", spy)
-    s = B.fit_many([tmp_path / "in"], out=tmp_path / "r", model_options={"hidden": 8, "hidden_layers": 1}, **TINY)
+    s = fit_files([tmp_path / "in"], out=tmp_path / "r", model_options={"hidden": 8, "hidden_layers": 1}, **TINY)
     assert s["n_ok"] == 2 and not seen["stage"].exists()
     assert json.loads((tmp_path / "r" / "summary.json").read_text())["n_ok"] == 2
     m = json.loads((tmp_path / "r" / "im0" / "metrics.json").read_text())
@@ -66,5 +68,5 @@ def test_run_folder_is_built_under_a_staging_name_and_cleaned_on_failure(tmp_pat
 
     monkeypatch.setattr(B, "_fit_files", boom)
     with pytest.raises(KeyboardInterrupt):
-        B.fit_many([tmp_path / "in"], out=tmp_path / "r2", model_options={"hidden": 8}, **TINY)
+        fit_files([tmp_path / "in"], out=tmp_path / "r2", model_options={"hidden": 8}, **TINY)
     assert not (tmp_path / "r2").exists() and not F.staging_dir(tmp_path / "r2").exists()

@@ -1,6 +1,7 @@
 """`inr fit` / `inr eval` end to end on tiny inputs, checked against scikit-image and numpy references."""
 from __future__ import annotations
 
+from conftest import fit_and_save
 import json
 import os
 import subprocess
@@ -143,18 +144,18 @@ def test_model_options_and_set(tmp_path, tiny_png):
     cfg = json.loads((out / "config.json").read_text())
     assert {k: cfg["model"][k] for k in ("rank", "dbar", "width", "shared")} == {"rank": 6, "dbar": 3, "width": 2,
                                                                                  "shared": True}
-    assert cfg["fit"]["lr"] == 0.002 and cfg["fit"]["batch"] == 64
+    assert cfg["fit"]["train"]["lr"] == 0.002 and cfg["fit"]["batch"] == 64
 
 
 def test_params_budget_picks_the_width(tmp_path, tiny_png):
-    m = fitting.fit_signal(tiny_png[0], model="siren", params=3000, steps=1, out=tmp_path / "b", quiet=True)
+    m = fit_and_save(tiny_png[0], model="siren", params=3000, steps=1, out=tmp_path / "b", quiet=True)
     assert abs(m["params"] - 3000) < 300
 
 
 def test_eval_refuses_a_changed_source_or_a_corrupt_run(tmp_path, tiny_png, capsys):
     path, a = tiny_png
     out = tmp_path / "r"
-    fitting.fit_signal(path, model="siren", model_options={"hidden": 8}, steps=1, out=out, quiet=True)
+    fit_and_save(path, model="siren", model_options={"hidden": 8}, steps=1, out=out, quiet=True)
     Image.fromarray(255 - a).save(path)
     assert main(["eval", str(out)]) == 2 and "has changed" in capsys.readouterr().err
     Image.fromarray(a).save(path)

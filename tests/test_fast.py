@@ -1,6 +1,9 @@
 """Issue "Fast on a CPU": whole-signal time to target, thread rule, schedule options, comparison.png."""
 from __future__ import annotations
 
+from conftest import fit_and_save
+from inr.errors import InputError
+from inr.models import spec
 import csv
 import json
 
@@ -32,7 +35,7 @@ def _history(run):
 
 def test_whole_signal_evaluations_time_the_targets_and_leave_training_unchanged(tmp_path):
     sig = _sig()
-    m = fitting.fit_signal(sig, steps=10, eval_every=3, target_psnr=(1.0, 99.0), out=tmp_path / "a", **TINY)
+    m = fit_and_save(sig, steps=10, eval_every=3, target_psnr=(1.0, 99.0), out=tmp_path / "a", **TINY)
     rows = _history(tmp_path / "a")
     evals = [r for r in rows if r.get("eval_psnr")]
     assert [int(r["step"]) for r in evals] == [3, 6, 9, 10] and m["evaluations"] == 4
@@ -42,7 +45,7 @@ def test_whole_signal_evaluations_time_the_targets_and_leave_training_unchanged(
     assert m["time_to_target_batch"]["1.0"]["step"] == 1
     assert float(evals[-1]["eval_psnr"]) == pytest.approx(m["psnr"], abs=1e-4)
     # evaluations draw no random numbers: the same weights as a run evaluating only at the end
-    m0 = fitting.fit_signal(sig, steps=10, eval_every=0, target_psnr=(1.0,), out=tmp_path / "b", **TINY)
+    m0 = fit_and_save(sig, steps=10, eval_every=0, target_psnr=(1.0,), out=tmp_path / "b", **TINY)
     assert m0["evaluations"] == 1 and m0["time_to_target"]["1.0"]["step"] == 10
     a = torch.load(tmp_path / "a" / "model.pt", weights_only=True)
     b = torch.load(tmp_path / "b" / "model.pt", weights_only=True)
@@ -65,9 +68,9 @@ def test_evaluation_time_is_off_the_training_clock():
 
 def test_fit_signal_rejects_bad_eval_and_schedule_options(tmp_path):
     for kw, word in (({"eval_every": -1}, "--eval-every"), ({"warmup": -2}, "--warmup"),
-                     ({"schedule_by": "time"}, "--seconds"), ({"schedule_by": "epochs"}, "--schedule-by")):
-        with pytest.raises(fitting.RunError, match=word):
-            fitting.fit_signal(_sig(), steps=2, out=tmp_path / "x", **{**TINY, **kw})
+                     ({"schedule_by": "time"}, "time budget"), ({"schedule_by": "epochs"}, "schedule_by")):
+        with pytest.raises(InputError, match=word.lstrip("-").replace("-", "_") if kw.get("warmup") else word):
+            fit_and_save(_sig(), steps=2, out=tmp_path / "x", **{**TINY, **kw})
     assert not (tmp_path / "x").exists()
 
 
@@ -97,9 +100,9 @@ def test_cli_schedule_options_reach_the_run(tmp_path, tiny_png):
                  "--seconds", "none", "--quiet", "--warmup", "2", "--schedule-by", "steps", "--eval-every", "2",
                  "--out", str(out)]) == 0
     cfg = json.loads((out / "config.json").read_text())["fit"]
-    assert (cfg["warmup"], cfg["schedule_by"], cfg["eval_every"]) == (2, "steps", 2)
+    assert (cfg["train"]["warmup"], cfg["train"]["schedule_by"], cfg["eval_every"]) == (2, "steps", 2)
     lrs = [float(r["lr"]) for r in _history(out) if r.get("lr")]
-    base = fitting.default_lr("siren")
+    base = spec("siren").task("image").lr
     assert lrs[0] == pytest.approx(base * 0.5)                  # half-way through the 2 warm-up steps
     assert lrs[1] == pytest.approx(base * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi / 4))))   # cosine by steps
     assert main(["fit", str(path), "--schedule-by", "time", "--seconds", "none", "--out", str(tmp_path / "y")]) == 2
@@ -120,7 +123,7 @@ def test_comparison_png_has_three_panels_and_a_colour_bar(tmp_path, shape):
 
 
 def test_comparison_png_is_in_every_image_run(tmp_path):
-    m = fitting.fit_signal(_sig(20, 24, 3), steps=2, out=tmp_path / "r", **TINY)
+    m = fit_and_save(_sig(20, 24, 3), steps=2, out=tmp_path / "r", **TINY)
     with Image.open(tmp_path / "r" / "comparison.png") as im:
         assert im.size == (1300, round(fitting.comparison_size((20, 24))[1] * 100))
     assert m["psnr"] is not None

@@ -1,6 +1,8 @@
 """Hash-grid encoding (Instant-NGP) against a slow, direct float64 reference; the 'hash' model family."""
 from __future__ import annotations
 
+from conftest import fit_and_save
+from inr.models import spec
 import itertools
 import json
 import math
@@ -230,13 +232,13 @@ def test_fit_signal_hash_on_a_tiny_image_and_audio(tmp_path):
     from inr.signals import image_from_array, test_audio
 
     img = image_from_array(smooth_image(32, 32))
-    m = fitting.fit_signal(img, model="hash", params=20_000, steps=150, batch=256, seconds=None, quiet=True,
+    m = fit_and_save(img, model="hash", params=20_000, steps=150, batch=256, seconds=None, quiet=True,
                            out=tmp_path / "img")
     assert m["params"] == pytest.approx(20_000, rel=0.01) and m["psnr"] > 30
     net, _ = fitting.load_run(tmp_path / "img")  # rebuilt from config.json: same table size, same weights
     again = fitting.signal_metrics(img, fitting.predict(net, img.coords(), "image").numpy())
     assert again["psnr"] == pytest.approx(m["psnr"], abs=1e-9)
-    a = fitting.fit_signal(test_audio(0.25, 8000), model="hash", params=20_000, steps=100, batch=512, seconds=None,
+    a = fit_and_save(test_audio(0.25, 8000), model="hash", params=20_000, steps=100, batch=512, seconds=None,
                            quiet=True, out=tmp_path / "aud")
     assert a["kind"] == "audio" and a["mse"] < 0.05 and (tmp_path / "aud" / "reconstruction.wav").exists()
 
@@ -246,10 +248,10 @@ def test_cpu_defaults_for_hash(tmp_path):
     from inr import fitting
     from inr.signals import image_from_array
 
-    assert fitting.default_lr("hash") == 1e-2
-    m = fitting.fit_signal(image_from_array(smooth_image(16, 16)), model="hash", params=5_000, steps=2,
+    assert spec("hash").task("image").lr == 1e-2
+    m = fit_and_save(image_from_array(smooth_image(16, 16)), model="hash", params=5_000, steps=2,
                            batch="auto", device="cpu", seconds=None, quiet=True, out=tmp_path / "r")
-    assert m["batch"] == fitting.CPU_BATCH_BY_MODEL["hash"] == 2048 and m["lr"] == 1e-2
+    assert m["batch"] == spec("hash").task("image").cpu_batch == 2048 and m["lr"] == 1e-2
     assert build("hash", 2, 1, table=64).body[0].levels == 8  # the model's default level count
 
 

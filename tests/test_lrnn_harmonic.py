@@ -127,16 +127,18 @@ def test_harmonic_count_and_small_head():
 
 
 def test_fit_defaults_pick_the_compiled_kernel_when_available(monkeypatch):
-    from inr import fitting
+    import shutil
+
+    from inr.models import spec
     monkeypatch.setenv("INR_COMPILE", "0")
-    assert fitting.model_defaults("lrnn-spder", "image")["kernel"] == "fused"
+    assert spec("lrnn-spder").defaults("image")["kernel"] == "fused"
     monkeypatch.setenv("INR_COMPILE", "1")
-    monkeypatch.setattr(fitting.shutil, "which", lambda name: "/usr/bin/" + name)
-    assert fitting.model_defaults("lrnn-spder", "image")["kernel"] == "compiled"
-    monkeypatch.setattr(fitting.shutil, "which", lambda name: None)
-    monkeypatch.setattr(fitting.torch.cuda, "is_available", lambda: False)
-    assert fitting.model_defaults("lrnn-siren", "audio")["kernel"] == "fused"
-    assert "kernel" not in fitting.model_defaults("siren", "image")
+    monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/" + name)
+    assert spec("lrnn-spder").defaults("image")["kernel"] == "compiled"
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert spec("lrnn-siren").defaults("audio")["kernel"] == "fused"
+    assert "kernel" not in spec("siren").defaults("image")
 
 
 @pytest.mark.parametrize("activation", ["sin", "spder"])

@@ -2,6 +2,7 @@
 a real 2-process gloo torchrun run."""
 from __future__ import annotations
 
+from conftest import fit_files
 import json
 import os
 import subprocess
@@ -59,11 +60,11 @@ def test_ranks_in_one_process_then_merge(tmp_path, torch_one_thread):
     (tmp_path / "in" / "zz.png").write_bytes(b"garbage")
     out = tmp_path / "run"
     kw = dict(model="siren", params=None, steps=2, batch=None, device="cpu", quiet=True, model_options=TINY, out=out)
-    B.fit_many([tmp_path / "in"], shard=(1, 3), merge=False, **kw)
+    fit_files([tmp_path / "in"], shard=(1, 3), merge=False, **kw)
     with pytest.raises(F.RunError, match=r"shard\(s\) \[0, 2\] of 3"):
         B.merge_run(out)
-    B.fit_many([tmp_path / "in"], shard=(0, 3), merge=False, **kw)
-    B.fit_many([tmp_path / "in"], shard=(2, 3), merge=False, **kw)
+    fit_files([tmp_path / "in"], shard=(0, 3), merge=False, **kw)
+    fit_files([tmp_path / "in"], shard=(2, 3), merge=False, **kw)
     s = B.merge_run(out)
     assert s["n_ok"] == 5 and s["n_failed"] == 1 and s["world_size"] == 3
     assert sorted(r["folder"] for r in s["results"]) == [f"p{i}" for i in range(5)]
@@ -87,7 +88,7 @@ def test_torchrun_two_gloo_processes(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     s = json.loads((out / "summary.json").read_text())
     assert s["world_size"] == 2 and s["n_ok"] == 3
-    ranks = sorted(json.loads((out / f"p{i}" / "metrics.json").read_text())["config"]["fit"]["world_size"]
+    ranks = sorted(json.loads((out / f"p{i}" / "metrics.json").read_text())["config"]["batch"]["world_size"]
                    for i in range(3))
     assert ranks == [2, 2, 2]
     assert r.stdout.count("3 of 3 signals fitted") == 1    # rank 0 reports the merged run, rank 1 is silent
