@@ -2,19 +2,62 @@
 
 ``fit(model, loss_fn, TrainConfig(...))``: ``loss_fn(step)`` returns the loss tensor, or
 ``(loss, info)`` where ``info`` holds extra scalars for the history (e.g. ``psnr``).  The loop owns
-seeding, device choice, Adam + learning-rate schedule, an optional L-BFGS stage after the Adam steps
-(``TrainConfig.lbfgs_steps``), the progress bar, time-to-target tracking, the divergence guard,
-checkpoint/resume and the history.
+seeding, device choice, the optimizer stages, the progress bar, time-to-target tracking, the divergence
+guard, whole-signal evaluation, checkpoint/resume and the history.  It is written as **stages** (this
+module: :class:`AdamStage`, :class:`LBFGSStage`) and **callbacks** (:mod:`inr.callbacks`: ``Guard``,
+``Targets``, ``History``, ``Evaluation``, ``Checkpoint``, ``ProgressBar``) sharing one :class:`Run` (model,
+optimizer, config, clock) and one :class:`~inr.callbacks.TrainState` (counters, timers, history, ...;
+its ``to_dict`` / ``from_dict`` are the checkpoint layout).
+
+Stages: ``cfg.steps`` steps of Adam (or SGD), then, with ``cfg.lbfgs_steps``, that many outer steps of
+L-BFGS (:func:`make_lbfgs`; one outer step is one ``LBFGS.step`` of up to ``cfg.lbfgs_iter``
+iterations, so progress, history, guard and checkpoints work per outer step).  With a ``seconds``
+budget the Adam stage also ends once ``(1 - cfg.lbfgs_fraction) x seconds`` have passed, leaving the
+rest to L-BFGS.  History rows carry ``stage`` (``adam`` / ``lbfgs``), L-BFGS rows also ``evals`` (loss
+evaluations in that step); an L-BFGS row's ``loss`` is the loss at the start of the step, as for Adam.
+The schedule applies to the Adam stage only (its time horizon is the Adam stage's share); L-BFGS runs
+at ``cfg.lbfgs_lr``, over all parameters as one group (per-group learning rates and ``grad_clip`` do
+not apply to it; ``post_step`` still runs after each outer step).  An outer step that leaves every
+parameter unchanged clears the L-BFGS memory; a second one in a row ends the run with
+``stopped_by="converged"``.
+
+Schedule: the learning rate follows ``cfg.schedule`` over the progress ``step / steps``
+(``schedule_by="steps"``), ``elapsed / seconds`` (``"time"``) or the larger of the two (``"auto"``),
+after ``cfg.warmup`` steps of linear warm-up.
+
+Divergence guard: every ``cfg.guard_every`` steps the state is snapshotted (only while every parameter
+is finite).  A step whose loss is non-finite, or a *blow-up* -- a finite loss above
+``cfg.blowup_factor`` x the lowest loss seen so far, once ``cfg.blowup_after`` finite losses have been
+seen -- restores the last good state, halves the learning rate and is recorded (``FitResult.events``
+and a history row with an ``event`` column); more than ``cfg.max_divergences`` such events raise
+:class:`DivergenceError`.  In the L-BFGS stage the good state is the weights before each outer step; a
+step during which any loss evaluation was non-finite, whose starting loss is a blow-up, or that left
+non-finite parameters, restores them, clears the L-BFGS memory and halves ``lbfgs_lr`` (same event
+record and limit).  After the last step the parameters are checked as well: non-finite ones
+are replaced by the last good state (also recorded as an event).
+
+Evaluation: ``fit(..., evaluate=)`` runs off the training clock, every ``eval_every`` steps, or, with
+``cfg.eval_fraction``, on a time cadence that keeps evaluation time within that fraction of the training
+time (the first one right after the first step, so time-to-target is still timed early; see
+:class:`inr.callbacks.Evaluation`), and always once at the end.  The progress bar counts training seconds
+when a time budget is set and will stop the run, else steps.
+
+Checkpoints (``cfg.checkpoint_path``) hold tensors and plain values only and are loaded with
+``weights_only=True``; ``cfg.fingerprint`` is stored in them and a resume with another fingerprint
+raises :class:`CheckpointError`, as does a corrupt or truncated checkpoint.  A resumed run is bit-identical
+to an uninterrupted one (also across the Adam -> L-BFGS switch) as long as nothing depends on the clock
+(a time budget or a time schedule) and no divergence event falls between the checkpoint and the next guard
+snapshot (the guard's good state is not part of the checkpoint).
 """
 from __future__ import annotations
 
-import copy
 import csv
 import math
 import os
 import random
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterable
 
@@ -22,56 +65,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .runfiles import save_torch
-from .errors import InputError
-
-
-class DivergenceError(RuntimeError):
-    """Training kept producing non-finite (or blown-up) losses after repeated learning-rate cuts."""
-
-
-class CheckpointError(InputError):
-    """A checkpoint that cannot be resumed: corrupt, truncated, unsafe, or of another signal / model."""
-
-
-def rng_state() -> dict:
-    """The python, numpy and torch (CPU and CUDA) generator states as tensors and plain lists, so a
-    checkpoint holding them loads with ``torch.load(..., weights_only=True)``."""
-    version, internal, gauss = random.getstate()
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {"python": [int(version), list(internal), gauss],
-             "numpy": [str(name), torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(pos), int(has_gauss),
-                       float(cached)],
-             "torch": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    """Inverse of :func:`rng_state`."""
-    version, internal, gauss = state["python"]
-    random.setstate((int(version), tuple(int(v) for v in internal), gauss))
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), float(cached)))
-    torch.set_rng_state(state["torch"])
-    if state.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def load_checkpoint(path, map_location="cpu") -> dict:
-    """``torch.load(path, weights_only=True)``: tensors and plain containers only, never arbitrary
-    objects (a checkpoint whose pickle tries to run code is refused).  Any failure -> CheckpointError."""
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # noqa: BLE001 - truncated zip, unsafe pickle, wrong format, ...
-        why = " ".join(str(e).split())
-        if "Weights only load failed" in why or "Unsupported global" in why or "weights_only" in why:
-            why = "it holds objects other than tensors and plain values (refused for safety)"
-        raise CheckpointError(f"checkpoint {path} is corrupt, truncated or unsafe: {why[:200]}") from None
-    if not isinstance(state, dict):
-        raise CheckpointError(f"checkpoint {path} is not a training checkpoint (got {type(state).__name__})")
-    return state
+from .callbacks import (Checkpoint, CheckpointError, DivergenceError, Evaluation, Guard, History,  # noqa: F401
+                        ProgressBar, Step, Targets, TrainState, bar_budget, load_checkpoint, rng_state,
+                        set_rng_state)
 
 
 def seed_everything(seed: int) -> None:
@@ -183,6 +179,10 @@ class TrainConfig:
     lbfgs_lr: float = 1.0             # L-BFGS step length (not scheduled; halved by the divergence guard)
     lbfgs_history: int = 50           # curvature pairs kept
     lbfgs_iter: int = 10              # inner iterations per outer step
+    # whole-signal evaluations (fit's evaluate) on a time cadence instead of every eval_every steps: the
+    # first right after the first step, then each once the training time allows it to keep the evaluation
+    # time within this fraction of the training time (plus the final evaluation; inr.callbacks.Evaluation)
+    eval_fraction: float | None = None
 
     def __post_init__(self):
         if self.steps <= 0:
@@ -212,6 +212,8 @@ class TrainConfig:
         if self.lbfgs_history < 1 or self.lbfgs_iter < 1:
             raise InputError(f"lbfgs_history and lbfgs_iter must be >= 1, got {self.lbfgs_history}, "
                              f"{self.lbfgs_iter}")
+        if self.eval_fraction is not None and not 0 < self.eval_fraction < 1:
+            raise ValueError(f"eval_fraction must be in (0, 1) or None, got {self.eval_fraction}")
 
 
 @dataclass
@@ -291,17 +293,150 @@ def make_lbfgs(params, cfg: TrainConfig) -> torch.optim.LBFGS:
                              tolerance_change=LBFGS_TOLERANCE_CHANGE)
 
 
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}   # TrainConfig.clock -> the training clock
+
+
 def _finite(x) -> bool:
     return bool(torch.isfinite(x).all()) if torch.is_tensor(x) else math.isfinite(x)
 
 
-def _progress_bar(cfg: TrainConfig, initial: int):
-    quiet = cfg.quiet or not sys.stderr.isatty()
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # progress is a convenience, never a requirement
-        return None
-    return tqdm(total=cfg.steps + cfg.lbfgs_steps, initial=initial, desc=cfg.desc, disable=quiet, dynamic_ncols=True, leave=False)
+def _split(out) -> tuple:
+    """``loss_fn``'s answer as ``(loss, info)``."""
+    return out if isinstance(out, tuple) else (out, {})
+
+
+def _floats(info: dict) -> dict:
+    return {k: (float(v) if torch.is_tensor(v) else v) for k, v in info.items()}
+
+
+class Run:
+    """What the stages and callbacks of one :func:`fit` share: the model, the current stage's optimizer,
+    the config, the :class:`~inr.callbacks.TrainState` and the training clock (``cfg.clock``; evaluation
+    is kept off it with :meth:`off_the_clock`)."""
+
+    def __init__(self, model: nn.Module, cfg: TrainConfig, optimizer: torch.optim.Optimizer):
+        self.model, self.cfg, self.optimizer = model, cfg, optimizer
+        self.params = [p for g in optimizer.param_groups for p in g["params"]]
+        self.clock = CLOCKS[cfg.clock]
+        self.total_steps = cfg.steps + cfg.lbfgs_steps
+        self.start(TrainState.start(cfg.targets))
+
+    def start(self, state: TrainState) -> None:
+        """Train on from ``state`` (fresh, or read from a checkpoint): the clock resumes at its ``elapsed``."""
+        self.state, self.t0 = state, self.clock() - state.elapsed
+
+    def now(self) -> float:
+        """Training seconds so far (evaluation excluded)."""
+        return self.clock() - self.t0
+
+    @contextmanager
+    def off_the_clock(self):
+        paused = self.clock()
+        try:
+            yield
+        finally:
+            self.t0 += self.clock() - paused
+
+    def new_lbfgs(self) -> None:
+        """A fresh L-BFGS optimizer (empty memory) over the trained parameters."""
+        self.optimizer = make_lbfgs(self.params, self.cfg)
+
+    def params_finite(self) -> bool:
+        return all(bool(torch.isfinite(p).all()) for p in self.model.parameters())
+
+
+class AdamStage:
+    """``cfg.steps`` steps of the first-order optimizer (Adam or SGD) under the learning-rate schedule;
+    with an L-BFGS stage after it and a time budget, it also ends after its share of the budget."""
+    name, remedy = "adam", "halved lr"
+
+    def __init__(self, loss_fn: Callable, post_step: Callable | None, cfg: TrainConfig, guard: Guard):
+        self.loss_fn, self.post_step, self.guard = loss_fn, post_step, guard
+        self.seconds = cfg.seconds * (1 - cfg.lbfgs_fraction) if cfg.seconds and cfg.lbfgs_steps else cfg.seconds
+
+    def finished(self, run: Run, now: float) -> bool:
+        cfg = run.cfg
+        return run.state.step >= cfg.steps or bool(cfg.lbfgs_steps and cfg.seconds and now >= self.seconds)
+
+    def step(self, run: Run, now: float) -> Step:
+        cfg, s = run.cfg, run.state
+        by_time = now / self.seconds if self.seconds else 0.0
+        progress = {"steps": s.step / cfg.steps, "time": by_time}.get(cfg.schedule_by, max(s.step / cfg.steps, by_time))
+        f = lr_factor(progress, cfg, s.step) * s.lr_scale
+        for g in run.optimizer.param_groups:
+            g["lr"] = g["base_lr"] * f
+        run.optimizer.zero_grad(set_to_none=True)
+        loss, info = _split(self.loss_fn(s.step))
+        if not _finite(loss):
+            return Step(bad="non-finite loss")
+        bad = self.guard.blown_up(run, float(loss.detach()) if torch.is_tensor(loss) else float(loss))
+        if bad is not None:
+            return Step(bad=bad)
+        loss.backward()
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.grad_clip)
+        run.optimizer.step()
+        if self.post_step is not None:
+            self.post_step(s.step)
+        s.step, s.last_loss = s.step + 1, float(loss.detach())
+        row = {"lr": cfg.lr * f, "stage": "adam"} if cfg.lbfgs_steps else {"lr": cfg.lr * f}
+        return Step(loss=s.last_loss, info=_floats(info), row=row, now=run.now())
+
+
+class LBFGSStage:
+    """``cfg.lbfgs_steps`` outer steps of L-BFGS on the deterministic ``loss_fn`` (fit's ``lbfgs_loss``)."""
+    name, remedy = "lbfgs", "cleared the L-BFGS memory, halved its lr"
+
+    def __init__(self, loss_fn: Callable, post_step: Callable | None, guard: Guard):
+        self.loss_fn, self.post_step, self.guard = loss_fn, post_step, guard
+
+    def finished(self, run: Run, now: float) -> bool:
+        return run.state.step - run.state.switch_step >= run.cfg.lbfgs_steps
+
+    def begin(self, run: Run) -> None:
+        s, cfg = run.state, run.cfg
+        s.stage, s.switch_step, s.stalls = "lbfgs", s.step, 0
+        run.new_lbfgs()
+        self.guard.take(run)
+        if not cfg.quiet:
+            print(f"[{cfg.desc}] step {s.step}: switching to L-BFGS ({cfg.lbfgs_steps} steps of up to "
+                  f"{cfg.lbfgs_iter} iterations)", file=sys.stderr)
+
+    def step(self, run: Run, now: float) -> Step:
+        s, lr = run.state, run.cfg.lbfgs_lr * run.state.lr_scale
+        for g in run.optimizer.param_groups:
+            g["lr"] = lr
+        losses: list[float] = []
+        infos: list[dict] = []
+
+        def closure():
+            run.optimizer.zero_grad(set_to_none=True)
+            loss, info = _split(self.loss_fn(s.step))
+            if not infos:
+                infos.append(info)
+            losses.append(float(loss.detach()))
+            loss.backward()
+            return loss
+
+        before = [p.detach().clone() for p in run.params]
+        run.optimizer.step(closure)
+        if not all(math.isfinite(v) for v in losses):
+            return Step(bad="L-BFGS non-finite loss")
+        if not run.params_finite():
+            return Step(bad="L-BFGS non-finite parameters")
+        bad = self.guard.blown_up(run, losses[0])
+        if bad is not None:
+            return Step(bad=f"L-BFGS {bad}")
+        if self.post_step is not None:
+            self.post_step(s.step)
+        if all(torch.equal(a, p) for a, p in zip(before, run.params)):
+            s.stalls += 1
+            run.new_lbfgs()   # clear the memory; a second stall in a row ends the run
+        else:
+            s.stalls = 0
+        s.step, s.last_loss = s.step + 1, losses[0]
+        return Step(loss=losses[0], info=_floats(infos[0] if infos else {}),
+                    row={"lr": lr, "stage": "lbfgs", "evals": len(losses)}, now=run.now())
 
 
 def fit(model: nn.Module, loss_fn: Callable, cfg: TrainConfig, *, param_groups: Iterable | None = None,
@@ -309,20 +444,20 @@ def fit(model: nn.Module, loss_fn: Callable, cfg: TrainConfig, *, param_groups: 
         eval_every: int = 0, post_step: Callable | None = None,
         extra_state: tuple[Callable[[], dict], Callable[[dict], None]] | None = None,
         lbfgs_loss: Callable | None = None) -> FitResult:
-    """Minimise ``loss_fn(step)`` over the parameters of ``model``.
+    """Minimise ``loss_fn(step)`` over the parameters of ``model``: the stages, schedule, guard,
+    evaluation cadence and checkpoints are described in the module docstring.
 
     Args:
         model: already on its device (see :func:`resolve_device`); the caller seeds before building it.
         loss_fn: ``step -> loss`` or ``step -> (loss, info)``; info values are logged to the history and
-            ``info[cfg.target_key]`` drives time-to-target.
+            ``info[cfg.target_key]`` drives time-to-target (``FitResult.time_to_target_batch``).
         param_groups: optimizer parameter groups (e.g. ReLinear's); each may carry its own ``lr``, which
             the schedule scales.  Default: all of ``model.parameters()``.
         optimizer: a ready optimizer instead of Adam/SGD from ``cfg``.
-        evaluate: ``step -> dict`` run every ``eval_every`` steps and at the end, off the clock, with
-            gradients disabled; its values go into the history (``eval_`` prefix) and may also hit
-            targets.  Its wall time is reported in ``FitResult.eval_seconds``.  Targets are timed per source
-            too: ``time_to_target_batch`` (loss_fn's info) and ``time_to_target_eval`` (evaluate's values);
-            ``time_to_target`` is whichever came first.
+        evaluate: ``step -> dict`` run every ``eval_every`` steps (or on ``cfg.eval_fraction``'s time
+            cadence) and at the end, off the clock, with gradients disabled; its values go into the
+            history (``eval_`` prefix) and ``time_to_target_eval``; its time is ``FitResult.eval_seconds``.
+            ``time_to_target`` is whichever source reached a target first.
         post_step: ``step -> None`` after each optimizer step (e.g. ReLinear-sw shrinkage).
         extra_state: ``(get, set)`` for state of the caller that a resumed run needs (a private sampler
             generator, a running best): ``get()`` -> a dict of tensors / plain values stored in each
@@ -330,298 +465,56 @@ def fit(model: nn.Module, loss_fn: Callable, cfg: TrainConfig, *, param_groups: 
         lbfgs_loss: the loss of the L-BFGS stage, same shape as ``loss_fn``; it must be deterministic (the
             full batch, or one fixed set of points), since the line search compares values of it.
             Default: ``loss_fn``, which must then be deterministic itself.
-
-    Stages: ``cfg.steps`` steps of Adam (or SGD), then, with ``cfg.lbfgs_steps``, that many outer steps of
-    L-BFGS (:func:`make_lbfgs`; one outer step is one ``LBFGS.step`` of up to ``cfg.lbfgs_iter``
-    iterations, so progress, history, guard and checkpoints work per outer step).  With a ``seconds``
-    budget the Adam stage also ends once ``(1 - cfg.lbfgs_fraction) x seconds`` have passed, leaving the
-    rest to L-BFGS.  History rows carry ``stage`` (``adam`` / ``lbfgs``), L-BFGS rows also ``evals`` (loss
-    evaluations in that step); an L-BFGS row's ``loss`` is the loss at the start of the step, as for Adam.
-    The schedule applies to the Adam stage only (its time horizon is the Adam stage's share); L-BFGS runs
-    at ``cfg.lbfgs_lr``, over all parameters as one group (per-group learning rates and ``grad_clip`` do
-    not apply to it; ``post_step`` still runs after each outer step).  An outer step that leaves every
-    parameter unchanged clears the L-BFGS memory; a second one in a row ends the run with
-    ``stopped_by="converged"``.
-
-    Schedule: the learning rate follows ``cfg.schedule`` over the progress ``step / steps``
-    (``schedule_by="steps"``), ``elapsed / seconds`` (``"time"``) or the larger of the two (``"auto"``),
-    after ``cfg.warmup`` steps of linear warm-up.
-
-    Divergence guard: every ``cfg.guard_every`` steps the state is snapshotted (only while every parameter
-    is finite).  A step whose loss is non-finite, or a *blow-up* -- a finite loss above
-    ``cfg.blowup_factor`` x the lowest loss seen so far, once ``cfg.blowup_after`` finite losses have been
-    seen -- restores the last good state, halves the learning rate and is recorded (``FitResult.events``
-    and a history row with an ``event`` column); more than ``cfg.max_divergences`` such events raise
-    :class:`DivergenceError`.  In the L-BFGS stage the good state is the weights before each outer step; a
-    step during which any loss evaluation was non-finite, whose starting loss is a blow-up, or that left
-    non-finite parameters, restores them, clears the L-BFGS memory and halves ``lbfgs_lr`` (same event
-    record and limit).  After the last step the parameters are checked as well: non-finite ones
-    are replaced by the last good state (also recorded as an event).
-
-    Checkpoints (``cfg.checkpoint_path``) hold tensors and plain values only and are loaded with
-    ``weights_only=True``; ``cfg.fingerprint`` is stored in them and a resume with another fingerprint
-    raises :class:`CheckpointError`, as does a corrupt or truncated checkpoint.
     """
     if optimizer is None:
         optimizer = make_optimizer(param_groups if param_groups is not None else model.parameters(), cfg)
     for g in optimizer.param_groups:
         g.setdefault("base_lr", g["lr"])
-    history: list[dict] = []
-    reached: dict = {float(t): None for t in cfg.targets}
-    reached_by = {"batch": dict(reached), "eval": dict(reached)}
-    eval_seconds, n_evals = 0.0, 0
-    events: list[dict] = []
-    start_step, elapsed, lr_scale = 0, 0.0, 1.0
-    train_params = [p for g in optimizer.param_groups for p in g["params"]]
-    stage, switch_step, stalls = "adam", None, 0   # L-BFGS: the step it began at, unchanged steps in a row
-    total_steps = cfg.steps + cfg.lbfgs_steps
-    # with a wall budget and an L-BFGS stage, the Adam stage (and its schedule) gets the first share of it
-    adam_seconds = cfg.seconds * (1 - cfg.lbfgs_fraction) if cfg.seconds and cfg.lbfgs_steps else cfg.seconds
-
-    ckpt = cfg.checkpoint_path
-    best = math.inf        # lowest finite loss so far (blow-up rule)
-    n_finite = 0
-    if cfg.resume and ckpt and os.path.exists(ckpt):
-        state = load_checkpoint(ckpt)
-        if state.get("fingerprint") != cfg.fingerprint:
-            raise CheckpointError(f"checkpoint {ckpt} belongs to another run (different signal or model "
-                                  f"settings); refusing to resume from it")
-        try:
-            model.load_state_dict(state["model"])
-            stage, switch_step = str(state.get("stage", "adam")), state.get("switch_step")
-            stalls = int(state.get("stalls", 0))
-            if stage == "lbfgs":
-                optimizer = make_lbfgs(train_params, cfg)
-            optimizer.load_state_dict(state["optimizer"])
-            start_step, elapsed, lr_scale = int(state["step"]), float(state["elapsed"]), float(state["lr_scale"])
-            history, events = list(state["history"]), list(state["events"])
-            reached.update({float(k): v for k, v in state["reached"].items()})
-            for src in reached_by:
-                reached_by[src].update({float(k): v for k, v in state.get(f"reached_{src}", {}).items()})
-            eval_seconds, n_evals = float(state.get("eval_seconds", 0.0)), int(state.get("evaluations", 0))
-            best, n_finite = float(state.get("best_loss", math.inf)), int(state.get("n_finite", 0))
-            set_rng_state(state["rng"])
-            if extra_state is not None:
-                extra_state[1](state["extra"])
-        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
-            raise CheckpointError(f"checkpoint {ckpt} does not fit this run: {' '.join(str(e).split())[:200]}") \
-                from None
-
-    def params_finite() -> bool:
-        return all(bool(torch.isfinite(p).all()) for p in model.parameters())
-
-    def snapshot():
-        if stage == "lbfgs":   # a restore clears the L-BFGS memory, so only the weights are kept
-            return copy.deepcopy(model.state_dict()), None
-        return copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict())
-
-    def restore(state) -> None:
-        nonlocal optimizer
-        model.load_state_dict(state[0])
-        if stage == "lbfgs" or state[1] is None:
-            optimizer = make_lbfgs(train_params, cfg) if stage == "lbfgs" else optimizer
-        else:
-            optimizer.load_state_dict(state[1])
-
-    good = snapshot()
-    clock = time.process_time if cfg.clock == "cpu" else time.perf_counter
-    bar = _progress_bar(cfg, start_step)
-    step, loss_val, stopped_by = start_step, float("nan"), "steps"
-    t0 = clock() - elapsed
-
-    def crossed(value: float, target: float) -> bool:
-        return value >= target if cfg.target_mode == "max" else value <= target
-
-    def record_targets(info: dict, now: float, at_step: int, source: str):
-        v = info.get(cfg.target_key)
-        if v is None or not math.isfinite(float(v)):
-            return
-        for d in (reached, reached_by[source]):
-            for t in d:
-                if d[t] is None and crossed(float(v), t):
-                    d[t] = {"seconds": round(now, 4), "step": at_step}
-
-    def run_eval(at_step: int) -> dict:
-        nonlocal eval_seconds, n_evals
-        t = clock()
-        with torch.no_grad():
-            ev = evaluate(at_step)
-        eval_seconds += clock() - t
-        n_evals += 1
-        return ev
-
-    def record_event(at_step: int, text: str, now: float) -> None:
-        events.append({"step": at_step, "event": text, "lr_scale": lr_scale})
-        history.append({"step": at_step, "seconds": round(now, 4), "event": text, "lr_scale": lr_scale})
-
-    def save_checkpoint() -> None:
-        save_torch({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                    "elapsed": clock() - t0, "lr_scale": lr_scale, "history": history,
-                    "events": events, "reached": reached, "reached_batch": reached_by["batch"],
-                    "reached_eval": reached_by["eval"], "eval_seconds": eval_seconds, "evaluations": n_evals,
-                    "rng": rng_state(), "best_loss": best,
-                    "n_finite": n_finite, "fingerprint": cfg.fingerprint,
-                    "stage": stage, "switch_step": switch_step, "stalls": stalls,
-                    "extra": extra_state[0]() if extra_state is not None else None}, ckpt)
-
-    def after_step(now: float, info: dict, row: dict) -> None:
-        """Targets, history, guard snapshot, evaluation and checkpoint after a successful step."""
-        nonlocal good, t0
-        record_targets(info, now, step, "batch")
-        if stage == "lbfgs" or step % cfg.log_every == 0 or step == total_steps:
-            history.append({"step": step, "seconds": round(now, 4), "loss": loss_val, **row, **info})
-        if stage == "adam" and step % cfg.guard_every == 0 and params_finite():
-            good = snapshot()
-        if evaluate is not None and eval_every and step % eval_every == 0 and step < total_steps:
-            paused = clock()
-            ev = run_eval(step)
-            t0 += clock() - paused  # evaluation is off the clock
-            record_targets(ev, now, step, "eval")
-            history.append({"step": step, "seconds": round(now, 4), **{f"eval_{k}": v for k, v in ev.items()}})
-        if ckpt and cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
-            save_checkpoint()
-        if bar is not None:
-            bar.update(1)
-            post = {"loss": f"{loss_val:.3g}"}
-            if cfg.target_key in info:
-                post[cfg.target_key] = f"{info[cfg.target_key]:.2f}"
-            bar.set_postfix(post, refresh=False)
-
-    def guard(at_step: int, bad: str, what: str) -> None:
-        nonlocal lr_scale
-        lr_scale *= 0.5
-        restore(good)
-        record_event(at_step, f"{bad}: restored last good state, {what}", clock() - t0)
-        if not cfg.quiet:
-            print(f"[{cfg.desc}] step {at_step}: {bad}; restored the last good state, {what} (x{lr_scale:g})",
-                  file=sys.stderr)
-        if len(events) > cfg.max_divergences:
-            raise DivergenceError(f"training diverged {len(events)} times; last at step {at_step} ({bad})")
-
-    def blown_up(lv: float) -> str | None:
-        if cfg.blowup_factor and n_finite >= cfg.blowup_after and best > 0 and lv > cfg.blowup_factor * best:
-            return f"loss blow-up ({lv:.3g} > {cfg.blowup_factor:g} x lowest {best:.3g})"
-        return None
-
-    full_loss = lbfgs_loss if lbfgs_loss is not None else loss_fn
+    run = Run(model, cfg, optimizer)
+    guard, targets, checkpoint = Guard(cfg), Targets(cfg), Checkpoint(cfg, extra_state)
+    bar = ProgressBar(cfg, run.total_steps)
+    evaluation = Evaluation(evaluate, eval_every, cfg.eval_fraction, targets, run.total_steps)
+    callbacks = [guard, targets, History(cfg, run.total_steps), evaluation, checkpoint, bar]
+    stages = [AdamStage(loss_fn, post_step, cfg, guard)]
+    if cfg.lbfgs_steps:
+        stages.append(LBFGSStage(lbfgs_loss if lbfgs_loss is not None else loss_fn, post_step, guard))
+    checkpoint.resume(run)
+    s, stage = run.state, stages[-1] if run.state.stage == "lbfgs" else stages[0]
+    start_step, start_seconds, stopped_by = s.step, s.elapsed, "steps"
+    guard.take(run)
+    bar.begin(run)
     while True:
-        now = clock() - t0
+        now = run.now()
+        if s.stalls >= 2:
+            stopped_by = "converged"
+            break
         if cfg.seconds is not None and now >= cfg.seconds:
             stopped_by = "seconds"
             break
-        if stage == "adam" and (step >= cfg.steps or (cfg.lbfgs_steps and cfg.seconds and now >= adam_seconds)):
-            if not cfg.lbfgs_steps:
+        if stage.finished(run, now):
+            if stage is stages[-1]:
                 break
-            stage, switch_step, stalls = "lbfgs", step, 0
-            optimizer = make_lbfgs(train_params, cfg)
-            good = snapshot()
-            if not cfg.quiet:
-                print(f"[{cfg.desc}] step {step}: switching to L-BFGS ({cfg.lbfgs_steps} steps of up to "
-                      f"{cfg.lbfgs_iter} iterations)", file=sys.stderr)
-        if stage == "lbfgs":
-            if step - switch_step >= cfg.lbfgs_steps:
-                break
-            lr = cfg.lbfgs_lr * lr_scale
-            for g in optimizer.param_groups:
-                g["lr"] = lr
-            losses: list[float] = []
-            first: dict = {}
-
-            def closure():
-                optimizer.zero_grad(set_to_none=True)
-                out = full_loss(step)
-                loss, info = (out if isinstance(out, tuple) else (out, {}))
-                if not losses:
-                    first["info"] = info
-                losses.append(float(loss.detach()))
-                loss.backward()
-                return loss
-
-            before = [p.detach().clone() for p in train_params]
-            optimizer.step(closure)
-            bad = None
-            if not all(math.isfinite(v) for v in losses):
-                bad = "non-finite loss"
-            elif not params_finite():
-                bad = "non-finite parameters"
-            else:
-                bad = blown_up(losses[0])
-            if bad is not None:
-                guard(step, f"L-BFGS {bad}", "cleared the L-BFGS memory, halved its lr")
-                continue
-            if post_step is not None:
-                post_step(step)
-            if all(torch.equal(a, p) for a, p in zip(before, train_params)):
-                stalls += 1
-                optimizer = make_lbfgs(train_params, cfg)   # clear the memory; a second stall ends the run
-            else:
-                stalls = 0
-            step += 1
-            loss_val = losses[0]
-            best, n_finite = min(best, loss_val), n_finite + 1
-            good = snapshot()
-            info = {k: (float(v) if torch.is_tensor(v) else v) for k, v in first.get("info", {}).items()}
-            after_step(clock() - t0, info, {"lr": lr, "stage": "lbfgs", "evals": len(losses)})
-            if stalls >= 2:
-                stopped_by = "converged"
-                break
+            stage = stages[stages.index(stage) + 1]
+            stage.begin(run)
+        out = stage.step(run, now)
+        if out.bad is not None:
+            guard.trip(run, out.bad, stage.remedy)
             continue
-
-        by_time = now / adam_seconds if adam_seconds else 0.0
-        progress = {"steps": step / cfg.steps, "time": by_time}.get(cfg.schedule_by, max(step / cfg.steps, by_time))
-        f = lr_factor(progress, cfg, step) * lr_scale
-        for g in optimizer.param_groups:
-            g["lr"] = g["base_lr"] * f
-
-        optimizer.zero_grad(set_to_none=True)
-        out = loss_fn(step)
-        loss, info = (out if isinstance(out, tuple) else (out, {}))
-        bad = None
-        if not _finite(loss):
-            bad = "non-finite loss"
-        else:
-            lv = float(loss.detach()) if torch.is_tensor(loss) else float(loss)
-            bad = blown_up(lv)
-        if bad is not None:
-            guard(step, bad, "halved lr")
-            continue
-        loss.backward()
-        if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        if post_step is not None:
-            post_step(step)
-        step += 1
-        loss_val = float(loss.detach())
-        best, n_finite = min(best, loss_val), n_finite + 1
-        now = clock() - t0
-        info = {k: (float(v) if torch.is_tensor(v) else v) for k, v in info.items()}
-        row = {"lr": cfg.lr * f, "stage": "adam"} if cfg.lbfgs_steps else {"lr": cfg.lr * f}
-        after_step(now, info, row)
-    if bar is not None:
-        bar.close()
-    seconds = clock() - t0
-    if not params_finite():
-        restore(good)
-        record_event(step, "non-finite parameters after the last update: restored last good state", seconds)
-        if not cfg.quiet:
-            print(f"[{cfg.desc}] non-finite parameters after the last update; restored the last good state",
-                  file=sys.stderr)
-        if not params_finite():
-            raise DivergenceError("training left non-finite parameters and no finite state to restore")
-    final_loss, final_info = _final_loss(model, loss_fn, step)
-    if evaluate is not None:
-        ev = run_eval(step)
-        record_targets(ev, seconds, step, "eval")
-        history.append({"step": step, "seconds": round(seconds, 4), **{f"eval_{k}": v for k, v in ev.items()}})
-    done = step - start_step
-    return FitResult(steps=step, seconds=seconds, final_loss=final_loss, history=history,
-                     time_to_target={str(k): v for k, v in reached.items()},
-                     time_to_target_batch={str(k): v for k, v in reached_by["batch"].items()},
-                     time_to_target_eval={str(k): v for k, v in reached_by["eval"].items()},
-                     eval_seconds=eval_seconds, evaluations=n_evals, events=events,
-                     seconds_per_step=(seconds - elapsed) / done if done else float("nan"), stopped_by=stopped_by,
-                     last_step_loss=loss_val, final_info=final_info)
+        for callback in callbacks:
+            callback.on_step(run, out)
+    bar.end()
+    seconds = run.now()
+    guard.end(run, seconds)
+    final_loss, final_info = _final_loss(model, loss_fn, s.step)
+    evaluation.end(run, seconds)
+    done = s.step - start_step
+    return FitResult(steps=s.step, seconds=seconds, final_loss=final_loss, history=s.history,
+                     time_to_target={str(k): v for k, v in s.reached["any"].items()},
+                     time_to_target_batch={str(k): v for k, v in s.reached["batch"].items()},
+                     time_to_target_eval={str(k): v for k, v in s.reached["eval"].items()},
+                     eval_seconds=s.eval_seconds, evaluations=s.evaluations, events=s.events,
+                     seconds_per_step=(seconds - start_seconds) / done if done else float("nan"),
+                     stopped_by=stopped_by, last_step_loss=s.last_loss, final_info=final_info)
 
 
 def _final_loss(model: nn.Module, loss_fn: Callable, step: int) -> tuple[float, dict]:
