@@ -65,6 +65,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .errors import InputError
 from .callbacks import (Checkpoint, CheckpointError, DivergenceError, Evaluation, Guard, History,  # noqa: F401
                         ProgressBar, Step, Targets, TrainState, bar_budget, load_checkpoint, rng_state,
                         set_rng_state)
