@@ -111,33 +111,6 @@ def pixel_grid(shape, device=None, dtype=torch.float32) -> torch.Tensor:
     return torch.stack(torch.meshgrid(ys, xs, indexing="ij"), -1).reshape(-1, 2)
 
 
-class _FixedGridHash(torch.autograd.Function):
-    """A hash-grid encoding at fixed points: ``(table, idx, wts) -> (B, L F)`` from corner indices and
-    weights computed once (:class:`CTImage`); backward scatters into the table (as
-    :class:`inr.layers.hashgrid.HashGridFn` does), no input gradient."""
-
-    @staticmethod
-    def forward(ctx, table, idx, wts):
-        from inr.layers.hashgrid import _interpolate
-
-        ctx.save_for_backward(idx, wts)
-        ctx.table_shape = table.shape
-        return _interpolate(idx, wts, table)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad):
-        idx, wts = ctx.saved_tensors
-        L, B, C = idx.shape
-        F = ctx.table_shape[1]
-        g = grad.reshape(B, L, F).permute(2, 1, 0)[..., None]  # (F, L, B, 1)
-        out = torch.zeros(ctx.table_shape, dtype=grad.dtype, device=grad.device)
-        flat = idx.reshape(-1)
-        for f in range(F):
-            out[:, f].scatter_add_(0, flat, (wts * g[f]).reshape(-1))
-        return out, None, None
-
-
 class CTImage(torch.nn.Module):
     """``model(grid)`` reshaped to the image, through an optional output map (``sigmoid`` keeps values
     in (0, 1), the known range of the normalised images).
@@ -164,32 +137,18 @@ class CTImage(torch.nn.Module):
         else:
             self.index = None
         self.register_buffer("grid", grid)
-        # a hash-grid encoding first in the body sees the same points every step: its corner indices and
-        # weights are computed once here instead of on every forward (same values, less work per step)
+        # every hash-grid encoding of the model sees the same points every step: its corner indices and
+        # weights are computed once (HashGridEncoding.fix_points; same values, less work per step)
         from inr.layers.hashgrid import HashGridEncoding
 
+        first = [m for m in model.modules() if isinstance(m, HashGridEncoding)]
         body = getattr(model, "body", None)
-        self.cached = (isinstance(body, torch.nn.Sequential) and len(body) > 0
-                       and isinstance(body[0], HashGridEncoding) and hasattr(model, "head"))
+        self.cached = bool(first) and isinstance(body, torch.nn.Sequential) and len(body) > 0 and body[0] is first[0]
         if self.cached:
-            enc = body[0]
-            with torch.no_grad():
-                c, w = enc.positions(grid)
-                idx, wts = enc.corners(c, w)
-            self.register_buffer("hash_idx", idx, persistent=False)
-            self.register_buffer("hash_wts", wts.to(enc.embeddings.dtype), persistent=False)
+            first[0].fix_points(grid)
 
     def _evaluate(self) -> torch.Tensor:
-        if not self.cached:
-            return self.model(self.grid)
-        body = self.model.body
-        enc = body[0]
-        h = _FixedGridHash.apply(enc.embeddings, self.hash_idx, self.hash_wts)
-        for hook in enc._forward_hooks.values():   # e.g. LevelSchedule
-            r = hook(enc, (self.grid,), h)
-            h = h if r is None else r
-        y = self.model.head(body[1:](h))
-        return y.real if getattr(self.model, "complex_out", False) else y
+        return self.model(self.grid)
 
     def forward(self) -> torch.Tensor:
         y = self._evaluate().reshape(-1)
@@ -237,8 +196,9 @@ class LevelSchedule:
     """Coarse-to-fine for hash-grid encodings: the features of level ``l`` (of ``L``) are multiplied by
     ``clip(a (L - 1) - l + 1, 0, 1)`` with ``a = min(1, progress / warm)``, so only the coarsest level
     is on at the start and the finest is fully on once ``warm`` of the budget (steps or wall time,
-    whichever is further along) has passed.  Applied as a forward hook on every
-    :class:`inr.layers.hashgrid.HashGridEncoding` inside ``model``; a masked level gets no gradient."""
+    whichever is further along) has passed.  Applied through the public
+    :meth:`inr.layers.hashgrid.HashGridEncoding.set_level_weights` of every hash-grid encoding inside
+    ``model``; a masked level gets no gradient."""
 
     def __init__(self, model: torch.nn.Module, warm: float):
         from inr.layers.hashgrid import HashGridEncoding
@@ -248,24 +208,21 @@ class LevelSchedule:
         if not self.encodings:
             raise ValueError("coarse-to-fine needs a model with a hash-grid encoding (model hash, or "
                              "encoding='hash')")
-        self.handles = [m.register_forward_hook(self._hook) for m in self.encodings]
+        self.update(0.0)
 
     def weights(self, enc) -> torch.Tensor:
+        """Per-level weights ``(L,)`` at the current ``alpha``."""
         L = enc.levels
-        w = (self.alpha * (L - 1) - torch.arange(L, dtype=torch.float32) + 1).clamp(0, 1)
-        return w.repeat_interleave(enc.features)
-
-    def _hook(self, module, inputs, out):
-        if self.alpha >= 1.0:
-            return out
-        return out * self.weights(module).to(out.device, out.dtype)
+        return (self.alpha * (L - 1) - torch.arange(L, dtype=torch.float32) + 1).clamp(0, 1)
 
     def update(self, progress: float) -> None:
         self.alpha = 1.0 if self.warm <= 0 else min(1.0, max(0.0, progress) / self.warm)
+        for enc in self.encodings:   # HashGridEncoding.set_level_weights: None once every level is fully on
+            enc.set_level_weights(None if self.alpha >= 1.0 else self.weights(enc))
 
     def remove(self) -> None:
-        for h in self.handles:
-            h.remove()
+        for enc in self.encodings:
+            enc.set_level_weights(None)
 
 
 def _fingerprint(scan: Scan, img: CTImage, output: str, mask_outside: bool, extra: dict | None = None) -> str:
