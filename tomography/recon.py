@@ -20,7 +20,7 @@ from inr.metrics import psnr_from_mse
 from inr.train import FitResult, TrainConfig, fit, resolve_device, seed_everything
 
 from .noise import add_noise, default_mu
-from .radon import Geometry, Projector, uniform_angles
+from .radon import FanGeometry, Geometry, Projector, make_geometry, uniform_angles
 
 # Learning rates per family (docs/methods.md section 4: WIRE 5e-3, SIREN/Gauss 1e-3..2e-3, ReLU+PE 5e-4..1e-3).
 # LRNN: 5e-3 from one probe (Shepp-Logan 64x64, 25 views, 240 s CPU budget): 17.9 dB vs 14.4 dB at 1e-3.
@@ -74,11 +74,12 @@ def phantom(size=(256, 256)) -> np.ndarray:
 
 @dataclass
 class Scan:
-    """A simulated acquisition: ground truth, geometry, clean and measured sinograms."""
+    """An acquisition: geometry and measured sinogram ``(views, detectors)``; a simulated one also has
+    its ground truth and clean sinogram (``None`` for a measured scan)."""
 
-    truth: np.ndarray
-    geometry: Geometry
-    clean: torch.Tensor
+    truth: np.ndarray | None
+    geometry: Geometry | FanGeometry
+    clean: torch.Tensor | None
     measured: torch.Tensor
     photons: float | None = None
     readout: float = 0.0
@@ -91,16 +92,24 @@ def simulate(image: np.ndarray, views: int = 100, angle_range: float = 180.0, ci
              seed: int = 0) -> Scan:
     """Project ``image`` at ``views`` angles over ``[0, angle_range)`` and add the noise of
     :mod:`tomography.noise` (``photons=None``: noiseless)."""
-    theta = uniform_angles(views, angle_range)
-    P = Projector(image.shape, theta, circle, dtype=torch.float64)
+    geom = make_geometry(np.shape(image), uniform_angles(views, angle_range), circle)
+    return scan_image(image, geom, photons, readout, peak_attenuation, seed)
+
+
+def scan_image(image: np.ndarray, geometry, photons: float | None = None, readout: float = 0.0,
+               peak_attenuation: float = 3.0, seed: int = 0) -> Scan:
+    """Project ``image`` in ``geometry`` (parallel or fan beam) and add the noise of :mod:`tomography.noise`
+    (``photons=None``: noiseless).  With noise, ``scan.info`` holds the raw ``counts``."""
+    P = Projector.for_geometry(geometry, dtype=torch.float64)
     clean = P.forward(torch.as_tensor(image, dtype=torch.float64))
     mu = None
     if photons is not None:
         mu = default_mu(clean, peak_attenuation)
     g = torch.Generator().manual_seed(seed)
-    measured = add_noise(clean, photons, readout, mu, generator=g)
-    return Scan(np.asarray(image, dtype=np.float64), P.geometry, clean.float(), measured.float(),
-                photons, readout, mu)
+    measured, counts = add_noise(clean, photons, readout, mu, generator=g, return_counts=True)
+    info = {} if counts is None else {"counts": counts.numpy()}
+    return Scan(np.asarray(image, dtype=np.float64), geometry, clean.float(), measured.float(),
+                photons, readout, mu, info)
 
 
 def pixel_grid(shape, device=None, dtype=torch.float32) -> torch.Tensor:
@@ -169,7 +178,7 @@ def inr_problem(scan: Scan, model: str, params: int | None = 180_000, output: st
         kw["finest_resolution"] = max(scan.geometry.shape)
         kw.setdefault("base_resolution", min(16, kw["finest_resolution"]))
     net = models.build(model, 2, 1, params=params, device=device, **kw)
-    P = Projector(scan.geometry.shape, scan.geometry.theta, scan.geometry.circle, device=device)
+    P = Projector.for_geometry(scan.geometry, device=device)
     support = P.support() if scan.geometry.circle and mask_outside else None
     return CTImage(net, scan.geometry.shape, output, support).to(device), P, scan.measured.to(device)
 
@@ -264,7 +273,7 @@ def reconstruct_inr(scan: Scan, model: str = "lrnn-siren", params: int | None = 
     seed_everything(seed)
     img, P, y = inr_problem(scan, model, params, output, dev, hyper, mask_outside)
     scale = float(y.abs().max()) or 1.0
-    truth = torch.as_tensor(scan.truth, dtype=torch.float32, device=dev)
+    truth = None if scan.truth is None else torch.as_tensor(scan.truth, dtype=torch.float32, device=dev)
     best = {"psnr": -math.inf}
 
     tv = DEFAULT_TV.get(model, 0.0) if tv is None else float(tv)
@@ -287,6 +296,8 @@ def reconstruct_inr(scan: Scan, model: str = "lrnn-siren", params: int | None = 
             loss = view_subset_loss(P, x, y, torch.randperm(n_views, generator=gen)[:k]) / scale ** 2
         if tv:
             loss = loss + tv * tv_penalty(x, tv_eps)
+        if truth is None:
+            return loss, {}
         with torch.no_grad():
             p = psnr_from_mse(float(torch.mean((x.clamp(0, 1) - truth) ** 2)))
         best["psnr"] = max(best["psnr"], p)
