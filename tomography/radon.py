@@ -37,6 +37,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from inr.errors import InputError
+
 
 @dataclass(frozen=True)
 class Geometry:
@@ -102,28 +104,28 @@ class FanGeometry:
     def __post_init__(self):
         H, W = self.shape
         if H < 1 or W < 1:
-            raise ValueError(f"image shape must be positive, got {self.shape}")
+            raise InputError(f"image shape must be positive, got {self.shape}")
         if len(self.theta) == 0:
-            raise ValueError("at least one projection angle (view) is needed, got 0")
+            raise InputError("at least one projection angle (view) is needed, got 0")
         if not all(math.isfinite(t) for t in self.theta):
-            raise ValueError("projection angles must be finite numbers (degrees)")
+            raise InputError("projection angles must be finite numbers (degrees)")
         vals = (self.source_distance, self.detector_distance, self.pitch, self.det_offset, self.step)
         if not all(math.isfinite(v) for v in vals):
-            raise ValueError("fan-beam distances, pitch, offset and step must be finite numbers")
+            raise InputError("fan-beam distances, pitch, offset and step must be finite numbers")
         if int(self.n_det) != self.n_det or self.n_det < 1:
-            raise ValueError(f"the detector needs at least one bin, got {self.n_det}")
+            raise InputError(f"the detector needs at least one bin, got {self.n_det}")
         if not self.pitch > 0 or not 0 < self.step <= 2:
-            raise ValueError(f"detector pitch must be > 0 and the ray step in (0, 2] pixels, got {self.pitch}, "
+            raise InputError(f"detector pitch must be > 0 and the ray step in (0, 2] pixels, got {self.pitch}, "
                              f"{self.step}")
         half_diag = 0.5 * math.hypot(H, W)
         if not self.source_distance > half_diag:
-            raise ValueError(f"--source-distance must exceed half the image diagonal ({half_diag:.1f} pixels), "
+            raise InputError(f"--source-distance must exceed half the image diagonal ({half_diag:.1f} pixels), "
                              f"so the source lies outside the image; got {self.source_distance:g}")
         if not self.detector_distance > self.source_distance:
-            raise ValueError(f"--detector-distance (source to detector, {self.detector_distance:g}) must exceed "
+            raise InputError(f"--detector-distance (source to detector, {self.detector_distance:g}) must exceed "
                              f"--source-distance (source to centre, {self.source_distance:g})")
         if self.fov_radius <= 0:
-            raise ValueError("the detector does not straddle the central ray (--detector-offset too large)")
+            raise InputError("the detector does not straddle the central ray (--detector-offset too large)")
 
     @property
     def n_angles(self) -> int:
@@ -168,15 +170,18 @@ def fan_geometry(shape, theta, source_distance: float | None = None, detector_di
     image, plus a bin of margin on each side."""
     shape = tuple(int(s) for s in shape)
     if len(shape) != 2:
-        raise ValueError(f"image shape must be (H, W), got {shape}")
+        raise InputError(f"image shape must be (H, W), got {shape}")
     H, W = shape
     dso = float(source_distance) if source_distance is not None else 2.0 * max(H, W)
     dsd = float(detector_distance) if detector_distance is not None else 2.0 * dso
     pitch = float(pitch) if pitch is not None else dsd / dso
     if n_det is None:
         R = (min(H, W) / 2 if circle else 0.5 * math.hypot(H, W)) + 1.0
-        if not dso > R or not pitch > 0:
-            raise ValueError("the fan-beam source must lie outside the image and the pitch be > 0")
+        if not dso > R:
+            raise InputError(f"--source-distance must exceed the radius the fan has to cover ({R:.1f} pixels), "
+                             f"got {dso:g}")
+        if not pitch > 0:
+            raise InputError(f"--detector-pitch must be > 0, got {pitch:g}")
         u = dsd * math.tan(math.asin(R / dso)) + abs(det_offset)
         n_det = 2 * int(math.ceil(u / pitch)) + 2
     theta = tuple(float(t) for t in np.atleast_1d(np.asarray(theta, dtype=np.float64)))
