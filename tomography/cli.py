@@ -280,9 +280,14 @@ def _simulated_scan(args, cfg: CTConfig | None):
     if args.views is None:
         args.views = 100
     spec = scan_spec(args)
+    cfg = cfg or CTConfig(baselines=False, params=1)
+    if bool(args.phantom) == bool(args.image):
+        raise InputError("give exactly one of IMAGE or --phantom")
+    if args.phantom:   # the phantom's size is known: check the memory before drawing it
+        cfg.check_memory(spec.make_geometry(spec.size or (256, 256)))
     truth = _truth_image(args, spec)
     geom = spec.make_geometry(truth.shape)
-    (cfg or CTConfig(baselines=False, params=1)).check_memory(geom)
+    cfg.check_memory(geom)
     scan = scan_image(truth, geom, spec.photons, spec.readout, spec.peak_attenuation, seed=args.seed)
     image = args.image or {"shepp": "skimage.data.shepp_logan_phantom", "thorax": "tomography.phantoms.thorax"}[args.phantom]
     return scan, spec, {"image": image}
