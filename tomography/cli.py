@@ -175,13 +175,13 @@ def build_parser() -> argparse.ArgumentParser:
 def run_baselines(scan, fbp_filter="ramp", sart_iterations=10, tv_weight=3e-4, tv_iterations=300, device="cpu"):
     """FBP, SART and TV reconstructions of a simulated ``scan`` with PSNR/SSIM and wall seconds (the study's
     call; :func:`tomography.result.run_baselines` is the library's)."""
-    from .result import _score
+    from .result import score
     from .result import run_baselines as run
 
     cfg = CTConfig(fbp_filter=fbp_filter, sart_iterations=sart_iterations, tv_weight=tv_weight,
                    tv_iterations=tv_iterations)
     recons, seconds = run(scan, cfg, device)
-    metrics = {k: {**_score(v, scan.truth, cfg.box), "seconds": seconds[k]} for k, v in recons.items()}
+    metrics = {k: {**score(v, scan.truth, cfg.box), "seconds": seconds[k]} for k, v in recons.items()}
     metrics["fbp"]["filter"] = fbp_filter
     metrics["sart"]["iterations"] = sart_iterations
     metrics["tv"].update({"weight": tv_weight, "iterations": tv_iterations})

@@ -429,7 +429,7 @@ class Projector:
     @property
     def nnz(self) -> int:
         m = self.pair.mats[0]
-        return int(m.nnz if hasattr(m, "nnz") else m._nnz())
+        return int(m.nnz if hasattr(m, "nnz") else m.col_indices().numel())
 
     @property
     def sinogram_shape(self) -> tuple:

@@ -22,7 +22,8 @@ from .config import CTConfig
 from .recon import DEFAULT_TV, Scan, pixel_grid, reconstruct_inr
 
 
-def _score(rec, truth, box) -> dict:
+def score(rec, truth, box) -> dict:
+    """PSNR and SSIM (data range 1) of ``rec`` clipped to ``box`` against ``truth``."""
     from inr.metrics import psnr, ssim
 
     lo, hi = box
@@ -200,7 +201,7 @@ def reconstruct(scan: Scan, config: CTConfig | None = None, *, checkpoint_path=N
     if scan.truth is not None:
         metrics[config.model]["oracle_best_psnr (oracle selection, not the reported value)"] = oracle
         for name, rec in {**recons, config.model: image}.items():
-            metrics[name].update(_score(rec, scan.truth, config.box))
+            metrics[name].update(score(rec, scan.truth, config.box))
     if "fbp" in metrics:
         metrics["fbp"]["filter"] = config.fbp_filter
         metrics["sart"]["iterations"] = config.sart_iterations
