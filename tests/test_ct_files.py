@@ -79,7 +79,7 @@ def test_reconstruct_a_scan_without_truth(tmp_path):
     truth = ((xx / 8.0) ** 2 + (yy / 5.0) ** 2 <= 1).astype(float) * 0.7
     geom = make_geometry((n, n), uniform_angles(12), True)
     y = Projector.for_geometry(geom, dtype=torch.float64).forward(torch.from_numpy(truth)).float()
-    scan = Scan(None, geom, None, y)
+    scan = Scan.from_sinogram(y.numpy(), geom)
     r = reconstruct(scan, CTConfig(model="hash", params=1500, steps=20, sart_iterations=2, tv_iterations=5,
                                    device="cpu"))
     assert r.image.shape == (n, n) and set(r.metrics) == {"fbp", "sart", "tv", "hash"}

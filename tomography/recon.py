@@ -86,6 +86,17 @@ class Scan:
     mu: float | None = None
     info: dict = field(default_factory=dict)
 
+    @classmethod
+    def from_sinogram(cls, sinogram, geometry, truth=None) -> "Scan":
+        """A measured scan: ``sinogram`` ``(views, detectors)`` in ``geometry``, ``truth`` optional."""
+        from inr.errors import InputError
+
+        y = torch.as_tensor(np.asarray(sinogram, dtype=np.float64), dtype=torch.float32)
+        if tuple(y.shape) != (geometry.n_angles, geometry.n_det):
+            raise InputError(f"the sinogram has shape {tuple(y.shape)}; the geometry expects "
+                             f"{(geometry.n_angles, geometry.n_det)} (views, detectors)")
+        return cls(None if truth is None else np.asarray(truth, dtype=np.float64), geometry, None, y)
+
 
 def simulate(image: np.ndarray, views: int = 100, angle_range: float = 180.0, circle: bool = True,
              photons: float | None = None, readout: float = 0.0, peak_attenuation: float = 3.0,
