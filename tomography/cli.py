@@ -23,7 +23,7 @@ from inr.cliutil import (Parser, add_common, add_lbfgs, add_version, apply_threa
                           parse_args, run_main)
 from inr.errors import InputError
 from inr.runfiles import versions
-from inr.runs import RunFolder, check_out
+from inr.runs import RunFolder
 
 from .config import MAX_SIZE, MIN_SIZE, CTConfig, ScanSpec
 from .plots import comparison_figure, save_png  # noqa: F401  (re-exported for benchmarks/ct.py)
