@@ -137,6 +137,8 @@ def test_level_schedule_switches_finer_levels_on():
 
 
 def test_cached_hash_encoding_matches_the_model():
+    """HashGridEncoding.fix_points (CTImage's cached corners) gives bit-for-bit the plain encoding's values
+    and table gradients, also under per-level weights (coarse-to-fine)."""
     from tomography.recon import CTImage, LevelSchedule
     from inr.models import build
 
@@ -145,16 +147,28 @@ def test_cached_hash_encoding_matches_the_model():
     support = torch.zeros(12, 12, dtype=torch.bool)
     support[2:10, 1:11] = True
     img = CTImage(net, (12, 12), support=support)
-    assert img.cached
+    enc = net.body[0]
+    assert img.cached and enc.uses_fixed_points(img.grid)
+    assert not enc.uses_fixed_points(img.grid + 1e-3) and not enc.uses_fixed_points(img.grid[:-1])
     with torch.no_grad():
-        net.body[0].embeddings.normal_()
-    ref = net(img.grid)
-    out = img._evaluate()
-    torch.testing.assert_close(out, ref, rtol=0, atol=0)
-    for p in net.parameters():
-        g1, = torch.autograd.grad((net(img.grid) ** 2).sum(), p)
-        g2, = torch.autograd.grad((img._evaluate() ** 2).sum(), p)
-        torch.testing.assert_close(g2, g1)
-    sched = LevelSchedule(net, 0.5)                 # the level weights act on the cached path too
-    sched.update(0.1)
-    torch.testing.assert_close(img._evaluate(), net(img.grid))
+        enc.embeddings.normal_()
+
+    def plain(fn):
+        keep = (enc.fixed_x, enc.fixed_idx, enc.fixed_wts)
+        enc.release_points()
+        try:
+            return fn()
+        finally:
+            enc.fixed_x, enc.fixed_idx, enc.fixed_wts = keep
+
+    def grads():
+        return [g for g in torch.autograd.grad((img() ** 2).sum(), list(net.parameters()))]
+
+    sched = LevelSchedule(net, 0.5)
+    for progress in (0.1, 1.0):                   # level weights on, then off
+        sched.update(progress)
+        torch.testing.assert_close(img(), plain(img), rtol=0, atol=0)
+        for g1, g2 in zip(grads(), plain(grads)):
+            torch.testing.assert_close(g1, g2, rtol=0, atol=0)
+    sched.remove()
+    assert enc.level_weights is None

@@ -12,7 +12,7 @@ import warnings
 import numpy as np
 import torch
 
-from .radon import Geometry, Projector
+from .radon import FanGeometry, Geometry, Projector, projection_matrices
 
 FILTERS = ("ramp", "shepp-logan", "cosine", "hamming", "hann")
 
@@ -40,12 +40,98 @@ def _check(sinogram, geom: Geometry) -> np.ndarray:
     return s
 
 
+def _fourier_filter(size: int, filter_name: str) -> np.ndarray:
+    """The ramp filter's frequency response for a zero-padded length ``size`` (from its exact
+    band-limited spatial kernel, Kak & Slaney eq. 61), times the window of ``filter_name`` as
+    scikit-image's ``iradon`` defines them."""
+    n = np.concatenate((np.arange(1, size / 2 + 1, 2, dtype=int), np.arange(size / 2 - 1, 0, -2, dtype=int)))
+    f = np.zeros(size)
+    f[0] = 0.25
+    f[1::2] = -1 / (np.pi * n) ** 2
+    filt = np.real(np.fft.fft(f))              # |frequency| (band-limited ramp), per unit sample spacing
+    omega = np.pi * np.fft.fftfreq(size)[1:]
+    if filter_name == "shepp-logan":
+        filt[1:] *= np.sin(omega) / omega
+    elif filter_name == "cosine":
+        filt *= np.fft.fftshift(np.sin(np.linspace(0, np.pi, size, endpoint=False)))
+    elif filter_name == "hamming":
+        filt *= np.fft.fftshift(np.hamming(size))
+    elif filter_name == "hann":
+        filt *= np.fft.fftshift(np.hanning(size))
+    return filt
+
+
+def fan_fbp(sinogram, geom: FanGeometry, filter_name: str = "ramp") -> np.ndarray:
+    """Weighted filtered back-projection for a flat detector (Kak & Slaney, ch. 3.4.2): each view is
+    scaled to the virtual detector through the centre (``s = u D / S``), weighted by ``D / sqrt(D^2 +
+    s^2)``, ramp-filtered (half the kernel: a full turn measures every line twice) and back-projected
+    pixel by pixel with linear interpolation and the weight ``1 / U^2``, ``U = (D - x . d) / D``.  The
+    angles are taken to cover a full turn evenly (``d beta = 2 pi / views``); a short scan would need
+    Parker weights, which are not applied."""
+    s = _check(sinogram, geom)
+    D, S = geom.source_distance, geom.detector_distance
+    u = geom.detector_positions()
+    sv = u * D / S                                   # virtual detector coordinates
+    ds = geom.pitch * D / S
+    n = geom.n_det
+    size = max(64, int(2 ** np.ceil(np.log2(2 * n))))
+    weighted = np.zeros((s.shape[0], size))
+    weighted[:, :n] = s * (D / np.sqrt(D * D + sv * sv))
+    q = np.real(np.fft.ifft(np.fft.fft(weighted, axis=1) * _fourier_filter(size, filter_name), axis=1))[:, :n]
+    q *= 0.5 / ds                                    # kernel h(n ds) = h(n) / ds^2, times ds for the sum
+    H, W = geom.shape
+    y = np.arange(H)[:, None] - (H - 1) / 2
+    x = np.arange(W)[None, :] - (W - 1) / 2
+    out = np.zeros((H, W))
+    for k, beta in enumerate(np.deg2rad(np.asarray(geom.theta))):
+        c, si = math.cos(beta), math.sin(beta)
+        U = (D - (x * c + y * si)) / D
+        spos = (-x * si + y * c) / U                 # virtual-detector coordinate of each pixel
+        idx = (spos * S / D - geom.det_offset) / geom.pitch + (n - 1) / 2
+        out += np.interp(idx.ravel(), np.arange(n), q[k], left=0.0, right=0.0).reshape(H, W) / (U * U)
+    out *= 2 * np.pi / len(geom.theta)
+    return out * geom.support()
+
+
+def matrix_sart(sinogram, geom, iterations: int = 10, relaxation: float = 0.15,
+                clip: tuple | None = (0.0, 1.0)) -> np.ndarray:
+    """SART on this package's projection matrix (any geometry; used for fan beam): per view ``v``, in
+    scikit-image's golden-ratio order, ``x += relaxation * A_v^T ((y_v - A_v x) / (A_v 1)) / (A_v^T 1)``,
+    then clipped to ``clip``: the update of ``skimage.transform.iradon_sart`` with the same defaults."""
+    from skimage.transform import order_angles_golden_ratio
+
+    if int(iterations) != iterations or iterations < 1:
+        raise ValueError(f"SART iterations must be a positive integer, got {iterations}")
+    s = _check(sinogram, geom)
+    A = projection_matrices(geom, torch.float64).mats[0]
+    n = geom.n_det
+    blocks = []
+    for v in range(geom.n_angles):
+        Av = A[v * n:(v + 1) * n]
+        rs = np.asarray(Av.sum(axis=1)).ravel()
+        cs = np.asarray(Av.sum(axis=0)).ravel()
+        blocks.append((Av, Av.T.tocsr(), np.where(rs > 0, 1 / np.where(rs > 0, rs, 1), 0.0),
+                       np.where(cs > 0, 1 / np.where(cs > 0, cs, 1), 0.0)))
+    x = np.zeros(A.shape[1])
+    order = list(order_angles_golden_ratio(np.asarray(geom.theta) % 180.0))
+    for _ in range(int(iterations)):
+        for v in order:
+            Av, AvT, rinv, cinv = blocks[v]
+            x += relaxation * (AvT @ ((s[v] - Av @ x) * rinv)) * cinv
+            if clip is not None:
+                np.clip(x, clip[0], clip[1], out=x)
+    return x.reshape(geom.shape)
+
+
 def fbp(sinogram, geom: Geometry, filter_name: str = "ramp") -> np.ndarray:
-    """Filtered back-projection (``skimage.transform.iradon``, linear interpolation)."""
+    """Filtered back-projection (``skimage.transform.iradon``, linear interpolation; fan beam:
+    :func:`fan_fbp`)."""
     from skimage.transform import iradon
 
     if filter_name not in FILTERS:
         raise ValueError(f"unknown FBP filter {filter_name!r}; choose one of {', '.join(FILTERS)}")
+    if isinstance(geom, FanGeometry):
+        return fan_fbp(sinogram, geom, filter_name)
     s = _check(sinogram, geom)
     size = geom.n_det if geom.circle else max(geom.shape)
     rec = iradon(s.T, np.asarray(geom.theta), output_size=size, filter_name=filter_name, circle=geom.circle)
@@ -58,9 +144,12 @@ def sart(sinogram, geom: Geometry, iterations: int = 10, relaxation: float = 0.1
     the previous one; values clipped to ``clip`` after every view (the images are normalised to [0, 1]).
 
     scikit-image's SART reconstructs the ``n_det x n_det`` square; it treats the sinogram as measured
-    with ``circle=True`` on that square, which is our geometry for both ``circle`` settings."""
+    with ``circle=True`` on that square, which is our geometry for both ``circle`` settings.  Fan beam:
+    :func:`matrix_sart` (the same update on the fan-beam matrix)."""
     from skimage.transform import iradon_sart
 
+    if isinstance(geom, FanGeometry):
+        return matrix_sart(sinogram, geom, iterations, relaxation, clip)
     if int(iterations) != iterations or iterations < 1:
         raise ValueError(f"SART iterations must be a positive integer, got {iterations}")
     s = _check(sinogram, geom).T
@@ -118,7 +207,7 @@ def tv_reconstruct(sinogram, geom: Geometry, weight: float = 3e-4, iterations: i
         raise ValueError(f"TV init must be sart, fbp or zero, got {init!r}")
     s = _check(sinogram, geom)
     device = torch.device(device or "cpu")
-    P = projector or Projector(geom.shape, geom.theta, geom.circle, device=device, dtype=dtype)
+    P = projector or Projector.for_geometry(geom, device=device, dtype=dtype)
     y = torch.as_tensor(s, dtype=dtype, device=device)
     norm = P.norm(iterations=20)
     y = y / norm

@@ -20,7 +20,7 @@ from inr.metrics import psnr_from_mse
 from inr.train import FitResult, TrainConfig, fit, resolve_device, seed_everything
 
 from .noise import add_noise, default_mu
-from .radon import Geometry, Projector, uniform_angles
+from .radon import FanGeometry, Geometry, Projector, make_geometry, uniform_angles
 
 # Learning rates per family (docs/methods.md section 4: WIRE 5e-3, SIREN/Gauss 1e-3..2e-3, ReLU+PE 5e-4..1e-3).
 # LRNN: 5e-3 from one probe (Shepp-Logan 64x64, 25 views, 240 s CPU budget): 17.9 dB vs 14.4 dB at 1e-3.
@@ -74,16 +74,28 @@ def phantom(size=(256, 256)) -> np.ndarray:
 
 @dataclass
 class Scan:
-    """A simulated acquisition: ground truth, geometry, clean and measured sinograms."""
+    """An acquisition: geometry and measured sinogram ``(views, detectors)``; a simulated one also has
+    its ground truth and clean sinogram (``None`` for a measured scan)."""
 
-    truth: np.ndarray
-    geometry: Geometry
-    clean: torch.Tensor
+    truth: np.ndarray | None
+    geometry: Geometry | FanGeometry
+    clean: torch.Tensor | None
     measured: torch.Tensor
     photons: float | None = None
     readout: float = 0.0
     mu: float | None = None
     info: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_sinogram(cls, sinogram, geometry, truth=None) -> "Scan":
+        """A measured scan: ``sinogram`` ``(views, detectors)`` in ``geometry``, ``truth`` optional."""
+        from inr.errors import InputError
+
+        y = torch.as_tensor(np.asarray(sinogram, dtype=np.float64), dtype=torch.float32)
+        if tuple(y.shape) != (geometry.n_angles, geometry.n_det):
+            raise InputError(f"the sinogram has shape {tuple(y.shape)}; the geometry expects "
+                             f"{(geometry.n_angles, geometry.n_det)} (views, detectors)")
+        return cls(None if truth is None else np.asarray(truth, dtype=np.float64), geometry, None, y)
 
 
 def simulate(image: np.ndarray, views: int = 100, angle_range: float = 180.0, circle: bool = True,
@@ -91,16 +103,24 @@ def simulate(image: np.ndarray, views: int = 100, angle_range: float = 180.0, ci
              seed: int = 0) -> Scan:
     """Project ``image`` at ``views`` angles over ``[0, angle_range)`` and add the noise of
     :mod:`tomography.noise` (``photons=None``: noiseless)."""
-    theta = uniform_angles(views, angle_range)
-    P = Projector(image.shape, theta, circle, dtype=torch.float64)
+    geom = make_geometry(np.shape(image), uniform_angles(views, angle_range), circle)
+    return scan_image(image, geom, photons, readout, peak_attenuation, seed)
+
+
+def scan_image(image: np.ndarray, geometry, photons: float | None = None, readout: float = 0.0,
+               peak_attenuation: float = 3.0, seed: int = 0) -> Scan:
+    """Project ``image`` in ``geometry`` (parallel or fan beam) and add the noise of :mod:`tomography.noise`
+    (``photons=None``: noiseless).  With noise, ``scan.info`` holds the raw ``counts``."""
+    P = Projector.for_geometry(geometry, dtype=torch.float64)
     clean = P.forward(torch.as_tensor(image, dtype=torch.float64))
     mu = None
     if photons is not None:
         mu = default_mu(clean, peak_attenuation)
     g = torch.Generator().manual_seed(seed)
-    measured = add_noise(clean, photons, readout, mu, generator=g)
-    return Scan(np.asarray(image, dtype=np.float64), P.geometry, clean.float(), measured.float(),
-                photons, readout, mu)
+    measured, counts = add_noise(clean, photons, readout, mu, generator=g, return_counts=True)
+    info = {} if counts is None else {"counts": counts.numpy()}
+    return Scan(np.asarray(image, dtype=np.float64), geometry, clean.float(), measured.float(),
+                photons, readout, mu, info)
 
 
 def pixel_grid(shape, device=None, dtype=torch.float32) -> torch.Tensor:
@@ -109,33 +129,6 @@ def pixel_grid(shape, device=None, dtype=torch.float32) -> torch.Tensor:
     ys = torch.linspace(-1, 1, H, device=device, dtype=dtype)
     xs = torch.linspace(-1, 1, W, device=device, dtype=dtype)
     return torch.stack(torch.meshgrid(ys, xs, indexing="ij"), -1).reshape(-1, 2)
-
-
-class _FixedGridHash(torch.autograd.Function):
-    """A hash-grid encoding at fixed points: ``(table, idx, wts) -> (B, L F)`` from corner indices and
-    weights computed once (:class:`CTImage`); backward scatters into the table (as
-    :class:`inr.layers.hashgrid.HashGridFn` does), no input gradient."""
-
-    @staticmethod
-    def forward(ctx, table, idx, wts):
-        from inr.layers.hashgrid import _interpolate
-
-        ctx.save_for_backward(idx, wts)
-        ctx.table_shape = table.shape
-        return _interpolate(idx, wts, table)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad):
-        idx, wts = ctx.saved_tensors
-        L, B, C = idx.shape
-        F = ctx.table_shape[1]
-        g = grad.reshape(B, L, F).permute(2, 1, 0)[..., None]  # (F, L, B, 1)
-        out = torch.zeros(ctx.table_shape, dtype=grad.dtype, device=grad.device)
-        flat = idx.reshape(-1)
-        for f in range(F):
-            out[:, f].scatter_add_(0, flat, (wts * g[f]).reshape(-1))
-        return out, None, None
 
 
 class CTImage(torch.nn.Module):
@@ -164,32 +157,18 @@ class CTImage(torch.nn.Module):
         else:
             self.index = None
         self.register_buffer("grid", grid)
-        # a hash-grid encoding first in the body sees the same points every step: its corner indices and
-        # weights are computed once here instead of on every forward (same values, less work per step)
+        # every hash-grid encoding of the model sees the same points every step: its corner indices and
+        # weights are computed once (HashGridEncoding.fix_points; same values, less work per step)
         from inr.layers.hashgrid import HashGridEncoding
 
+        first = [m for m in model.modules() if isinstance(m, HashGridEncoding)]
         body = getattr(model, "body", None)
-        self.cached = (isinstance(body, torch.nn.Sequential) and len(body) > 0
-                       and isinstance(body[0], HashGridEncoding) and hasattr(model, "head"))
+        self.cached = bool(first) and isinstance(body, torch.nn.Sequential) and len(body) > 0 and body[0] is first[0]
         if self.cached:
-            enc = body[0]
-            with torch.no_grad():
-                c, w = enc.positions(grid)
-                idx, wts = enc.corners(c, w)
-            self.register_buffer("hash_idx", idx, persistent=False)
-            self.register_buffer("hash_wts", wts.to(enc.embeddings.dtype), persistent=False)
+            first[0].fix_points(grid)
 
     def _evaluate(self) -> torch.Tensor:
-        if not self.cached:
-            return self.model(self.grid)
-        body = self.model.body
-        enc = body[0]
-        h = _FixedGridHash.apply(enc.embeddings, self.hash_idx, self.hash_wts)
-        for hook in enc._forward_hooks.values():   # e.g. LevelSchedule
-            r = hook(enc, (self.grid,), h)
-            h = h if r is None else r
-        y = self.model.head(body[1:](h))
-        return y.real if getattr(self.model, "complex_out", False) else y
+        return self.model(self.grid)
 
     def forward(self) -> torch.Tensor:
         y = self._evaluate().reshape(-1)
@@ -210,7 +189,7 @@ def inr_problem(scan: Scan, model: str, params: int | None = 180_000, output: st
         kw["finest_resolution"] = max(scan.geometry.shape)
         kw.setdefault("base_resolution", min(16, kw["finest_resolution"]))
     net = models.build(model, 2, 1, params=params, device=device, **kw)
-    P = Projector(scan.geometry.shape, scan.geometry.theta, scan.geometry.circle, device=device)
+    P = Projector.for_geometry(scan.geometry, device=device)
     support = P.support() if scan.geometry.circle and mask_outside else None
     return CTImage(net, scan.geometry.shape, output, support).to(device), P, scan.measured.to(device)
 
@@ -237,8 +216,9 @@ class LevelSchedule:
     """Coarse-to-fine for hash-grid encodings: the features of level ``l`` (of ``L``) are multiplied by
     ``clip(a (L - 1) - l + 1, 0, 1)`` with ``a = min(1, progress / warm)``, so only the coarsest level
     is on at the start and the finest is fully on once ``warm`` of the budget (steps or wall time,
-    whichever is further along) has passed.  Applied as a forward hook on every
-    :class:`inr.layers.hashgrid.HashGridEncoding` inside ``model``; a masked level gets no gradient."""
+    whichever is further along) has passed.  Applied through the public
+    :meth:`inr.layers.hashgrid.HashGridEncoding.set_level_weights` of every hash-grid encoding inside
+    ``model``; a masked level gets no gradient."""
 
     def __init__(self, model: torch.nn.Module, warm: float):
         from inr.layers.hashgrid import HashGridEncoding
@@ -248,24 +228,21 @@ class LevelSchedule:
         if not self.encodings:
             raise ValueError("coarse-to-fine needs a model with a hash-grid encoding (model hash, or "
                              "encoding='hash')")
-        self.handles = [m.register_forward_hook(self._hook) for m in self.encodings]
+        self.update(0.0)
 
     def weights(self, enc) -> torch.Tensor:
+        """Per-level weights ``(L,)`` at the current ``alpha``."""
         L = enc.levels
-        w = (self.alpha * (L - 1) - torch.arange(L, dtype=torch.float32) + 1).clamp(0, 1)
-        return w.repeat_interleave(enc.features)
-
-    def _hook(self, module, inputs, out):
-        if self.alpha >= 1.0:
-            return out
-        return out * self.weights(module).to(out.device, out.dtype)
+        return (self.alpha * (L - 1) - torch.arange(L, dtype=torch.float32) + 1).clamp(0, 1)
 
     def update(self, progress: float) -> None:
         self.alpha = 1.0 if self.warm <= 0 else min(1.0, max(0.0, progress) / self.warm)
+        for enc in self.encodings:   # HashGridEncoding.set_level_weights: None once every level is fully on
+            enc.set_level_weights(None if self.alpha >= 1.0 else self.weights(enc))
 
     def remove(self) -> None:
-        for h in self.handles:
-            h.remove()
+        for enc in self.encodings:
+            enc.set_level_weights(None)
 
 
 def _fingerprint(scan: Scan, img: CTImage, output: str, mask_outside: bool, extra: dict | None = None) -> str:
@@ -307,7 +284,7 @@ def reconstruct_inr(scan: Scan, model: str = "lrnn-siren", params: int | None = 
     seed_everything(seed)
     img, P, y = inr_problem(scan, model, params, output, dev, hyper, mask_outside)
     scale = float(y.abs().max()) or 1.0
-    truth = torch.as_tensor(scan.truth, dtype=torch.float32, device=dev)
+    truth = None if scan.truth is None else torch.as_tensor(scan.truth, dtype=torch.float32, device=dev)
     best = {"psnr": -math.inf}
 
     tv = DEFAULT_TV.get(model, 0.0) if tv is None else float(tv)
@@ -330,6 +307,8 @@ def reconstruct_inr(scan: Scan, model: str = "lrnn-siren", params: int | None = 
             loss = view_subset_loss(P, x, y, torch.randperm(n_views, generator=gen)[:k]) / scale ** 2
         if tv:
             loss = loss + tv * tv_penalty(x, tv_eps)
+        if truth is None:
+            return loss, {}
         with torch.no_grad():
             p = psnr_from_mse(float(torch.mean((x.clamp(0, 1) - truth) ** 2)))
         best["psnr"] = max(best["psnr"], p)

@@ -29,6 +29,18 @@ piecewise, so this is the derivative inside a cell, with the one-sided value of 
 boundary).  Second derivatives (``create_graph=True`` through the encoding, as PDE residuals of order 2
 need) are not supported: a backward with ``create_graph=True`` raises a RuntimeError (rather than return
 a gradient that silently lacks its own graph).
+
+Two public controls for fitting on a fixed coordinate set (e.g. the pixel grid of a CT image):
+
+- :meth:`HashGridEncoding.fix_points` computes the corner indices and weights of a fixed ``(B, d)``
+  point set once and keeps them (non-persistent buffers, so they follow ``.to()`` and are not saved);
+  a later call with exactly those points (same shape and values, no input gradient wanted) reuses them
+  instead of recomputing ``positions`` and ``corners``.  The result is the same gather of the same
+  indices and weights, so it is bit-for-bit the plain forward; :meth:`HashGridEncoding.release_points`
+  drops the cache.
+- :meth:`HashGridEncoding.set_level_weights` multiplies level ``l``'s features by ``w_l`` (e.g. a
+  coarse-to-fine schedule); ``None`` (the default) switches the multiplication off.  A level at
+  weight 0 gets no table gradient.
 """
 from __future__ import annotations
 
@@ -105,6 +117,11 @@ class HashGridEncoding(nn.Module):
         mult = [[(n + 1) ** i for i in range(d)] if dense else list(PRIMES[:d])
                 for n, dense in zip(self.resolutions, self.dense)]
         self.register_buffer("mult", torch.tensor(mult, dtype=torch.int64, device=device), persistent=False)
+        # fix_points / set_level_weights (module docstring); derived state, never saved
+        self.register_buffer("fixed_x", None, persistent=False)
+        self.register_buffer("fixed_idx", None, persistent=False)
+        self.register_buffer("fixed_wts", None, persistent=False)
+        self.register_buffer("level_weights", None, persistent=False)
         self.reset_parameters()
 
     @property
@@ -197,11 +214,49 @@ class HashGridEncoding(nn.Module):
                 o.neg_()
         return out
 
+    # -- a fixed point set and per-level weights (module docstring) ---------------------------------
+
+    def fix_points(self, x: torch.Tensor) -> None:
+        """Compute and keep the corner indices and weights of the ``(B, d)`` points ``x``; a later forward
+        on exactly these points reuses them (bit-for-bit the same output and table gradient)."""
+        if x.dim() != 2 or x.shape[-1] != self.in_features:
+            raise ValueError(f"fix_points expects (B, {self.in_features}) points, got shape {tuple(x.shape)}")
+        with torch.no_grad():
+            x = x.detach().to(self.embeddings.device).clone()
+            idx, wts = self.corners(*self.positions(x))
+        self.fixed_x, self.fixed_idx, self.fixed_wts = x, idx, wts.to(self.embeddings.dtype)
+
+    def release_points(self) -> None:
+        """Forget the points of :meth:`fix_points`."""
+        self.fixed_x = self.fixed_idx = self.fixed_wts = None
+
+    def uses_fixed_points(self, x: torch.Tensor) -> bool:
+        """Whether a forward on ``x`` takes the cached corners of :meth:`fix_points`."""
+        f = self.fixed_x
+        return (f is not None and not (x.requires_grad and torch.is_grad_enabled()) and x.shape == f.shape
+                and x.dtype == f.dtype and x.device == f.device and bool(torch.equal(x, f)))
+
+    def set_level_weights(self, weights) -> None:
+        """Multiply level ``l``'s features by ``weights[l]`` (``L`` finite numbers); ``None``: all levels at 1."""
+        if weights is None:
+            self.level_weights = None
+            return
+        w = torch.as_tensor(weights, dtype=self.embeddings.dtype).reshape(-1)
+        if w.numel() != self.levels or not bool(torch.isfinite(w).all()):
+            raise ValueError(f"level weights must be {self.levels} finite numbers, got {tuple(w.shape)}")
+        self.level_weights = w.to(self.embeddings.device)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:
             raise ValueError(f"expected {self.in_features} input coordinates, got shape {tuple(x.shape)}")
         lead = x.shape[:-1]
-        y = HashGridFn.apply(x.reshape(-1, self.in_features), self.embeddings, self)
+        flat = x.reshape(-1, self.in_features)
+        if self.uses_fixed_points(flat):
+            y = FixedPointsFn.apply(self.embeddings, self.fixed_idx, self.fixed_wts)
+        else:
+            y = HashGridFn.apply(flat, self.embeddings, self)
+        if self.level_weights is not None:
+            y = y * self.level_weights.to(y.dtype).repeat_interleave(self.features)
         return y.reshape(*lead, self.out_features)
 
     def extra_repr(self) -> str:
@@ -218,6 +273,36 @@ def _interpolate(idx: torch.Tensor, wts: torch.Tensor, table: torch.Tensor) -> t
                                             mode="sum")
     F = table.shape[1]
     return out.reshape(L, B, F).transpose(0, 1).reshape(B, L * F)
+
+
+def _scatter_table(grad, idx, wts, table_shape):
+    """Table gradient: ``grad * weight`` of every corner scattered into its row, feature by feature."""
+    L, B, C = idx.shape
+    F = table_shape[1]
+    g = grad.reshape(B, L, F).permute(2, 1, 0)[..., None]  # (F, L, B, 1)
+    out = torch.zeros(table_shape, dtype=grad.dtype, device=grad.device)
+    flat = idx.reshape(-1)
+    for f in range(F):
+        out[:, f].scatter_add_(0, flat, (wts * g[f]).reshape(-1))
+    return out
+
+
+class FixedPointsFn(torch.autograd.Function):
+    """``(table, idx, wts) -> (B, L F)`` from corner indices and weights computed once
+    (:meth:`HashGridEncoding.fix_points`); the backward is :class:`HashGridFn`'s table scatter, no input
+    gradient."""
+
+    @staticmethod
+    def forward(ctx, table, idx, wts):
+        ctx.save_for_backward(idx, wts)
+        ctx.table_shape = table.shape
+        return _interpolate(idx, wts, table)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        idx, wts = ctx.saved_tensors
+        return _scatter_table(grad, idx, wts, ctx.table_shape), None, None
 
 
 class HashGridFn(torch.autograd.Function):
@@ -247,10 +332,7 @@ class HashGridFn(torch.autograd.Function):
         grad_x = grad_table = None
         if ctx.needs_input_grad[1]:
             # per feature: scatter grad * weight of every corner into that feature's column of the table
-            grad_table = torch.zeros(enc.embeddings.shape, dtype=grad.dtype, device=grad.device)
-            flat = idx.reshape(-1)
-            for f in range(F):
-                grad_table[:, f].scatter_add_(0, flat, (wts * g[f]).reshape(-1))
+            grad_table = _scatter_table(grad, idx, wts, enc.embeddings.shape)
         if ctx.needs_input_grad[0]:
             _, w = enc.positions(x)
             w = w.to(grad.dtype)
