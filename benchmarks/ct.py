@@ -40,7 +40,7 @@ from inr.runs import RunError, RunFolder  # noqa: E402
 from tomography.cli import comparison_figure, run_baselines  # noqa: E402
 from tomography.radon import Projector, rotate_sum_radon, uniform_angles  # noqa: E402
 from tomography.phantoms import thorax  # noqa: E402
-from tomography.recon import (DEFAULT_TV, inr_problem, phantom, reconstruct_inr, simulate,  # noqa: E402
+from tomography.recon import (default_tv, inr_problem, phantom, reconstruct_inr, simulate,  # noqa: E402
                               tv_penalty, view_subset_loss)
 
 INR_MODELS = ("lrnn-siren", "wire", "gauss", "siren", "relu-pe")   # the paper's five
@@ -125,7 +125,7 @@ def inr_step_timing(size: int, views: int, models: list, params: int, repeats: i
         img, P, y = inr_problem(scan, m, params, device=device)
         opt = torch.optim.Adam(img.parameters(), 1e-4)
 
-        tv = DEFAULT_TV.get(m, 0.0)
+        tv = default_tv(m)
         gen = torch.Generator().manual_seed(0)
 
         def step():
@@ -182,7 +182,7 @@ def _atomic_write(path: str, text: str) -> None:
 
 
 PROTOCOLS = {
-    # the paper's table: 5000 Adam steps per model (GPU-sized), 100 views, lr per model (DEFAULT_LR)
+    # the paper's table: 5000 Adam steps per model (GPU-sized), 100 views, lr per model (the family's spec)
     "paper": {"steps": 5000, "seconds": None, "views": [100]},
     # equal wall time on a CPU: 600 s per INR fit (the step cap only stops a fit that is faster than that;
     # the learning-rate decay then follows the wall clock), 100 / 50 / 25 views
@@ -208,7 +208,7 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=None, help="step cap per INR fit (default 5000)")
     p.add_argument("--seconds", type=float, default=None, help="wall budget per INR fit (same for all models)")
     p.add_argument("--inr-tv", type=float, default=None,
-                   help="TV weight on every INR image (default: per model, tomography.recon.DEFAULT_TV)")
+                   help="TV weight on every INR image (default: per model, the family's spec)")
     p.add_argument("--view-batch", type=int, default=None, help="random views projected per INR step (default all)")
     p.add_argument("--coarse-to-fine", type=float, default=0.0,
                    help="hash encodings: fraction of the budget over which finer levels switch on (default 0)")
@@ -288,7 +288,7 @@ def main(argv=None) -> int:
                 save(False)
                 for model in models:
                     load0 = os.getloadavg()[0]
-                    tv = DEFAULT_TV.get(model, 0.0) if a.inr_tv is None else a.inr_tv
+                    tv = default_tv(model) if a.inr_tv is None else a.inr_tv
                     img, res, net = reconstruct_inr(scan, model, a.params, a.steps, a.seconds, None, "linear",
                                                     a.seed, a.device, a.quiet, tv=tv, view_batch=a.view_batch,
                                                     coarse_to_fine=a.coarse_to_fine if _has_hash(net_name=model) else 0.0)

@@ -94,7 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     from inr.models import MODELS
 
     from .baselines import FILTERS
-    from .recon import DEFAULT_MODEL, DEFAULT_TV, OUTPUTS
+    from inr.models import names, spec
+
+    from .recon import DEFAULT_MODEL, OUTPUTS
 
     p = _Parser(prog="python -m tomography", description="Sparse-view CT reconstruction (parallel or fan beam).")
     add_version(p)
@@ -132,8 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="learning rate, decayed exponentially to 0.1x (default: per model, docs/methods.md s.4)")
     r.add_argument("--inr-tv", type=_number(float, "--inr-tv", None, allow_none=True), default=None,
                    help="weight of a smoothed total-variation term on the INR image added to its sinogram loss "
-                        "(tomography.recon.tv_penalty; default: per model, DEFAULT_TV: "
-                        + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_TV.items()) + ", others 0)")
+                        "(tomography.recon.tv_penalty; default: per model, from its spec: "
+                        + ", ".join(f"{n} {spec(n).task('ct').tv:g}" for n in names("ct")) + ")")
     r.add_argument("--view-batch", type=_number(int, "--view-batch", 0, allow_none=True), default=None,
                    help="project only this many random views per INR step (unbiased stochastic sinogram loss; "
                         "default: all views)")

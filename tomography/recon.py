@@ -22,15 +22,16 @@ from inr.train import FitResult, TrainConfig, fit, resolve_device, seed_everythi
 from .noise import add_noise, default_mu
 from .radon import FanGeometry, Geometry, Projector, make_geometry, uniform_angles
 
-# Learning rates per family (docs/methods.md section 4: WIRE 5e-3, SIREN/Gauss 1e-3..2e-3, ReLU+PE 5e-4..1e-3).
-# LRNN: 5e-3 from one probe (Shepp-Logan 64x64, 25 views, 240 s CPU budget): 17.9 dB vs 14.4 dB at 1e-3.
-DEFAULT_LR = {"siren": 1e-3, "spder": 1e-3, "gauss": 2e-3, "wire": 5e-3, "relu-pe": 1e-3,
-              "lrnn-siren": 5e-3, "lrnn-spder": 5e-3, "hash": 1e-2}
-# Weight of the INR's total-variation term (tv_penalty) per model; families not listed get none.
-DEFAULT_TV = {"hash": 1e-4}
+# Per-family CT defaults (learning rate, TV weight, hyper-parameters such as WIRE's w0 = s0 = 10) live in
+# each family's spec: inr.models.spec(name).task("ct") (docs/methods.md section 4).
+
+
+def default_tv(model: str) -> float:
+    """The weight of the TV term on the INR's image for ``model`` (its spec's CT defaults)."""
+    return models.spec(model).task("ct").tv
+
+
 DEFAULT_MODEL = "hash"
-# CT-specific hyper-parameters (WIRE uses w0 = s0 = 10 for CT)
-DEFAULT_HYPER = {"wire": {"w0": 10.0, "s0": 10.0}}
 OUTPUTS = ("linear", "sigmoid")
 
 
@@ -182,9 +183,9 @@ class CTImage(torch.nn.Module):
 def inr_problem(scan: Scan, model: str, params: int | None = 180_000, output: str = "linear", device="cpu",
                 hyper: dict | None = None, mask_outside: bool = True):
     """The pieces of an INR reconstruction on ``device``: ``(img, projector, measured)`` with ``img`` the
-    :class:`CTImage` of a freshly built registry model (CT defaults of :data:`DEFAULT_HYPER` under
+    :class:`CTImage` of a freshly built registry model (CT defaults of the family's spec under
     ``hyper``; disc support if ``mask_outside`` and the geometry is a disc)."""
-    kw = {**DEFAULT_HYPER.get(model, {}), **(hyper or {})}
+    kw = models.spec(model).resolve("ct", hyper or {})
     if model == "hash" and "finest_resolution" not in kw:   # the finest level at the image's resolution
         kw["finest_resolution"] = max(scan.geometry.shape)
         kw.setdefault("base_resolution", min(16, kw["finest_resolution"]))
@@ -273,7 +274,7 @@ def reconstruct_inr(scan: Scan, model: str = "lrnn-siren", params: int | None = 
     model (fingerprint), and the resumed run ends with the same weights as an uninterrupted one.
 
     ``tv``: weight of the smoothed total-variation term :func:`tv_penalty` added to the (peak-scaled)
-    sinogram loss (0: none; None: the model's :data:`DEFAULT_TV`).  ``view_batch``: project only this many angles per step, drawn uniformly
+    sinogram loss (0: none; None: the model's spec, :func:`default_tv`).  ``view_batch``: project only this many angles per step, drawn uniformly
     without replacement from a generator seeded by ``seed`` (:func:`view_subset_loss`, an unbiased
     estimate of the full loss); None or >= the number of views: all of them.  ``coarse_to_fine``
     (hash-grid encodings only): fraction of the budget over which the finer levels are switched on
@@ -287,7 +288,7 @@ def reconstruct_inr(scan: Scan, model: str = "lrnn-siren", params: int | None = 
     truth = None if scan.truth is None else torch.as_tensor(scan.truth, dtype=torch.float32, device=dev)
     best = {"psnr": -math.inf}
 
-    tv = DEFAULT_TV.get(model, 0.0) if tv is None else float(tv)
+    tv = default_tv(model) if tv is None else float(tv)
     n_views = scan.geometry.n_angles
     k = None if not view_batch or view_batch >= n_views else int(view_batch)
     gen = torch.Generator().manual_seed(int(seed) + 7919)
@@ -314,7 +315,7 @@ def reconstruct_inr(scan: Scan, model: str = "lrnn-siren", params: int | None = 
         best["psnr"] = max(best["psnr"], p)
         return loss, {"psnr": p, "oracle_best_psnr": best["psnr"]}
 
-    cfg = TrainConfig(steps=steps, seconds=seconds, lr=lr if lr is not None else DEFAULT_LR.get(model, 1e-3),
+    cfg = TrainConfig(steps=steps, seconds=seconds, lr=lr if lr is not None else models.spec(model).task("ct").lr,
                       lr_final=0.1, schedule="exponential", seed=seed, device=str(dev), quiet=quiet,
                       log_every=log_every, desc=f"ct {model}", checkpoint_every=int(checkpoint_every),
                       checkpoint_path=checkpoint_path, resume=resume,

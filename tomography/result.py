@@ -19,7 +19,7 @@ import torch
 from inr.errors import InputError
 
 from .config import CTConfig
-from .recon import DEFAULT_TV, Scan, pixel_grid, reconstruct_inr
+from .recon import default_tv, Scan, pixel_grid, reconstruct_inr
 
 
 def score(rec, truth, box) -> dict:
@@ -181,7 +181,7 @@ def reconstruct(scan: Scan, config: CTConfig | None = None, *, checkpoint_path=N
     device = resolve_device(config.device)
     Projector.for_geometry(geom, dtype=torch.float64)   # build (and cache) the matrices once
     recons, seconds = run_baselines(scan, config, device) if config.baselines else ({}, {})
-    inr_tv = DEFAULT_TV.get(config.model, 0.0) if config.inr_tv is None else config.inr_tv
+    inr_tv = default_tv(config.model) if config.inr_tv is None else config.inr_tv
     image, fit, img = reconstruct_inr(scan, config.model, config.params, config.steps, config.seconds, config.lr,
                                       config.output, config.seed, device, config.quiet, config.log_every,
                                       mask_outside=config.mask_outside,
