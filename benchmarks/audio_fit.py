@@ -20,10 +20,8 @@ import fitbench  # noqa: E402
 from inr.runs import RunFolder  # noqa: E402
 
 MODELS = ("hash", "siren", "spder", "gauss", "wire", "relu-pe", "lrnn-siren", "lrnn-spder", fitbench.PEER)
-# siren/spder/LRNN use first-layer w0 = 3000 and (SPDER, LRNN-SPDER) sin(z) arctan(z) on audio: inr.fitting's
-# audio defaults.  Learning rates are our choices (override with --lr MODEL=VALUE).
-SETTINGS = {"hash": 1e-2, "siren": 1e-4, "spder": 1e-4, "gauss": 1e-3, "wire": 5e-3, "relu-pe": 1e-3,
-            "lrnn-siren": 1e-3, "lrnn-spder": 1e-3, fitbench.PEER: 1e-4}
+# Learning rates: each family's spec for audio (fitbench.settings), the peer's own; override with --lr
+# MODEL=VALUE.  The audio hyper-parameters (first-layer w0, SPDER's arctan envelope) come from the specs too.
 
 
 def main(argv=None) -> int:
@@ -62,7 +60,7 @@ def main(argv=None) -> int:
             stem = Path(sig["path"]).stem if "path" in sig else "test_audio"
             for model in a.models.split(","):
                 specs.append({"model": model, "signal": sig, "params": a.params, "seconds": a.seconds,
-                              "steps": a.steps, "lr": lrs.get(model, SETTINGS.get(model, 1e-3)), "batch": a.batch,
+                              "steps": a.steps, "lr": lrs.get(model, fitbench.settings(model, "audio")[0]), "batch": a.batch,
                               "targets": list(targets), "seed": seed, "eval_every": a.eval_every, "threads": a.threads,
                               "out": str(out / "runs" / f"{i}-{stem}-{model}-s{seed}")})
     names = ", ".join(Path(s["path"]).name if "path" in s else f"generated clip {a.clip_seconds:g} s at {a.rate} Hz"

@@ -22,6 +22,18 @@ from pathlib import Path
 import numpy as np
 
 PEER = "siren-pytorch"
+# the peer runs as its README documents: Adam 1e-4 on the full batch
+PEER_LR, PEER_BATCH = 1e-4, None
+
+
+def settings(model: str, kind: str) -> tuple:
+    """(lr, CPU batch) for a study run: the peer's documented ones, else the family's spec for ``kind``."""
+    if model == PEER:
+        return PEER_LR, PEER_BATCH
+    from inr.models import spec
+
+    t = spec(model).task(kind)
+    return t.lr, t.cpu_batch
 
 
 def _set_threads(threads: int) -> None:

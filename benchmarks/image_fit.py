@@ -20,14 +20,8 @@ from inr.runs import RunFolder  # noqa: E402
 
 IMAGES = ("camera", "moon", "coins", "brick", "gravel")
 MODELS = ("hash", "siren", "spder", "gauss", "wire", "relu-pe", "lrnn-siren", "lrnn-spder", fitbench.PEER)
-# Learning rate and pixel batch per model (our choices; override with --lr MODEL=VALUE / --batch).
-# SIREN 1e-3 is the setting the issue measured; WIRE 5e-3 and Gauss/ReLU+PE 1e-3
-# follow the WIRE reference; siren-pytorch runs as its README documents (Adam 1e-4, full batch).
-# 4096-pixel batches: on this CPU they reached ~39 dB in 60 s where 16384 reached 25-30 dB (README).
-# Hash grid: Adam 1e-2 on 2048-point batches (benchmarks/hash_sweep.py); LRNN 3e-3 (benchmarks/lrnn_study.py).
-SETTINGS = {"hash": (1e-2, 2048), "siren": (1e-3, 4096), "spder": (5e-4, 4096), "gauss": (1e-3, 4096),
-            "wire": (5e-3, 4096), "relu-pe": (1e-3, 4096), "lrnn-siren": (3e-3, 4096), "lrnn-spder": (3e-3, 4096),
-            fitbench.PEER: (1e-4, None)}
+# Learning rate and pixel batch per model: each family's spec for images (fitbench.settings), the peer's
+# own; override with --lr MODEL=VALUE / --batch.
 
 
 def main(argv=None) -> int:
@@ -58,7 +52,7 @@ def main(argv=None) -> int:
     for seed in (int(s) for s in a.seeds.split(",")):
         for image in a.images.split(","):
             for model in a.models.split(","):
-                lr, batch = SETTINGS.get(model, (1e-3, 16384))
+                lr, batch = fitbench.settings(model, "image")
                 specs.append({"model": model, "signal": {"builtin": image, "size": a.size}, "params": a.params,
                               "seconds": a.seconds, "steps": a.steps, "lr": lrs.get(model, lr),
                               "batch": a.batch or batch, "targets": list(targets), "seed": seed,
