@@ -231,3 +231,52 @@ def parse_args(parser: argparse.ArgumentParser, argv) -> argparse.Namespace | in
         return parser.parse_args(argv)
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else EXIT_USAGE
+
+
+def given_dests(parser: argparse.ArgumentParser, argv) -> set:
+    """The ``dest`` of every option written on the command line ``argv`` (long or short form, with or
+    without ``=VALUE``), looked up in ``parser`` and its sub-command parsers."""
+    table: dict = {}
+
+    def collect(p):
+        for act in p._actions:   # argparse keeps no public list of a parser's actions
+            for s in act.option_strings:
+                table[s] = act.dest
+            if isinstance(act, argparse._SubParsersAction):
+                for sub in act.choices.values():
+                    collect(sub)
+
+    collect(parser)
+    out = set()
+    for tok in argv or []:
+        if tok.startswith("-"):
+            key = tok.split("=", 1)[0]
+            if key in table:
+                out.add(table[key])
+    return out
+
+
+def apply_config_file(args: argparse.Namespace, parser: argparse.ArgumentParser, argv, *,
+                      section: str | None = None, skip: tuple = ()) -> argparse.Namespace:
+    """``--config FILE`` for a command line whose option names are its config's field names: every value
+    of the file (JSON or TOML; a run's config.json, whose ``section`` table is used when present) replaces
+    the option's default unless that option was given on the command line.  Unknown keys are an error."""
+    path = getattr(args, "config", None)
+    if not path:
+        return args
+    from inr.config import read_file
+    from inr.errors import InputError
+
+    data = read_file(path)
+    if section and isinstance(data.get(section), dict):
+        data = data[section]
+    given = given_dests(parser, argv)
+    known = set(vars(args))
+    for k, v in data.items():
+        if k in skip:
+            continue
+        if k not in known:
+            raise InputError(f"--config {path}: unknown option {k!r}")
+        if k not in given:
+            setattr(args, k, tuple(v) if isinstance(v, list) and isinstance(getattr(args, k), tuple) else v)
+    return args
