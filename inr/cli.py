@@ -32,8 +32,9 @@ _HYPER = {
     "scale": (float, "Gauss scale s (default 10)"),
     "s0": (float, "WIRE Gaussian width s0 (default 10)"),
     "n_freqs": (int, "ReLU+PE frequencies L (default 10)"),
-    "kernel": (str, "LRNN component kernel: fused (default; chunked recompute, fastest on the CPU), compiled "
-                    "(torch.compile, the GPU speed path; first step compiles) or plain (autograd)"),
+    "kernel": (str, "LRNN component kernel: auto (default: the C++ kernel for harmonic components on the CPU, "
+                    "compiled on CUDA), cpp, fused (chunked eager recompute), compiled (torch.compile; first step "
+                    "compiles) or plain (autograd)"),
     "precision": (str, "LRNN hidden-layer projections in fp32 (default) or bf16 (components stay fp32)"),
 }
 

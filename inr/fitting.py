@@ -42,7 +42,6 @@ import math
 import os
 import pickle
 import platform
-import shutil
 import resource
 import sys
 import time
@@ -128,21 +127,14 @@ def check_model_options(model_options: dict | None, params: int | None) -> None:
 # Model and loss
 
 
-def compiled_kernels_available() -> bool:
-    """Whether LRNN fits use the torch.compile'd component kernels: a C++ compiler is on the PATH (Inductor
-    needs one on the CPU) and ``INR_COMPILE`` is not ``0``.  The first fit on a machine spends ~15-40 s
-    compiling; later processes load the kernels from Inductor's on-disk cache."""
-    if os.environ.get("INR_COMPILE", "1") == "0":
-        return False
-    return torch.cuda.is_available() or any(shutil.which(c) for c in ("c++", "g++", "gcc", "clang"))
-
-
 def model_defaults(model: str, kind: str) -> dict:
     """Hyper-parameters this tool sets for ``model`` on an ``"image"`` or ``"audio"`` signal
     (anything passed in ``model_options`` overrides them)."""
     d = {}
     if model in ("lrnn-siren", "lrnn-spder"):
-        d["kernel"] = "compiled" if compiled_kernels_available() else "fused"
+        # inr.layers.lrnn.resolve_kernel: the C++ kernel for harmonic components (the default) on the CPU, the
+        # eager fused kernel for MLP components there, the compiled (Triton) kernels on CUDA
+        d["kernel"] = "auto"
     if kind != "audio":
         return d
     if model in ("siren", "spder"):

@@ -88,7 +88,7 @@ def _lrnn_family(activation_default: str):
     # band="component", head_init="default", depth=2.
     def make(in_features, out_features, rank=128, depth=3, dbar=2, width=4, w0=30.0, w0_first=None,
              activation=activation_default, shared=False, component_std=1.0, memory_efficient=True,
-             kernel="fused", precision="fp32", component="harmonic", harmonics=4, band="component",
+             kernel="auto", precision="fp32", component="harmonic", harmonics=4, band="component",
              head_init="small", **fk):
         if head_init not in ("default", "small"):
             raise ValueError(f"head_init must be 'default' or 'small', got {head_init!r}")
