@@ -6,7 +6,8 @@
 // so every inner loop runs over contiguous e and vectorises.  One sin/cos per element (a shared
 // Cody-Waite reduction and Cephes polynomials in float32; libm in float64), the harmonics by the
 // Chebyshev recurrence in registers, and the parameter gradients summed per thread over rows (float
-// blocks of BLOCK_ROWS rows flushed into double accumulators), then over threads.
+// blocks of BLOCK_ROWS rows flushed into double accumulators), then over threads in thread order, so
+// results are deterministic for a given thread count.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -208,12 +209,15 @@ void backward_impl(const T* z, const T* om, const T* ph, const T* al, const T* b
   const int K = KC > 0 ? KC : Kr;
   const int64_t E = r * dbar, NG = 2 * K + 3;
   using A = typename Acc<T>::type;
-  std::vector<A> total(NG * E, A(0));
+  std::vector<A> partial(static_cast<size_t>(nthreads) * NG * E, A(0));   // per thread, summed in thread order
+  int used = 1;
 #pragma omp parallel num_threads(nthreads)
   {
     std::vector<T> f(E), env(E), dg(E), s(E), c(E), gg(E), blk(NG * E, T(0));
-    std::vector<A> acc(NG * E, A(0));
     const int nt = omp_get_num_threads(), t = omp_get_thread_num();
+    A* acc = partial.data() + static_cast<size_t>(t) * NG * E;
+#pragma omp single nowait
+    used = nt;
     const int64_t lo = B * t / nt, hi = B * (t + 1) / nt;
     T* g_om = blk.data();
     T* g_ph = g_om + E;
@@ -250,10 +254,12 @@ void backward_impl(const T* z, const T* om, const T* ph, const T* al, const T* b
         rows = 0;
       }
     }
-#pragma omp critical
-    for (int64_t i = 0; i < NG * E; ++i) total[i] += acc[i];
   }
-  for (int64_t i = 0; i < NG * E; ++i) grads[i] = T(total[i]);
+  for (int64_t i = 0; i < NG * E; ++i) {   // a fixed order: the same bits run after run
+    A v = A(0);
+    for (int t = 0; t < used; ++t) v += partial[static_cast<size_t>(t) * NG * E + i];
+    grads[i] = T(v);
+  }
 }
 
 // ---- dispatch: float32 with a compile-time K for K <= 4 (the registry default is 4), otherwise and in
