@@ -22,7 +22,8 @@ Sections (rows of the one table):
    the eager fused kernel, against SIREN at the same batch (65,536 points on CUDA).
 
 Each section checks the remaining --budget before each run and records "skipped (budget)" instead of
-overrunning.  Every CUDA path is guarded by the device (bf16 only where supported; timings synchronise).
+overrunning; a section or kernel that raises is recorded as "skipped (error: ...)" and the rest still run.
+Every CUDA path is guarded by the device (bf16 only where supported; timings synchronise).
 Writes a new folder (--out, default results/gpu_protocols; an existing one is refused before any work):
 table.md and metrics.json (inr.runs.RunFolder).
 """
@@ -34,6 +35,7 @@ import platform
 import statistics
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +45,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # run from a checkout without installing
 from classify import models as classify_models  # noqa: E402  (before benchmarks/ is on sys.path: classify.py)
 from inr import fitting  # noqa: E402
+from inr.layers.lrnn import resolve_kernel  # noqa: E402
 from inr.metrics import psnr, ssim  # noqa: E402
 from inr.models import build, count_params  # noqa: E402
 from inr.runfiles import versions  # noqa: E402
@@ -243,20 +246,33 @@ def section_kernel(a, device, budget: Budget) -> list[dict]:
     models = {k: build(m, 2, 1, params=a.params, device=device, **kw) for k, (m, kw) in specs.items()}
     opts = {k: torch.optim.Adam(m.parameters(), 1e-4) for k, m in models.items()}
     times = {k: [] for k in models}
-    for rep in range(a.kernel_repeats + 2):   # two warm-up rounds (the first compiles)
+    rows = []
+    # what kernel="auto" runs here (C++ on the CPU, compiled/Triton on CUDA)
+    auto_is = resolve_kernel("auto", "harmonic", x.new_zeros(1, 1, 2), x.new_zeros(1, 2, 4), "spder")
+
+    def step(k):
+        opts[k].zero_grad(set_to_none=True)
+        torch.mean((models[k](x) - y) ** 2).backward()
+        opts[k].step()
+
+    for k in list(models):   # first step apart (it compiles); a kernel that fails is reported, not fatal
+        try:
+            step(k)
+        except Exception as e:  # noqa: BLE001
+            traceback.print_exc()
+            rows.append({"section": "kernel", "item": k, "skipped": f"error: {type(e).__name__}: {e}"[:300]})
+            del models[k], times[k]
+    for rep in range(a.kernel_repeats + 1):   # one more warm-up round
         if budget.left() < 2:
             break
-        for k, m in models.items():
+        for k in models:
             _sync(device)
             t0 = time.perf_counter()
-            opts[k].zero_grad(set_to_none=True)
-            torch.mean((m(x) - y) ** 2).backward()
-            opts[k].step()
+            step(k)
             _sync(device)
-            if rep >= 2:
+            if rep >= 1:
                 times[k].append(time.perf_counter() - t0)
-    rows = []
-    base = statistics.median(times["siren"]) if times["siren"] else float("nan")
+    base = statistics.median(times["siren"]) if times.get("siren") else float("nan")
     for k, t in times.items():
         if not t:
             rows.append({"section": "kernel", "item": k, "skipped": "budget"})
@@ -264,7 +280,7 @@ def section_kernel(a, device, budget: Budget) -> list[dict]:
         med = statistics.median(t)
         rows.append({"section": "kernel", "item": k, "metric": "s/step (x SIREN)", "value": med,
                      "x_siren": med / base, "batch": a.kernel_batch, "repeats": len(t),
-                     "params": count_params(models[k])})
+                     "params": count_params(models[k]), "auto_is": auto_is})
         print(f"kernel {k:24s} {med:.4f} s/step ({med / base:.2f}x SIREN)", file=sys.stderr, flush=True)
     return rows
 
@@ -284,7 +300,8 @@ def table(rows: list[dict], header: str) -> str:
         note = {"audio": f"{r.get('samples', '')} samples, lr {r.get('lr', '')}",
                 "ct": f"{r.get('views')} views, {r.get('size')}px, {r.get('params')} params",
                 "classify": f"{r.get('precision')}, batch {r.get('batch')}",
-                "kernel": f"{r.get('x_siren', float('nan')):.2f}x SIREN, batch {r.get('batch')}"}[r["section"]]
+                "kernel": f"{r.get('x_siren', float('nan')):.2f}x SIREN, batch {r.get('batch')}"
+                          + (f"; auto = {r['auto_is']}" if "(auto)" in r["item"] else "")}[r["section"]]
         if r["section"] in ("audio", "ct") and r["steps"] < r.get("steps_asked", r["steps"]):
             note += f"; stopped by the budget at {r['steps']} of {r['steps_asked']} steps"
         sps = r.get("s_per_step")
@@ -341,7 +358,11 @@ def main(argv=None) -> int:
     with RunFolder(a.out) as run:   # built under a hidden name, renamed when complete
         rows = []
         for s in wanted:
-            rows += SECTIONS[s](a, device, budget)
+            try:   # one failing section (a missing Triton, say) must not lose the others of a GPU session
+                rows += SECTIONS[s](a, device, budget)
+            except Exception as e:  # noqa: BLE001 - recorded in the table and on stderr
+                traceback.print_exc()
+                rows.append({"section": s, "item": "(section)", "skipped": f"error: {type(e).__name__}: {e}"[:300]})
             run.write_json("metrics.json", {"rows": rows, "settings": vars(a), "device": dev_name})
         header = (f"device {dev_name} ({device.type}), {torch.get_num_threads()} CPU threads, "
                   f"total {time.perf_counter() - t0:.0f} s")
