@@ -11,7 +11,9 @@ Steps 2-3 run in :class:`ProductFn`, which keeps only ``z`` for backward and rec
 ``batch x r x dbar x m`` activations one hidden unit at a time over cache-sized batch chunks, so
 memory stays near ``batch x r x dbar`` instead of m times that.  Second derivatives (PDE
 residuals) go through the plain graph and stay exact.  ``memory_efficient=False`` gives the plain
-autograd path (the reference the tests compare against).
+autograd path (the reference the tests compare against).  Harmonic components on the CPU default to the
+C++ kernel of :mod:`inr.layers.lrnn_cpp`; :func:`lrnn_product` dispatches between the kernels
+(:func:`resolve_kernel`).
 """
 from __future__ import annotations
 
@@ -490,6 +492,8 @@ def lrnn_product(z: torch.Tensor, params, component: str, kernel: str, activatio
     if kernel == "compiled":
         return CompiledHarmonicFn.apply(z, *params, activation, gamma)
     return HarmonicProductFn.apply(z, *params, activation, gamma)[0]
+
+
 COMPONENTS = ("mlp", "harmonic")
 STEP_SCALE = 30.0  # band="projection": the first layer's fixed projection multiplier (SIREN's image w0)
 BANDS = ("component", "projection")
