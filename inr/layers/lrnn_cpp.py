@@ -9,7 +9,7 @@ blocks per thread.  Rows are split over ``torch.get_num_threads()`` OpenMP threa
 torch's own).  The backward saves only z and the parameters.
 
 The library is compiled on first use with the system C++ compiler (``$CXX``, else ``g++``/``c++``;
-~3 s) into ``$INR_KERNEL_CACHE`` (default ``~/.cache/inr/kernels``), one file per source, flags and CPU
+~5 s of compiler time) into ``$INR_KERNEL_CACHE`` (default ``~/.cache/inr/kernels``), one file per source, flags and CPU
 capability, written atomically; later processes load it.  It uses no torch headers, so it builds in
 seconds rather than the ~30 s of a ``torch.utils.cpp_extension`` module, and is called through ctypes
 (which releases the GIL).  :func:`available` says whether it built (``INR_CPP_KERNEL=0`` turns it off);
