@@ -112,7 +112,8 @@ def fit_audio(model: str, samples: np.ndarray, steps: int, params: int, device, 
     x = torch.linspace(-1, 1, n, device=device).unsqueeze(1)
     y = torch.as_tensor(samples, dtype=torch.float32, device=device).unsqueeze(1)
     opt = torch.optim.Adam(net.parameters(), lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s / steps, 1))))
+    cosine = lambda s: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s / steps, 1)))   # to 0.1x at the end
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine)
     _sync(device)
     t0 = time.perf_counter()
     done = 0

@@ -228,9 +228,11 @@ void backward_impl(const T* z, const T* om, const T* ph, const T* al, const T* b
     for (int64_t b = lo; b < hi; ++b) {
       const T* zb = z + b * E;
       if (row_has_large(zb, om, ph, E))
-        backward_terms<KC, ACT, false>(zb, om, ph, al, be, c0, gamma, E, Kr, f.data(), env.data(), dg.data(), s.data(), c.data());
+        backward_terms<KC, ACT, false>(zb, om, ph, al, be, c0, gamma, E, Kr, f.data(), env.data(), dg.data(),
+                                       s.data(), c.data());
       else
-        backward_terms<KC, ACT, true>(zb, om, ph, al, be, c0, gamma, E, Kr, f.data(), env.data(), dg.data(), s.data(), c.data());
+        backward_terms<KC, ACT, true>(zb, om, ph, al, be, c0, gamma, E, Kr, f.data(), env.data(), dg.data(),
+                                       s.data(), c.data());
       product_grad(f.data(), gphi + b * r, gamma, r, dbar, gg.data());
       T* gzb = gz + b * E;
 #pragma omp simd
@@ -287,7 +289,8 @@ int backward_k(int K, const T* z, const T* om, const T* ph, const T* al, const T
   if (K < 1 || K > 8) return 1;
   if constexpr (sizeof(T) == 4) {
     switch (K) {
-#define CASE(k) case k: backward_impl<k, ACT>(z, om, ph, al, be, c0, gphi, gz, grads, B, r, dbar, K, gamma, nt); return 0;
+#define CASE(k) \
+  case k: backward_impl<k, ACT>(z, om, ph, al, be, c0, gphi, gz, grads, B, r, dbar, K, gamma, nt); return 0;
       CASE(1) CASE(2) CASE(3) CASE(4)
 #undef CASE
       default: break;
