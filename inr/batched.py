@@ -55,8 +55,8 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from . import fitting as F
 from .runfiles import versions, write_json
-from .layers.lrnn import CompiledHarmonicFn, CompiledProductFn, HarmonicProductFn, LRNNLayer, ProductFn
 from .errors import InputError
+from .layers.lrnn import LRNNLayer, lrnn_product
 from .metrics import psnr_from_mse
 from .runs import RunFolder, check_out, staging_dir
 from .models import count_params
@@ -173,13 +173,8 @@ def _lrnn_stacked_forward(base: nn.Module, p: dict, x: torch.Tensor) -> torch.Te
         mlp = layer.component == "mlp"
         comp = [q(k) for k in (("a", "b", "c", "c0") if mlp else ("omega", "phase", "alpha", "beta", "c0"))]
         comp = [t.expand(N, r, *t.shape[2:]).reshape(N * r, *t.shape[2:]) for t in comp]
-        if mlp:
-            fn = CompiledProductFn if layer.kernel == "compiled" else ProductFn
-            phi = fn.apply(z, *comp, layer.comp_w0, layer.activation, layer.gamma)                # (B, N*r)
-        elif layer.kernel == "compiled":
-            phi = CompiledHarmonicFn.apply(z, *comp, layer.activation, layer.gamma)
-        else:
-            phi = HarmonicProductFn.apply(z, *comp, layer.activation, layer.gamma)[0]
+        kernel = layer.kernel if layer.kernel != "plain" else "fused"
+        phi = lrnn_product(z, comp, layer.component, kernel, layer.activation, layer.gamma, layer.comp_w0)  # (B, N*r)
         h = phi.view(B_, N, r).transpose(0, 1)
         if layer.norm is not None:
             h = torch.nn.functional.layer_norm(h, (r,), eps=layer.norm.eps)

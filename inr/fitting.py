@@ -29,7 +29,6 @@ import math
 import os
 import pickle
 import platform
-import shutil
 import resource
 import sys
 import time

@@ -91,7 +91,7 @@ def _lrnn_family(activation_default: str):
     # band="component", head_init="default", depth=2.
     def make(in_features, out_features, rank=128, depth=3, dbar=2, width=4, w0=30.0, w0_first=None,
              activation=activation_default, shared=False, component_std=1.0, memory_efficient=True,
-             kernel="fused", precision="fp32", component="harmonic", harmonics=4, band="component",
+             kernel="auto", precision="fp32", component="harmonic", harmonics=4, band="component",
              head_init="small", **fk):
         if head_init not in ("default", "small"):
             raise ValueError(f"head_init must be 'default' or 'small', got {head_init!r}")
@@ -132,23 +132,6 @@ def _hash(in_features, out_features, table=1 << 14, levels=8, features=2, base_r
 # The family specs: hyper-parameter schema and per-task defaults (inr.spec).  Hyper-parameter defaults
 # are read from each constructor's signature, so they are written once, there.
 
-def _compiled_available() -> bool:
-    """Whether the LRNN's torch.compile'd component kernels can run here: a C++ compiler on the PATH
-    (Inductor needs one on the CPU) or CUDA, and ``INR_COMPILE`` is not ``0``.  The first fit on a
-    machine spends ~15-40 s compiling; later processes load the kernels from Inductor's disk cache."""
-    import os
-    import shutil
-
-    if os.environ.get("INR_COMPILE", "1") == "0":
-        return False
-    return torch.cuda.is_available() or any(shutil.which(c) for c in ("c++", "g++", "gcc", "clang"))
-
-
-def lrnn_fit_kernel() -> str:
-    """The LRNN component kernel image and audio fits use: compiled where it can run, else fused."""
-    return "compiled" if _compiled_available() else "fused"
-
-
 _BIG = 1 << 16          # widths, ranks: refused above this before anything is allocated
 _FREQ = (1e-6, 1e6)     # frequency factors and widths of Gaussians
 
@@ -173,7 +156,8 @@ _COMMON = {
     "shared": (bool, "one set of components shared by all r neurons"),
     "component_std": (float, "standard deviation of each component at initialisation", 1e-6, 1e3),
     "memory_efficient": (bool, "recomputing kernel (false: plain autograd)"),
-    "kernel": (str, "LRNN component kernel"),
+    "kernel": (str, "LRNN component kernel: auto (C++ for harmonic components on the CPU, compiled on CUDA), "
+                        "cpp, fused, compiled (torch.compile) or plain (autograd)"),
     "precision": (str, "LRNN hidden-layer projections in fp32 or bf16"),
     "component": (str, "LRNN components: harmonic (K harmonics) or mlp (the paper's 1-m-1 MLP)"),
     "harmonics": (int, "harmonics K of a harmonic component", 1, 64),
@@ -226,7 +210,7 @@ def _pde_lrnn(n: float = 1, dim: int = 2) -> dict:
 
 def _lrnn_fit(kind: str, activation: str):
     def hyper(**_):
-        d = {"kernel": lrnn_fit_kernel()}
+        d = {}   # the kernel stays the family default, 'auto' (inr.layers.lrnn.resolve_kernel)
         if kind == "audio":
             # the band from a SIREN-style projection with a fixed step multiplier (docs/methods.md 2.6): the
             # K = 4 harmonics and products already widen the band; on the 1 s test clip (50k params, 150

@@ -30,6 +30,8 @@ def test_lrnn_cost_quick(tmp_path):
     assert proc.returncode == 0, proc.stderr
     rows = {r["model"]: r for r in json.loads((tmp_path / "out" / "metrics.json").read_text())["rows"]}
     # the fused LRNN path must save less than plain autograd on the same model (independent of timing noise)
+    default = next(k for k in rows if k.startswith("lrnn-spder (default"))
+    assert rows[default]["saved_MB"] < rows["lrnn-spder (harmonic K=4, plain autograd)"]["saved_MB"]
     for fused, plain in (("harmonic K=4, fused eager", "harmonic K=4, plain autograd"),
                          ("paper MLP m=4, depth 2, fused", "paper MLP, plain autograd")):
         assert rows[f"lrnn-spder ({fused})"]["saved_MB"] < rows[f"lrnn-spder ({plain})"]["saved_MB"]
@@ -112,3 +114,29 @@ def test_benchmark_builds_under_a_hidden_name_and_leaves_nothing_on_failure(tmp_
     with pytest.raises(RuntimeError):
         mod.main(["--quick", "--out", str(failed)])
     assert not failed.exists() and not staging_dir(failed).exists()   # no complete-looking folder
+
+
+def test_gpu_protocols_quick(tmp_path):
+    """The GPU protocol script's tiny CPU setting: every section runs and lands in one table."""
+    out = tmp_path / "gpu"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_protocols.py"), "--quick", "--threads", "1",
+                           "--device", "cpu", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads((out / "metrics.json").read_text())["rows"]
+    assert not [r for r in rows if "skipped" in r]
+    by = {}
+    for r in rows:
+        by.setdefault(r["section"], {})[r["item"]] = r
+    assert set(by["audio"]) == {f"{c} / {m}" for c in ("test_audio", "music") for m in ("siren", "lrnn-spder")}
+    # finite whole-clip MSEs on the [-1, 1] scale after exactly the 30 steps asked for
+    assert all(0 < r["mse"] < 0.5 and r["steps"] == 30 for r in by["audio"].values())
+    assert set(by["ct"]) == {"lrnn-siren", "siren", "hash"}
+    assert all(r["steps"] == 20 and 5 < r["value"] < 60 and -1 <= r["ssim"] <= 1 for r in by["ct"].values())
+    assert set(by["classify"]) == {"resnet20", "pure20"} and all(r["value"] > 0 for r in by["classify"].values())
+    assert by["kernel"]["siren"]["x_siren"] == 1.0 and by["kernel"]["lrnn-spder (auto)"]["value"] > 0
+    table = (out / "table.md").read_text()
+    assert table.count("\n|") == 2 + len(rows)
+    # an existing result folder is refused before any work
+    again = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_protocols.py"), "--quick",
+                            "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert again.returncode != 0 and "already exists" in again.stderr

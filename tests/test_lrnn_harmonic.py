@@ -126,19 +126,25 @@ def test_harmonic_count_and_small_head():
     assert abs(count_params(m) - 50_000) / 50_000 < 0.02
 
 
-def test_fit_defaults_pick_the_compiled_kernel_when_available(monkeypatch):
-    import shutil
-
-    from inr.models import spec
-    monkeypatch.setenv("INR_COMPILE", "0")
-    assert spec("lrnn-spder").defaults("image")["kernel"] == "fused"
-    monkeypatch.setenv("INR_COMPILE", "1")
-    monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/" + name)
-    assert spec("lrnn-spder").defaults("image")["kernel"] == "compiled"
-    monkeypatch.setattr(shutil, "which", lambda name: None)
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert spec("lrnn-siren").defaults("audio")["kernel"] == "fused"
-    assert "kernel" not in spec("siren").defaults("image")
+def test_fit_defaults_pick_the_auto_kernel(monkeypatch):
+    from inr.layers import lrnn as lr
+    from inr.models import build, spec
+    for task in ("image", "audio", "ct"):   # no task overrides the family default, 'auto'
+        assert "kernel" not in spec("lrnn-spder").defaults(task)
+    assert build("lrnn-spder", 2, 1, rank=4).body[0].kernel == "auto"
+    z, alpha = torch.zeros(2, 3, 2), torch.zeros(3, 2, 4)
+    # auto: MLP components on the CPU use the fused kernel; harmonic ones the C++ kernel where it builds
+    assert lr.resolve_kernel("auto", "mlp", z) == "fused"
+    monkeypatch.setattr(lr.lrnn_cpp, "available", lambda: True)
+    assert lr.resolve_kernel("auto", "harmonic", z, alpha, "spder") == "cpp"
+    assert lr.resolve_kernel("auto", "harmonic", z.double(), alpha, "spder") == "cpp"
+    # ... and fall back to the eager kernel without a compiler, in bfloat16 or for K > 8
+    assert lr.resolve_kernel("cpp", "harmonic", z.bfloat16(), alpha, "spder") == "fused"
+    assert lr.resolve_kernel("cpp", "harmonic", z, torch.zeros(3, 2, 9), "spder") == "fused"
+    assert lr.resolve_kernel("cpp", "mlp", z) == "fused"
+    monkeypatch.setattr(lr.lrnn_cpp, "available", lambda: False)
+    assert lr.resolve_kernel("auto", "harmonic", z, alpha, "spder") == "fused"
+    assert lr.resolve_kernel("compiled", "harmonic", z, alpha, "spder") == "compiled"
 
 
 @pytest.mark.parametrize("activation", ["sin", "spder"])

@@ -11,15 +11,20 @@ Steps 2-3 run in :class:`ProductFn`, which keeps only ``z`` for backward and rec
 ``batch x r x dbar x m`` activations one hidden unit at a time over cache-sized batch chunks, so
 memory stays near ``batch x r x dbar`` instead of m times that.  Second derivatives (PDE
 residuals) go through the plain graph and stay exact.  ``memory_efficient=False`` gives the plain
-autograd path (the reference the tests compare against).
+autograd path (the reference the tests compare against).  Harmonic components on the CPU default to the
+C++ kernel of :mod:`inr.layers.lrnn_cpp`; :func:`lrnn_product` dispatches between the kernels
+(:func:`resolve_kernel`).
 """
 from __future__ import annotations
 
+import importlib.util
 import math
+import os
 
 import torch
 from torch import nn
 
+from . import lrnn_cpp
 from .sine import SQRT_FLOOR, get_activation
 
 
@@ -443,7 +448,52 @@ class CompiledHarmonicFn(torch.autograd.Function):
         return gz, g_omega, g_phase, g_alpha.contiguous(), g_beta.contiguous(), sums[-1], None, None
 
 
-KERNELS = ("fused", "compiled", "plain")
+KERNELS = ("auto", "cpp", "fused", "compiled", "plain")
+
+
+def resolve_kernel(kernel: str, component: str, z: torch.Tensor, alpha: torch.Tensor | None = None,
+                   activation: str = "sin") -> str:
+    """The kernel that evaluates a layer's components and product for this input.
+
+    ``"auto"``: on the CPU, the C++ kernel for harmonic components where it builds and supports the input
+    (:func:`inr.layers.lrnn_cpp.supports`), else ``"fused"``; on CUDA, ``"compiled"`` (Triton) where
+    Triton is installed and ``INR_COMPILE`` is not ``0``, else ``"fused"``.  ``"cpp"`` falls back the same
+    way on inputs it does not support (MLP components, CUDA, other dtypes, K > 8, no compiler).  Under
+    torch.func transforms every kernel gives way to ``"plain"``."""
+    if torch._C._functorch.is_functorch_wrapped_tensor(z):  # vmap / jvp / grad: only the plain graph is safe
+        return "plain"
+    if kernel not in ("auto", "cpp"):
+        return kernel
+    if component == "harmonic" and lrnn_cpp.supports(z, alpha, activation):
+        return "cpp"
+    if kernel == "auto" and z.device.type == "cuda" and os.environ.get("INR_COMPILE", "1") != "0" \
+            and importlib.util.find_spec("triton") is not None:
+        return "compiled"
+    return "fused"
+
+
+def lrnn_product(z: torch.Tensor, params, component: str, kernel: str, activation: str, gamma: float,
+                 comp_w0: float = 1.0) -> torch.Tensor:
+    """phi = prod_j (1 + gamma g_j(z_j)) for z (B, r, dbar) with the given kernel (after
+    :func:`resolve_kernel`).  params: (a, b, c, c0) for ``component="mlp"`` (comp_w0 is their w0),
+    (omega, phase, alpha, beta, c0) for ``"harmonic"``.  The functional entry point for the layer and
+    for the stacked models of :mod:`inr.batched`."""
+    mlp = component == "mlp"
+    kernel = resolve_kernel(kernel, component, z, None if mlp else params[2], activation)
+    if kernel == "plain":
+        if mlp:
+            return product_reference(z, *params, comp_w0, activation, gamma)
+        return harmonic_product_reference(z, *params, activation, gamma)
+    if mlp:
+        fn = CompiledProductFn if kernel == "compiled" else ProductFn
+        return fn.apply(z, *params, comp_w0, activation, gamma)
+    if kernel == "cpp":
+        return lrnn_cpp.harmonic_product_cpp(z, *params, activation, gamma)
+    if kernel == "compiled":
+        return CompiledHarmonicFn.apply(z, *params, activation, gamma)
+    return HarmonicProductFn.apply(z, *params, activation, gamma)[0]
+
+
 COMPONENTS = ("mlp", "harmonic")
 STEP_SCALE = 30.0  # band="projection": the first layer's fixed projection multiplier (SIREN's image w0)
 BANDS = ("component", "projection")
@@ -485,8 +535,11 @@ class LRNNLayer(nn.Module):
         layernorm: LayerNorm over the r outputs (the paper's deep models need it).
         memory_efficient: evaluate steps 2-3 with a recomputing kernel (False: plain autograd,
             ``kernel="plain"``).
-        kernel: ``"fused"`` (chunked eager recompute, fastest on the CPU), ``"compiled"``
-            (:class:`CompiledProductFn`, torch.compile, MLP components; the GPU speed path) or ``"plain"``.
+        kernel: ``"auto"`` (default; :func:`resolve_kernel`: the C++ kernel for harmonic components on the
+            CPU, the compiled one on CUDA), ``"cpp"`` (:mod:`inr.layers.lrnn_cpp`, harmonic components on the
+            CPU; others fall back to fused), ``"fused"`` (chunked eager recompute), ``"compiled"``
+            (:class:`CompiledProductFn` / :class:`CompiledHarmonicFn`, torch.compile; Triton on CUDA) or
+            ``"plain"``.
         precision: ``"bf16"`` runs the projection of a hidden layer (not the first, whose raw
             coordinates are multiplied by w0) in bfloat16 with a float32 result; components, product and
             LayerNorm stay float32.  ``"fp32"``: everything float32.
@@ -495,7 +548,7 @@ class LRNNLayer(nn.Module):
     def __init__(self, in_features: int, rank: int, dbar: int = 4, width: int = 4, w0: float = 30.0,
                  activation: str = "sin", shared: bool = False, is_first: bool = False,
                  component_std: float = 1.0, layernorm: bool = True, memory_efficient: bool = True,
-                 kernel: str = "fused", precision: str = "fp32", component: str = "mlp", harmonics: int = 2,
+                 kernel: str = "auto", precision: str = "fp32", component: str = "mlp", harmonics: int = 2,
                  band: str = "component", device=None, dtype=None):
         super().__init__()
         if min(in_features, rank, dbar, width, harmonics) < 1:
@@ -631,13 +684,8 @@ class LRNNLayer(nn.Module):
             return harmonic_product_reference(z, *self._component_params(), self.activation, self.gamma)
         lead = z.shape[:-2]
         z = z.reshape(-1, self.rank, self.dbar)
-        if mlp:
-            fn = CompiledProductFn if self.kernel == "compiled" else ProductFn
-            phi = fn.apply(z, self.a, self.b, self.c, self.c0, self.comp_w0, self.activation, self.gamma)
-        elif self.kernel == "compiled":
-            phi = CompiledHarmonicFn.apply(z, *self._component_params(), self.activation, self.gamma)
-        else:
-            phi = HarmonicProductFn.apply(z, *self._component_params(), self.activation, self.gamma)[0]
+        phi = lrnn_product(z, self._component_params(), self.component, self.kernel, self.activation, self.gamma,
+                           self.comp_w0)
         return phi.reshape(*lead, self.rank)
 
     @property
