@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from inr.cliutil import Parser, add_common, add_lbfgs, add_version, apply_threads, parse_args, run_main
+from inr.errors import InputError
 
 QUICK = {"widths": (1, 4, 4, 1), "n_train": 11, "n_test": 20, "seeds": 1, "steps": 60}
 
@@ -99,7 +100,7 @@ def run_pieces(args) -> int:
     net, config = nets.load(args.model)
     lo, hi = args.domain if args.domain else config.get("domain", [-1.0, 1.0])
     if args.grid < 2:
-        raise ValueError(f"--grid must be >= 2, got {args.grid}")
+        raise InputError(f"--grid must be >= 2, got {args.grid}")
     pw = pieces.expand(net, lo, hi)
     chk = pieces.check(net, pw, n=args.grid)
     line = _summary_line(pw, chk, args.tol)

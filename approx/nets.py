@@ -28,9 +28,9 @@ def build_net(widths, arch: str = "qnn", compact: bool = False, relinear: bool =
     """``widths = (1, 10, 10, 10, 10, 1)`` -> Linear/Quadratic layers with ReLU between them."""
     widths = [int(w) for w in widths]
     if len(widths) < 2 or min(widths) < 1:
-        raise ValueError(f"widths must list >= 2 positive layer sizes, got {widths}")
+        raise InputError(f"widths must list >= 2 positive layer sizes, got {widths}")
     if arch not in ARCHS:
-        raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
+        raise InputError(f"arch must be one of {ARCHS}, got {arch!r}")
     layers: list[nn.Module] = []
     for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
         if arch == "qnn":

@@ -30,6 +30,7 @@ from approx.relinear import ShrinkQuadratic, relinear_groups
 from approx.target import parse_target
 from inr.runfiles import versions
 from inr.train import DivergenceError, TrainConfig, fit, resolve_device, seed_everything
+from inr.errors import InputError
 
 STRATEGIES = ("regular", "relinear-sg", "relinear-sw-l1", "relinear-sw-l2", "mlp")
 
@@ -65,11 +66,11 @@ class RungeConfig:
         self.strategies = tuple(self.strategies)
         bad = [s for s in self.strategies if s not in STRATEGIES]
         if bad:
-            raise ValueError(f"--strategies: unknown {bad}; choose from {', '.join(STRATEGIES)}")
+            raise InputError(f"--strategies: unknown {bad}; choose from {', '.join(STRATEGIES)}")
         if len(self.widths) < 2 or self.widths[0] != 1 or self.widths[-1] != 1 or min(self.widths) < 1:
-            raise ValueError(f"--widths must start and end with 1 (a univariate fit), got {list(self.widths)}")
+            raise InputError(f"--widths must start and end with 1 (a univariate fit), got {list(self.widths)}")
         if self.n_train < 2 or self.n_test < 1 or self.seeds < 1 or self.steps < 1:
-            raise ValueError("--n-train must be >= 2 and --n-test, --seeds, --steps >= 1")
+            raise InputError("--n-train must be >= 2 and --n-test, --seeds, --steps >= 1")
         TrainConfig(**self.lbfgs())   # checks the lbfgs_* values
 
     def lbfgs(self) -> dict:
@@ -87,7 +88,7 @@ def make_data(n_train: int, n_test: int = 100) -> tuple[np.ndarray, np.ndarray]:
         d = np.abs(x_test[:, None] - x_train[None, :]).min()
         if d > 1e-3 * h:
             return x_train, x_test
-    raise ValueError(f"cannot place {n_test} test points off a grid of {n_train} training points")
+    raise InputError(f"cannot place {n_test} test points off a grid of {n_train} training points")
 
 
 def _strategy_setup(strategy: str, cfg: RungeConfig, net):

@@ -15,6 +15,7 @@ import math
 import re
 
 import numpy as np
+from inr.errors import InputError
 
 MAX_LENGTH = 500
 MAX_NUMBER = 1e12
@@ -34,10 +35,10 @@ def _check_tokens(text: str) -> None:
     while pos < len(text):
         m = _TOKEN.match(text, pos)
         if not m or m.end() == pos:
-            raise ValueError(f"--target {text!r}: unexpected character {text[pos:].lstrip()[:1]!r} at "
+            raise InputError(f"--target {text!r}: unexpected character {text[pos:].lstrip()[:1]!r} at "
                              f"position {pos}; use numbers, x, + - * / ** ^ ( ) and {', '.join(FUNCTIONS)}")
         if m.group(2) and m.group(2) not in names:
-            raise ValueError(f"--target {text!r}: unknown name {m.group(2)!r}; allowed: x, "
+            raise InputError(f"--target {text!r}: unknown name {m.group(2)!r}; allowed: x, "
                              f"{', '.join(FUNCTIONS + CONSTANTS)}")
         pos = m.end()
 
@@ -51,14 +52,14 @@ def _check_bounds(text: str, src: str) -> None:
     """Refuse huge literals, huge constant exponents and constant sub-expressions that overflow, without
     evaluating anything but float64 arithmetic on already-bounded numbers."""
     if len(src) > MAX_LENGTH:
-        raise ValueError(f"--target is {len(src)} characters long; at most {MAX_LENGTH} are accepted")
+        raise InputError(f"--target is {len(src)} characters long; at most {MAX_LENGTH} are accepted")
     try:
         tree = ast.parse(src.replace("^", "**"), mode="eval")
     except SyntaxError as e:
-        raise ValueError(f"--target {text!r}: cannot parse ({e.msg})") from None
+        raise InputError(f"--target {text!r}: cannot parse ({e.msg})") from None
 
     def fail(what: str):
-        raise ValueError(f"--target {text!r}: {what}")
+        raise InputError(f"--target {text!r}: {what}")
 
     def value(node):
         """float value of a constant sub-tree, None where it depends on x (or is not plain arithmetic)."""
@@ -133,7 +134,7 @@ def parse_target(text: str):
 
     src = PRESETS.get(text.strip().lower(), text)
     if not src.strip():
-        raise ValueError("--target is empty")
+        raise InputError("--target is empty")
     _check_tokens(src)
     _check_bounds(text, src)
     x = sp.Symbol("x", real=True)
@@ -142,9 +143,9 @@ def parse_target(text: str):
     try:
         expr = parse_expr(src, local_dict=local, transformations=standard_transformations + (convert_xor,))
     except (SyntaxError, TypeError, ValueError, sp.SympifyError) as e:
-        raise ValueError(f"--target {text!r}: cannot parse ({e})") from None
+        raise InputError(f"--target {text!r}: cannot parse ({e})") from None
     if not isinstance(expr, sp.Expr) or expr.free_symbols - {x}:
-        raise ValueError(f"--target {text!r}: must be an expression in x alone")
+        raise InputError(f"--target {text!r}: must be an expression in x alone")
     fn = sp.lambdify(x, expr, modules="numpy")
 
     def f(t):
@@ -154,5 +155,5 @@ def parse_target(text: str):
     with np.errstate(all="ignore"):
         probe = f(np.linspace(-1, 1, 1001))
     if not np.all(np.isfinite(probe)):
-        raise ValueError(f"--target {text!r}: not finite everywhere on [-1, 1]")
+        raise InputError(f"--target {text!r}: not finite everywhere on [-1, 1]")
     return src, expr, f

@@ -148,7 +148,7 @@ class DataBundle:
 def stratified_split(labels, test_fraction: float, seed: int):
     """Indices (train, test) with each class split in the same proportion (a fixed ``seed``)."""
     if not 0 < test_fraction < 1:
-        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+        raise InputError(f"test_fraction must be in (0, 1), got {test_fraction}")
     labels = np.asarray(labels)
     rng = np.random.default_rng(seed)
     train, test = [], []
@@ -379,7 +379,7 @@ def poisson_noise(x: torch.Tensor, idx: torch.Tensor, peak: float, seed: int = 0
     """``Poisson(x * peak) / peak`` for [0, 1] images ``x`` (B, C, H, W); each sample's noise is drawn from
     a generator seeded by its dataset index, so the noisy test set is fixed whatever the batching."""
     if not peak > 0:
-        raise ValueError(f"noise peak must be > 0, got {peak}")
+        raise InputError(f"noise peak must be > 0, got {peak}")
     out = torch.empty_like(x, device="cpu")
     xc = x.detach().float().cpu()
     for k, i in enumerate(idx.tolist()):

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from inr.layers import ConvPU, NewtonBlock, QuadraticConv2d
+from inr.errors import InputError
 
 
 def count_params(model: nn.Module, trainable_only: bool = True) -> int:
@@ -35,7 +36,7 @@ def _norm(norm: str, c: int) -> nn.Module:
         return nn.BatchNorm2d(c)
     if norm == "none":
         return nn.Identity()
-    raise ValueError(f"norm must be 'bn' or 'none', got {norm!r}")
+    raise InputError(f"norm must be 'bn' or 'none', got {norm!r}")
 
 
 class ShortcutA(nn.Module):
@@ -57,7 +58,7 @@ def _shortcut(kind: str, cin: int, cout: int, stride: int, norm: str) -> nn.Modu
         return ShortcutA(cin, cout, stride)
     if kind == "B":
         return nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), _norm(norm, cout))
-    raise ValueError(f"shortcut must be 'A' or 'B', got {kind!r}")
+    raise InputError(f"shortcut must be 'A' or 'B', got {kind!r}")
 
 
 class BasicBlock(nn.Module):
@@ -122,7 +123,7 @@ def _stem(kind: str, cin: int, cout: int, norm: str, relu: bool) -> nn.Module:
     if kind == "imagenet":
         return nn.Sequential(nn.Conv2d(cin, cout, 7, 2, 3, bias=False), _norm(norm, cout), *act,
                              nn.MaxPool2d(3, 2, 1))
-    raise ValueError(f"stem must be 'cifar' or 'imagenet', got {kind!r}")
+    raise InputError(f"stem must be 'cifar' or 'imagenet', got {kind!r}")
 
 
 def _init(model: nn.Module) -> None:
@@ -153,7 +154,7 @@ def _stages(block: Callable, blocks, widths, first: int) -> tuple[nn.Sequential,
 def _check_blocks(blocks, stages: int):
     blocks = [int(b) for b in blocks]
     if len(blocks) != stages or min(blocks) < 1:
-        raise ValueError(f"blocks must be {stages} positive integers, got {blocks}")
+        raise InputError(f"blocks must be {stages} positive integers, got {blocks}")
     return blocks
 
 
@@ -245,7 +246,7 @@ def train_defaults(name: str) -> dict:
 
 def _check_name(name: str) -> None:
     if name not in _REGISTRY:
-        raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
+        raise InputError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
 
 
 def build(name: str, num_classes: int = 10, in_channels: int = 3, *, device=None, **hyper) -> Classifier:
@@ -255,15 +256,15 @@ def build(name: str, num_classes: int = 10, in_channels: int = 3, *, device=None
     ctor, fixed, _ = _REGISTRY[name]
     clash = set(hyper) & set(fixed)
     if clash:
-        raise ValueError(f"{name}: {', '.join(sorted(clash))} is fixed by the model name")
+        raise InputError(f"{name}: {', '.join(sorted(clash))} is fixed by the model name")
     if num_classes < 1 or in_channels < 1:
-        raise ValueError(f"num_classes and in_channels must be >= 1, got {num_classes}, {in_channels}")
+        raise InputError(f"num_classes and in_channels must be >= 1, got {num_classes}, {in_channels}")
     try:
         model = ctor(num_classes, in_channels, **fixed, **hyper)
     except TypeError as e:  # an unknown hyper-parameter: say which ones exist
         import inspect
         allowed = [p for p in inspect.signature(ctor).parameters if p not in fixed][2:]
-        raise ValueError(f"{name}: bad model argument ({e}); allowed: {', '.join(allowed)}") from None
+        raise InputError(f"{name}: bad model argument ({e}); allowed: {', '.join(allowed)}") from None
     _init(model)
     model.config = {"name": name, "num_classes": num_classes, "in_channels": in_channels, **hyper}
     return model.to(device) if device is not None else model

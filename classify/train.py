@@ -33,6 +33,7 @@ from inr.train import load_checkpoint, resolve_device, seed_everything
 
 from . import data as D
 from . import models as M
+from inr.errors import InputError
 
 
 @dataclass
@@ -97,7 +98,7 @@ def init_distributed(device_arg: str) -> tuple[Dist, torch.device]:
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = device_arg != "cpu" and torch.cuda.is_available()
     if device_arg.startswith("cuda") and not use_cuda:
-        raise ValueError("--device cuda was asked for but no CUDA device is available")
+        raise InputError("--device cuda was asked for but no CUDA device is available")
     device = torch.device("cuda", local) if use_cuda else torch.device("cpu")
     if use_cuda:
         torch.cuda.set_device(device)
@@ -151,7 +152,7 @@ def resolve_args(a: TrainArgs) -> TrainArgs:
               (a.noise_peak is None or a.noise_peak > 0, "--noise-peak must be > 0")]
     for ok, msg in checks:
         if not ok:
-            raise ValueError(msg)
+            raise InputError(msg)
     return a
 
 
@@ -159,7 +160,7 @@ def _limit(ds, n, seed):
     if n is None or n >= len(ds):
         return ds
     if n < 1:
-        raise ValueError("--limit-train/--limit-test must be >= 1")
+        raise InputError("--limit-train/--limit-test must be >= 1")
     return ds.subset(np.sort(np.random.default_rng(seed).choice(len(ds), size=n, replace=False)))
 
 
@@ -247,7 +248,7 @@ def train(a: TrainArgs) -> dict:
         torch.set_num_threads(threads)
     d, device = init_distributed(a.device)
     if a.batch_size % d.world:
-        raise ValueError(f"--batch-size {a.batch_size} must be divisible by the number of processes ({d.world})")
+        raise InputError(f"--batch-size {a.batch_size} must be divisible by the number of processes ({d.world})")
     local_bs = a.batch_size // d.world
     seed_everything(a.seed)
     bundle = open_data(a)
@@ -259,7 +260,7 @@ def train(a: TrainArgs) -> dict:
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     if a.sync_bn and device.type != "cuda":
-        raise ValueError("--sync-bn needs CUDA devices (SyncBatchNorm has no CPU implementation)")
+        raise InputError("--sync-bn needs CUDA devices (SyncBatchNorm has no CPU implementation)")
     if a.sync_bn and d.world > 1:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     groups = _param_groups(model, a)
@@ -309,7 +310,7 @@ def train(a: TrainArgs) -> dict:
         augment = D.Augment(len(bundle.train), a.seed) if a.augment else None
         steps_per_epoch = len(sampler) // local_bs
         if steps_per_epoch == 0:
-            raise ValueError(f"--batch-size {a.batch_size} is larger than the training set ({len(bundle.train)} images)")
+            raise InputError(f"--batch-size {a.batch_size} is larger than the training set ({len(bundle.train)} images)")
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
 
@@ -438,7 +439,7 @@ def evaluate_run(run_dir: str, *, noise_peak: float = 10.0, device: str = "auto"
             cfg = json.load(f)
         args = TrainArgs(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in cfg["args"].items()})
     except Exception as e:  # noqa: BLE001
-        raise ValueError(f"cannot read run config {cfg_path}: {e}") from None
+        raise InputError(f"cannot read run config {cfg_path}: {e}") from None
     if data:
         args.data = data
     d, dev = init_distributed(device)
@@ -447,7 +448,7 @@ def evaluate_run(run_dir: str, *, noise_peak: float = 10.0, device: str = "auto"
         model = M.from_config(cfg["model_config"], device=dev)
         model.load_state_dict(torch.load(w_path, map_location=dev, weights_only=True))
     except Exception as e:  # noqa: BLE001 - truncated / foreign / unsafe model file
-        raise ValueError(f"{w_path}: corrupt or incompatible model file ({' '.join(str(e).split())[:200]})") \
+        raise InputError(f"{w_path}: corrupt or incompatible model file ({' '.join(str(e).split())[:200]})") \
             from None
     mean, std = cfg["normalization"]["mean"], cfg["normalization"]["std"]
     size = (args.image_size, args.image_size) if args.image_size else None

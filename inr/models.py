@@ -14,6 +14,7 @@ from torch import nn
 
 from .layers import ComplexGaborLayer, GaussLayer, LRNNLayer, PositionalEncoding, RealGaborLayer, SineLayer
 from .layers.hashgrid import HashGridEncoding
+from .errors import InputError
 
 
 def count_params(model: nn.Module, trainable_only: bool = True) -> int:
@@ -43,7 +44,7 @@ def _siren_family(activation_default: str):
             layers.append(HashGridEncoding(in_features, **(encoding_options or {}), **fk))
             in_features = layers[0].out_features
         elif encoding is not None or encoding_options:
-            raise ValueError(f"encoding must be None or 'hash', got {encoding!r}")
+            raise InputError(f"encoding must be None or 'hash', got {encoding!r}")
         layers += [SineLayer(in_features, hidden, w0=first, is_first=True, activation=activation, **fk)]
         layers += [SineLayer(hidden, hidden, w0=w0, activation=activation, **fk) for _ in range(hidden_layers)]
         head = nn.Linear(hidden, out_features, **fk)
@@ -66,7 +67,7 @@ def _wire(in_features, out_features, hidden=256, hidden_layers=3, w0=20.0, s0=10
         layers += [RealGaborLayer(hidden, hidden, w0=w0, s0=s0, **fk) for _ in range(hidden_layers)]
         return nn.Sequential(*layers), nn.Linear(hidden, out_features, **fk), False
     if form != "complex":
-        raise ValueError(f"WIRE form must be 'complex' or 'real', got {form!r}")
+        raise InputError(f"WIRE form must be 'complex' or 'real', got {form!r}")
     layers = [ComplexGaborLayer(in_features, hidden, w0=w0, s0=s0, is_first=True, **fk)]
     layers += [ComplexGaborLayer(hidden, hidden, w0=w0, s0=s0, **fk) for _ in range(hidden_layers)]
     head = nn.Linear(hidden, out_features, dtype=layers[-1].linear.weight.dtype, device=fk.get("device"))
@@ -91,7 +92,7 @@ def _lrnn_family(activation_default: str):
              kernel="fused", precision="fp32", component="harmonic", harmonics=4, band="component",
              head_init="small", **fk):
         if head_init not in ("default", "small"):
-            raise ValueError(f"head_init must be 'default' or 'small', got {head_init!r}")
+            raise InputError(f"head_init must be 'default' or 'small', got {head_init!r}")
         layers, n = [], in_features
         for i in range(depth):
             layers.append(LRNNLayer(n, rank, dbar=dbar, width=width, w0=(w0 if w0_first is None or i else w0_first),
@@ -164,7 +165,7 @@ def solve_width(name: str, in_features: int, out_features: int, params: int, **h
     while f(hi) < params:
         lo, hi = hi, hi * 2
         if hi > 1 << 20:
-            raise ValueError(f"parameter budget {params} is too large for {name}")
+            raise InputError(f"parameter budget {params} is too large for {name}")
     while hi - lo > 1:
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if f(mid) < params else (lo, mid)
@@ -182,15 +183,15 @@ def build(name: str, in_features: int, out_features: int, *, params: int | None 
         **hyper: the family's hyper-parameters (``hidden``, ``hidden_layers``, ``w0``, ``rank``, ``dbar``, ...).
     """
     if name not in _REGISTRY:
-        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(_REGISTRY)}")
+        raise InputError(f"unknown model {name!r}; choose one of: {', '.join(_REGISTRY)}")
     if params is not None and params < 1:
-        raise ValueError(f"params must be positive, got {params}")
+        raise InputError(f"params must be positive, got {params}")
     try:
         if params is not None:
             hyper[_REGISTRY[name][1]] = solve_width(name, in_features, out_features, params, **hyper)
         return _make(name, in_features, out_features, hyper, device=device, dtype=dtype)
     except TypeError as e:  # an option the family does not take
-        raise ValueError(f"bad option for model {name!r}: {e}") from None
+        raise InputError(f"bad option for model {name!r}: {e}") from None
 
 
 def from_config(config: dict, device=None, dtype=None) -> INR:

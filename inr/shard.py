@@ -18,12 +18,13 @@ import torch
 
 from . import batched
 from .fitting import RunError
+from .errors import InputError
 
 
 def shard_files(files, rank: int, world_size: int) -> list:
     """The files rank ``rank`` of ``world_size`` fits: positions r, r + W, ... of the sorted list."""
     if world_size < 1 or not 0 <= rank < world_size:
-        raise ValueError(f"need 0 <= rank < world_size, got rank {rank}, world size {world_size}")
+        raise InputError(f"need 0 <= rank < world_size, got rank {rank}, world size {world_size}")
     return sorted(files, key=str)[rank::world_size]
 
 

@@ -236,7 +236,7 @@ def test_audio(seconds: float = 1.0, rate: int = 16000) -> Signal:
     """A deterministic test clip: a linear chirp (100 Hz -> rate/8) plus a 220 Hz tone with 3 harmonics,
     under a slow amplitude envelope; mono, peak-normalised."""
     if seconds <= 0 or rate <= 0:
-        raise ValueError(f"test_audio needs seconds > 0 and rate > 0, got {seconds}, {rate}")
+        raise InputError(f"test_audio needs seconds > 0 and rate > 0, got {seconds}, {rate}")
     n = max(2, int(round(seconds * rate)))
     t = np.arange(n) / rate
     f0, f1 = 100.0, rate / 8.0

@@ -86,9 +86,9 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise ValueError(f"--device must be auto, cpu or cuda, got {device!r}")
+        raise InputError(f"--device must be auto, cpu or cuda, got {device!r}")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but no CUDA device is available")
+        raise InputError("--device cuda was asked for but no CUDA device is available")
     return torch.device(device)
 
 
@@ -186,31 +186,31 @@ class TrainConfig:
 
     def __post_init__(self):
         if self.steps <= 0:
-            raise ValueError(f"steps must be > 0, got {self.steps}")
+            raise InputError(f"steps must be > 0, got {self.steps}")
         if self.seconds is not None and not self.seconds > 0:
-            raise ValueError(f"seconds must be > 0, got {self.seconds}")
+            raise InputError(f"seconds must be > 0, got {self.seconds}")
         if not (math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"learning rate must be a finite number > 0, got {self.lr}")
+            raise InputError(f"learning rate must be a finite number > 0, got {self.lr}")
         if self.schedule not in ("cosine", "exponential", "constant"):
-            raise ValueError(f"schedule must be cosine, exponential or constant, got {self.schedule!r}")
+            raise InputError(f"schedule must be cosine, exponential or constant, got {self.schedule!r}")
         if self.schedule_by not in ("auto", "steps", "time"):
-            raise ValueError(f"schedule_by must be steps, time or auto, got {self.schedule_by!r}")
+            raise InputError(f"schedule_by must be steps, time or auto, got {self.schedule_by!r}")
         if self.schedule_by == "time" and self.seconds is None:
-            raise ValueError("a schedule by time needs a time budget (seconds)")
+            raise InputError("a schedule by time needs a time budget (seconds)")
         if self.warmup < 0:
-            raise ValueError(f"warmup must be >= 0 steps, got {self.warmup}")
+            raise InputError(f"warmup must be >= 0 steps, got {self.warmup}")
         if self.clock not in ("wall", "cpu"):
-            raise ValueError(f"clock must be wall or cpu, got {self.clock!r}")
+            raise InputError(f"clock must be wall or cpu, got {self.clock!r}")
         if self.optimizer not in ("adam", "sgd"):
-            raise ValueError(f"optimizer must be adam or sgd, got {self.optimizer!r}")
+            raise InputError(f"optimizer must be adam or sgd, got {self.optimizer!r}")
         if self.lbfgs_steps < 0:
-            raise ValueError(f"lbfgs_steps must be >= 0, got {self.lbfgs_steps}")
+            raise InputError(f"lbfgs_steps must be >= 0, got {self.lbfgs_steps}")
         if not (math.isfinite(self.lbfgs_lr) and self.lbfgs_lr > 0):
-            raise ValueError(f"lbfgs_lr must be a finite number > 0, got {self.lbfgs_lr}")
+            raise InputError(f"lbfgs_lr must be a finite number > 0, got {self.lbfgs_lr}")
         if not 0 < self.lbfgs_fraction < 1:
-            raise ValueError(f"lbfgs_fraction must be in (0, 1), got {self.lbfgs_fraction}")
+            raise InputError(f"lbfgs_fraction must be in (0, 1), got {self.lbfgs_fraction}")
         if self.lbfgs_history < 1 or self.lbfgs_iter < 1:
-            raise ValueError(f"lbfgs_history and lbfgs_iter must be >= 1, got {self.lbfgs_history}, "
+            raise InputError(f"lbfgs_history and lbfgs_iter must be >= 1, got {self.lbfgs_history}, "
                              f"{self.lbfgs_iter}")
 
 

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from .radon import Geometry, Projector
+from inr.errors import InputError
 
 FILTERS = ("ramp", "shepp-logan", "cosine", "hamming", "hann")
 
@@ -35,7 +36,7 @@ def _to_image(square: np.ndarray, geom: Geometry) -> np.ndarray:
 def _check(sinogram, geom: Geometry) -> np.ndarray:
     s = np.asarray(sinogram.detach().cpu() if torch.is_tensor(sinogram) else sinogram, dtype=np.float64)
     if s.shape != (geom.n_angles, geom.n_det):
-        raise ValueError(f"sinogram must have shape (views, detectors) = {(geom.n_angles, geom.n_det)}, "
+        raise InputError(f"sinogram must have shape (views, detectors) = {(geom.n_angles, geom.n_det)}, "
                          f"got {s.shape}")
     return s
 
@@ -45,7 +46,7 @@ def fbp(sinogram, geom: Geometry, filter_name: str = "ramp") -> np.ndarray:
     from skimage.transform import iradon
 
     if filter_name not in FILTERS:
-        raise ValueError(f"unknown FBP filter {filter_name!r}; choose one of {', '.join(FILTERS)}")
+        raise InputError(f"unknown FBP filter {filter_name!r}; choose one of {', '.join(FILTERS)}")
     s = _check(sinogram, geom)
     size = geom.n_det if geom.circle else max(geom.shape)
     rec = iradon(s.T, np.asarray(geom.theta), output_size=size, filter_name=filter_name, circle=geom.circle)
@@ -62,7 +63,7 @@ def sart(sinogram, geom: Geometry, iterations: int = 10, relaxation: float = 0.1
     from skimage.transform import iradon_sart
 
     if int(iterations) != iterations or iterations < 1:
-        raise ValueError(f"SART iterations must be a positive integer, got {iterations}")
+        raise InputError(f"SART iterations must be a positive integer, got {iterations}")
     s = _check(sinogram, geom).T
     theta = np.asarray(geom.theta, dtype=np.float64)
     rec = None
@@ -111,11 +112,11 @@ def tv_reconstruct(sinogram, geom: Geometry, weight: float = 3e-4, iterations: i
     The gradient enters the operator divided by sqrt(8) so ``||K||^2 <= 2``; tau = sigma = 0.99/sqrt(2).
     """
     if not weight >= 0:
-        raise ValueError(f"TV weight must be >= 0, got {weight}")
+        raise InputError(f"TV weight must be >= 0, got {weight}")
     if int(iterations) != iterations or iterations < 1:
-        raise ValueError(f"TV iterations must be a positive integer, got {iterations}")
+        raise InputError(f"TV iterations must be a positive integer, got {iterations}")
     if init not in ("sart", "fbp", "zero"):
-        raise ValueError(f"TV init must be sart, fbp or zero, got {init!r}")
+        raise InputError(f"TV init must be sart, fbp or zero, got {init!r}")
     s = _check(sinogram, geom)
     device = torch.device(device or "cpu")
     P = projector or Projector(geom.shape, geom.theta, geom.circle, device=device, dtype=dtype)

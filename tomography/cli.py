@@ -15,6 +15,7 @@ from inr.cliutil import (EXIT_USAGE, Parser, add_common, add_lbfgs, add_version,
                           parse_args, run_main)
 from inr.runfiles import versions
 from inr.runs import RunFolder
+from inr.errors import InputError
 
 MIN_SIZE = 8       # SSIM (7 x 7 window) and a meaningful scan need at least 8 x 8 pixels
 MAX_SIZE = 8192
@@ -182,15 +183,15 @@ def recon(args) -> dict:
     from .recon import DEFAULT_TV, load_image, reconstruct_inr, simulate
 
     if bool(args.phantom) == bool(args.image):
-        raise ValueError("give exactly one of IMAGE or --phantom")
+        raise InputError("give exactly one of IMAGE or --phantom")
     if args.readout_noise and args.photons is None:
-        raise ValueError("--readout-noise is a standard deviation in detector counts and needs --photons")
+        raise InputError("--readout-noise is a standard deviation in detector counts and needs --photons")
     name = {"shepp": "shepp-logan", "thorax": "thorax"}.get(args.phantom) if args.phantom else os.path.splitext(os.path.basename(args.image))[0]
     out = args.out or os.path.join("runs", f"ct-{name}-{args.model}-{args.views}v")
     run = RunFolder(out, resume=args.resume)   # refuses an existing --out before any work
     truth = make_phantom(args.phantom, args.size or (256, 256)) if args.phantom else load_image(args.image, args.size)
     if min(truth.shape) < MIN_SIZE:
-        raise ValueError(f"the image is {truth.shape[0]}x{truth.shape[1]} pixels; CT reconstruction here needs "
+        raise InputError(f"the image is {truth.shape[0]}x{truth.shape[1]} pixels; CT reconstruction here needs "
                          f"at least {MIN_SIZE}x{MIN_SIZE} (use --size)")
     device = resolve_device(args.device)
     apply_threads(args.threads)
