@@ -15,6 +15,7 @@ from torch import nn
 
 from inr.layers.quadratic import QuadraticLinear
 from inr.errors import InputError
+from inr.runfiles import save_torch, write_text
 
 ARCHS = ("qnn", "mlp")
 
@@ -51,18 +52,14 @@ def net_from_config(config: dict, device=None, dtype=None) -> nn.Sequential:
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_text(path, text)
 
 
 def save(net: nn.Module, config: dict, folder: str | os.PathLike) -> Path:
     """Write ``folder/model.pt`` and ``folder/config.json`` (each via a temporary name)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / "model.pt.tmp"
-    torch.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, tmp)
-    os.replace(tmp, folder / "model.pt")
+    save_torch({k: v.detach().cpu() for k, v in net.state_dict().items()}, folder / "model.pt")
     _atomic_write_text(folder / "config.json", json.dumps(config, indent=2))
     return folder
 

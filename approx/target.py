@@ -8,7 +8,7 @@ most :data:`MAX_LENGTH` characters and every number literal at most :data:`MAX_N
 every sub-expression is evaluated (mpmath, 15 digits) at a few sample points before sympy sees it, and
 one whose value is the same at all of them -- a constant, however it is spelled (``9``, ``x-x+9``,
 ``Max(9,9)``, ``sign(1)*9``) -- must be at most :data:`MAX_EXPONENT` in magnitude where it is an exponent
-and lie within 2**+-:data:`MAX_BITS`.  :func:`parse_expression` is the public parser (any variables; the
+and lie within float64's range (at least 2**-:data:`MAX_BITS` in magnitude unless 0).  :func:`parse_expression` is the public parser (any variables; the
 PDE tool parses its source and boundary expressions with it); :func:`parse_target` adds the 1-D target's
 numpy function and its finiteness probe on [-1, 1].
 """
@@ -51,7 +51,7 @@ def _check_tokens(text: str, variables: tuple = ("x",), name: str = "--target") 
 # a sub-expression with the same value at all of them is a constant that sympy may fold exactly, so its
 # value -- not its spelling -- is bounded.  Irrational-looking values avoid accidental zeros.
 _SAMPLES = (-0.8713, -0.3141, 0.1737, 0.5923, 0.9419)
-MAX_BITS = 4096   # a constant's magnitude must lie in [2**-MAX_BITS, 2**MAX_BITS] (or be exactly 0)
+MAX_BITS = 4096   # a constant's magnitude must lie in [2**-MAX_BITS, float64's largest] (or be exactly 0)
 
 
 def _mp_functions():
@@ -81,7 +81,7 @@ def _mp_functions():
 def _check_bounds(text: str, src: str, variables: tuple, name: str) -> None:
     """Refuse huge literals, and any sub-expression whose *value* is a constant (the same at every sample
     point, however it is spelled: ``9``, ``x-x+9``, ``Max(9,9)``, ``sign(1)*9``) that is a huge exponent
-    (> :data:`MAX_EXPONENT` in magnitude) or a huge or tiny number (outside 2**+-:data:`MAX_BITS`), before
+    (> :data:`MAX_EXPONENT` in magnitude) or a number that overflows float64 or is below 2**-:data:`MAX_BITS`, before
     sympy folds it exactly.  Everything is evaluated with mpmath at 15 digits, so the check itself is cheap:
     an exponent is bounded before the power is computed, and a value above the bound stops the evaluation."""
     import mpmath as mp
@@ -95,7 +95,7 @@ def _check_bounds(text: str, src: str, variables: tuple, name: str) -> None:
     one, many = _mp_functions()
     n = len(_SAMPLES)
     points = [{v: mp.mpf(_SAMPLES[(k + 2 * j) % n]) for j, v in enumerate(variables)} for k in range(n)]
-    limit = mp.mpf(2) ** MAX_BITS
+    big, tiny = mp.mpf(2) ** 1024, mp.mpf(2) ** -MAX_BITS
 
     def fail(what: str):
         raise InputError(f"{name} {text!r}: {what}")
@@ -108,19 +108,16 @@ def _check_bounds(text: str, src: str, variables: tuple, name: str) -> None:
         varying one becomes None (unknown: sympy keeps it symbolic, the finiteness probe judges it)."""
         if vals is None:
             return None
-        ok = True
-        for v in vals:
-            if v is None:
-                return None
-            m = abs(v)
-            if not mp.isfinite(m) or m > limit or (m != 0 and m < 1 / limit):
-                ok = False
-                break
-        if ok:
+        if any(v is None for v in vals):
+            return None
+        mags = [abs(v) for v in vals]
+        large = any(not mp.isfinite(m) or m >= big for m in mags)
+        small = any(m != 0 and m < tiny for m in mags)
+        if not (large or small):
             return vals
-        if constant(vals) or all(v is not None and not mp.isfinite(abs(v)) for v in vals):
-            fail("a constant part is too large, too small or not finite (bounded by its value, whatever its "
-                 "spelling)")
+        if constant(vals) or all(not mp.isfinite(m) for m in mags):
+            fail("a constant part overflows float64" if large else
+                 f"a constant part is below 2**-{MAX_BITS} in magnitude")
         return None
 
     def apply(fn, *args):

@@ -28,7 +28,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from inr.runfiles import save_torch, versions, write_json
+from inr.runfiles import replacing, save_torch, versions, write_json
 from inr.train import load_checkpoint, resolve_device, seed_everything
 
 from . import data as D
@@ -233,9 +233,8 @@ def plot_curves(history: list[dict], path: str) -> None:
     ax[1].plot(ep, [h["test_acc"] for h in history], label="test")
     ax[1].set_xlabel("epoch"), ax[1].set_ylabel("accuracy"), ax[1].legend()
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=100, format="png")
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
 
 
 def train(a: TrainArgs) -> dict:

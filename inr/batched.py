@@ -53,6 +53,8 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from . import fitting as F
+from . import runfiles
+from .runs import MARKER, discard_stale_staging, shared_staging
 from .runfiles import versions, write_json
 from .layers.lrnn import CompiledHarmonicFn, CompiledProductFn, HarmonicProductFn, LRNNLayer, ProductFn
 from .runs import RunFolder
@@ -394,14 +396,12 @@ def fit_many(files, model: str = "lrnn-spder", params: int | None = 200_000, ste
         summary["run_dir"] = str(out)
         return summary
     # sharded: every rank writes into the shared staging folder; rank 0 merges (merge_run) at the end
-    stage = F.staging_dir(out)
     if out.exists():
         raise F.RunError(f"--out {out}: already exists; choose a new run folder")
     if world == 1:
         F._check_out(out)
-        if stage.exists():
-            shutil.rmtree(stage)   # a stale attempt at the same folder
-    stage.mkdir(parents=True, exist_ok=True)
+        discard_stale_staging(out)   # only a stale one of our own; anything else is refused
+    stage = shared_staging(out)
     part = _fit_files(stage, files, rank, world, model, params, steps, seconds, lr, batch, target_psnr, target_mse,
                       dev, seed, quiet, model_options, group_size, schedule, lr_final, engine)
     if not merge:
@@ -493,12 +493,20 @@ def merge_run(out, world_size: int | None = None) -> dict:
     record is missing (that rank has not finished)."""
     out = Path(out)
     stage = F.staging_dir(out)
+    if stage.is_symlink():
+        raise F.RunError(f"{out}: the staging folder {stage} is a symlink; refusing to merge through it")
     if not stage.is_dir():
         if (out / "summary.json").is_file():
             raise F.RunError(f"{out}: already merged")
         raise F.RunError(f"{out}: no run in progress (no {stage.name} folder)")
+    if out.exists() or out.is_symlink():   # checked before any record is touched
+        raise F.RunError(f"{out}: already exists; the shard records in {stage} are left as they are (move "
+                         f"{out} away and merge again)")
     summary = merge_records(stage, out, world_size)
-    os.replace(stage, out)
+    if out.exists() or out.is_symlink():
+        raise F.RunError(f"{out}: appeared while merging; the merged run is in {stage}")
+    (stage / MARKER).unlink(missing_ok=True)
+    os.rename(stage, out)
     summary["run_dir"] = str(out)
     return summary
 
@@ -597,6 +605,4 @@ def summary_csv(s: dict) -> str:
 
 
 def _write_text(text: str, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    runfiles.write_text(path, text)

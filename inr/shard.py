@@ -93,12 +93,9 @@ def fit_sharded(files, out, *, device: str = "auto", timeout_minutes: float = 24
 def _check_fresh(out) -> None:
     from pathlib import Path
 
-    from .fitting import _check_out, staging_dir
+    from .fitting import _check_out
+    from .runs import discard_stale_staging
 
     out = Path(out)
     _check_out(out)
-    stage = staging_dir(out)
-    if stage.exists():
-        import shutil
-
-        shutil.rmtree(stage)   # a stale attempt at the same folder
+    discard_stale_staging(out)   # only a stale one of the toolkit's own; anything else is refused

@@ -155,16 +155,13 @@ class Signal:
         """
         a = self.reshape(values)
         path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp")
-        try:
+        from .runfiles import replacing
+
+        with replacing(path) as tmp:
             if self.kind == "image":
                 _write_png(tmp, a, sixteen=self.bit_depth in (16, "float"))
             else:
                 _write_wav(tmp, a * self.scale, self.rate, self.subtype)
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
         return path
 
 

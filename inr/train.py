@@ -241,12 +241,12 @@ class FitResult:
         keys: list[str] = []
         for row in self.history:
             keys += [k for k in row if k not in keys]
-        tmp = f"{path}.tmp"
-        with open(tmp, "w", newline="") as f:
+        from .runfiles import replacing
+
+        with replacing(path) as tmp, open(tmp, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=keys)
             w.writeheader()
             w.writerows(self.history)
-        os.replace(tmp, path)
 
     def summary(self) -> dict:
         d = asdict(self)
@@ -386,6 +386,9 @@ def fit(model: nn.Module, loss_fn: Callable, cfg: TrainConfig, *, param_groups: 
         if state.get("fingerprint") != cfg.fingerprint:
             raise CheckpointError(f"checkpoint {ckpt} belongs to another run (different signal or model "
                                   f"settings); refusing to resume from it")
+        if "seed" in state and state["seed"] != cfg.seed:
+            raise CheckpointError(f"checkpoint {ckpt} was made with --seed {state['seed']}, this run asks for "
+                                  f"--seed {cfg.seed}; resume with the same seed")
         try:
             model.load_state_dict(state["model"])
             stage, switch_step = str(state.get("stage", "adam")), state.get("switch_step")
@@ -460,7 +463,7 @@ def fit(model: nn.Module, loss_fn: Callable, cfg: TrainConfig, *, param_groups: 
                     "events": events, "reached": reached, "reached_batch": reached_by["batch"],
                     "reached_eval": reached_by["eval"], "eval_seconds": eval_seconds, "evaluations": n_evals,
                     "rng": rng_state(), "best_loss": best,
-                    "n_finite": n_finite, "fingerprint": cfg.fingerprint,
+                    "n_finite": n_finite, "fingerprint": cfg.fingerprint, "seed": cfg.seed,
                     "stage": stage, "switch_step": switch_step, "stalls": stalls,
                     "extra": extra_state[0]() if extra_state is not None else None}, ckpt)
 
