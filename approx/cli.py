@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -16,6 +15,8 @@ import numpy as np
 
 from inr.cliutil import Parser, add_common, add_lbfgs, add_version, apply_threads, parse_args, run_main
 from inr.errors import InputError
+from inr.runfiles import write_new
+from inr.runs import check_out as check_out_file
 
 QUICK = {"widths": (1, 4, 4, 1), "n_train": 11, "n_test": 20, "seeds": 1, "steps": 60}
 
@@ -97,6 +98,8 @@ def _summary_line(pw, chk: dict, tol: float) -> str:
 def run_pieces(args) -> int:
     from approx import nets, pieces
 
+    if args.out:
+        check_out_file(args.out)
     net, config = nets.load(args.model)
     lo, hi = args.domain if args.domain else config.get("domain", [-1.0, 1.0])
     if args.grid < 2:
@@ -119,10 +122,7 @@ def run_pieces(args) -> int:
     else:
         text = format_table(pw, args.digits) + f"\n{line}"
     if args.out:
-        out = Path(args.out)
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text(text + "\n")
-        os.replace(tmp, out)
+        write_new(args.out, text + "\n")
         print(line)
     else:
         print(text)

@@ -55,6 +55,7 @@ from torch.func import functional_call, stack_module_state, vmap
 from . import fitting as F
 from . import runfiles
 from .runs import MARKER, discard_stale_staging, shared_staging
+from .schema import Field, SchemaError, check, read_json
 from .runfiles import versions, write_json
 from .layers.lrnn import CompiledHarmonicFn, CompiledProductFn, HarmonicProductFn, LRNNLayer, ProductFn
 from .runs import RunFolder
@@ -511,15 +512,38 @@ def merge_run(out, world_size: int | None = None) -> dict:
     return summary
 
 
+_NUMBER = Field(float, nullable=True, required=False)
+_RESULT = {"signal": Field(str, max_len=4096), "run_dir": Field(str, max_len=4096), "file": Field(str, max_len=4096),
+           "kind": Field(str, choices=("image", "audio")), "model": Field(str, max_len=100),
+           "params": Field(int, 0), "steps": Field(int, 0), "seconds": Field(float, 0), "group_size": Field(int, 1),
+           "time_to_target": Field(dict), "psnr": _NUMBER, "ssim": _NUMBER, "mse": _NUMBER, "rho_ag": _NUMBER}
+_FAILURE = {"file": Field(str, max_len=4096), "error": Field(str, max_len=100_000),
+            "stage": Field(str, required=False, max_len=100)}
+MAX_WORLD = 1 << 16
+
+
+def check_shard_record(d, where) -> dict:
+    """A ``.shard-R-of-W.json`` record (untrusted): every field :func:`merge_records` and
+    :func:`summarize` read, checked for type and range (:class:`inr.schema.SchemaError`)."""
+    d = check(d, {"rank": Field(int, 0, MAX_WORLD - 1), "world_size": Field(int, 1, MAX_WORLD),
+                  "results": Field(list, items=Field(dict, fields=_RESULT)),
+                  "failures": Field(list, items=Field(dict, fields=_FAILURE))}, where)
+    if d["rank"] >= d["world_size"]:
+        raise SchemaError(f"{where}: field 'rank' must be < world_size {d['world_size']}, got {d['rank']}")
+    for i, m in enumerate(d["results"]):
+        for t, hit in m["time_to_target"].items():
+            if hit is not None:
+                check(hit, {"seconds": Field(float, 0), "step": Field(int, 0)}, where,
+                      prefix=f"results[{i}].time_to_target.{t}.")
+    return d
+
+
 def merge_records(stage: Path, out, world_size: int | None = None) -> dict:
     """Combine the shard records in ``stage`` into summary.json / .md / .csv there (the records are
     removed); returns the summary.  ``out`` names the run in messages."""
     parts = {}
     for p in stage.glob(".shard-*-of-*.json"):
-        try:
-            d = json.loads(p.read_text())
-        except (OSError, ValueError) as e:
-            raise F.RunError(f"{p}: corrupt shard record ({e})") from None
+        d = check_shard_record(read_json(p, "shard record"), p)
         parts[(d["rank"], d["world_size"])] = d
     worlds = {w for _, w in parts}
     if world_size is not None:

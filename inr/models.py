@@ -199,3 +199,45 @@ def from_config(config: dict, device=None, dtype=None) -> INR:
     cfg = dict(config)
     name, i, o = cfg.pop("name"), cfg.pop("in_features"), cfg.pop("out_features")
     return build(name, i, o, device=device, dtype=dtype, **cfg)
+
+
+# keys of a model config that count layers / levels / repeats: bounded tighter than widths
+_COUNT_KEYS = ("depth", "hidden_layers", "levels", "harmonics", "n_freqs", "features", "dbar", "width")
+MAX_CONFIG_INT = 1 << 26
+MAX_CONFIG_COUNT = 256
+
+
+def check_config(config, where, weights_bytes: int | None = None) -> dict:
+    """A model config read from a run folder (untrusted), checked before anything is allocated: the
+    name, the feature counts, every hyper-parameter a JSON scalar (ints up to :data:`MAX_CONFIG_INT`,
+    layer / level counts up to :data:`MAX_CONFIG_COUNT`), and -- the model built on the ``meta`` device,
+    which allocates nothing -- a parameter count that ``weights_bytes`` (the size of model.pt) can hold.
+    Raises :class:`inr.schema.SchemaError` naming ``where`` and the field."""
+    from .schema import Field, SchemaError, check, value
+
+    cfg = check(config, {"name": Field(str, choices=MODELS), "in_features": Field(int, 1, 3),
+                         "out_features": Field(int, 1, 4)}, where, prefix="model.")
+    for key, v in cfg.items():
+        if key in ("name", "in_features", "out_features"):
+            continue
+        if isinstance(v, bool) or v is None:
+            continue
+        if isinstance(v, int):
+            value(v, Field(int, -MAX_CONFIG_INT, MAX_CONFIG_COUNT if key in _COUNT_KEYS else MAX_CONFIG_INT),
+                  where, f"model.{key}")
+        elif isinstance(v, float):
+            value(v, Field(float), where, f"model.{key}")
+        elif isinstance(v, str):
+            value(v, Field(str, max_len=100), where, f"model.{key}")
+        else:
+            raise SchemaError(f"{where}: field 'model.{key}' must be a number, string, true/false or null, "
+                              f"got {type(v).__name__}")
+    try:
+        n = count_params(from_config(cfg, device="meta"))
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise SchemaError(f"{where}: field 'model' does not describe a model ({' '.join(str(e).split())[:200]})") \
+            from None
+    if weights_bytes is not None and 2 * n > weights_bytes + (1 << 16):
+        raise SchemaError(f"{where}: field 'model' describes {n:,} parameters, more than model.pt "
+                          f"({weights_bytes:,} bytes) can hold")
+    return cfg

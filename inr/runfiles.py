@@ -72,6 +72,26 @@ def write_text(path, text: str) -> None:
             f.write(text)
 
 
+def write_new(path, text: str, flag: str = "--out") -> None:
+    """Write ``text`` to ``path``, which must not exist (one that appears meanwhile is not replaced): the
+    text goes to an exclusive temporary file beside it, which is then hard-linked to ``path`` (``link``
+    fails on any existing name, symlink or not) and removed."""
+    from .runs import RunError
+
+    path = Path(path)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        try:
+            os.link(name, path)
+        except FileExistsError:
+            raise RunError(f"{flag} {path}: already exists; choose a new file (existing files are never "
+                           f"replaced)") from None
+    finally:
+        os.unlink(name)
+
+
 def json_safe(o):
     """``o`` with every non-finite float (NaN, +-inf; python, numpy or 0-d tensor) replaced by None and
     numpy / torch scalars and arrays turned into plain numbers and lists, so the result is valid JSON."""
