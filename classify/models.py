@@ -17,6 +17,7 @@ PURe272 4,355,681 (4.36M); ResNet18 11,181,642 with the ImageNet stem (11,689,51
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -249,6 +250,23 @@ def _check_name(name: str) -> None:
         raise InputError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
 
 
+MAX_ARG_INT = 4096          # any integer --model-arg (widths, block counts, ...) and the class count
+MAX_PARAMS = 200_000_000   # a model's parameter count, computed on the meta device before anything is allocated
+
+
+def _check_hyper(name: str, hyper: dict) -> None:
+    """Every integer model argument (alone or in a list) in [0, MAX_ARG_INT]; floats finite."""
+    for k, v in hyper.items():
+        vals = v if isinstance(v, (list, tuple)) else [v]
+        for x in vals:
+            if isinstance(x, bool):
+                continue
+            if isinstance(x, int) and not 0 <= x <= MAX_ARG_INT:
+                raise InputError(f"{name}: model argument {k}={v!r} out of range (integers from 0 to {MAX_ARG_INT})")
+            if isinstance(x, float) and not math.isfinite(x):
+                raise InputError(f"{name}: model argument {k}={v!r} must be finite")
+
+
 def build(name: str, num_classes: int = 10, in_channels: int = 3, *, device=None, **hyper) -> Classifier:
     """Build a registered network.  ``hyper`` overrides the constructor's keyword arguments
     (e.g. ``base_width``, ``norm``, ``stem``, ``blocks``, ``rezero``, ``x_proj``)."""
@@ -257,9 +275,16 @@ def build(name: str, num_classes: int = 10, in_channels: int = 3, *, device=None
     clash = set(hyper) & set(fixed)
     if clash:
         raise InputError(f"{name}: {', '.join(sorted(clash))} is fixed by the model name")
-    if num_classes < 1 or in_channels < 1:
-        raise InputError(f"num_classes and in_channels must be >= 1, got {num_classes}, {in_channels}")
+    if not (1 <= num_classes <= MAX_ARG_INT and 1 <= in_channels <= 4):
+        raise InputError(f"num_classes must be in [1, {MAX_ARG_INT}] and in_channels in [1, 4], got {num_classes}, "
+                         f"{in_channels}")
+    _check_hyper(name, hyper)
     try:
+        with torch.device("meta"):   # the size first, allocating nothing
+            n = sum(p.numel() for p in ctor(num_classes, in_channels, **fixed, **hyper).parameters())
+        if n > MAX_PARAMS:
+            raise InputError(f"{name} with {hyper or 'its defaults'} has {n:,} parameters, above the limit of "
+                             f"{MAX_PARAMS:,} ({4 * n / 2**30:.1f} GiB of float32 weights)")
         model = ctor(num_classes, in_channels, **fixed, **hyper)
     except TypeError as e:  # an unknown hyper-parameter: say which ones exist
         import inspect

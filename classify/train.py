@@ -75,6 +75,10 @@ class TrainArgs:
     model_args: dict = field(default_factory=dict)
 
 
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 8, 1024   # --image-size (the network input is SIZE x SIZE)
+BLOWUP_FACTOR = 1e3   # an epoch's mean cross-entropy above this x min(ln(classes), lowest so far) has diverged
+
+
 class TrainError(RuntimeError):
     """Training could not go on (divergence, bad resume state); the message says what to change."""
 
@@ -149,7 +153,11 @@ def resolve_args(a: TrainArgs) -> TrainArgs:
               (a.channels_last in ("auto", "on", "off"), "--channels-last must be auto, on or off"),
               (a.workers >= 0, "--workers must be >= 0"), (a.weight_decay >= 0, "--weight-decay must be >= 0"),
               (all(0 < t <= 1 for t in a.targets), "--target values are accuracies in (0, 1]"),
-              (a.noise_peak is None or a.noise_peak > 0, "--noise-peak must be > 0")]
+              (a.noise_peak is None or a.noise_peak > 0, "--noise-peak must be > 0"),
+              (a.epochs <= 100_000, "--epochs must be <= 100000"),
+              (a.batch_size <= 1 << 20, "--batch-size must be <= 1048576"), (a.workers <= 256, "--workers must be <= 256"),
+              (a.image_size is None or MIN_IMAGE_SIZE <= a.image_size <= MAX_IMAGE_SIZE,
+               f"--image-size must be from {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE} pixels")]
     for ok, msg in checks:
         if not ok:
             raise InputError(msg)
@@ -354,8 +362,11 @@ def train(a: TrainArgs) -> dict:
                 for b in model.buffers():
                     dist.broadcast(b, 0)
             train_loss = stats[0].item() / stats[2].item()
-            if not math.isfinite(train_loss):
-                raise TrainError(f"training diverged in epoch {epoch + 1} (non-finite loss); "
+            reference = min([math.log(max(bundle.num_classes, 2))] + [h["train_loss"] for h in history])
+            if not math.isfinite(train_loss) or train_loss > BLOWUP_FACTOR * reference:
+                what = "non-finite loss" if not math.isfinite(train_loss) else (
+                    f"loss blow-up: {train_loss:.3g} > {BLOWUP_FACTOR:g} x {reference:.3g}")
+                raise TrainError(f"training diverged in epoch {epoch + 1} ({what}); "
                                  f"lower --lr (now {a.lr:g}) or set --grad-clip")
             ev = evaluate(model, bundle.test, mean, std, device, d, size=size, batch_size=a.eval_batch_size,
                           amp=a.amp, channels_last=channels_last, workers=a.workers)
@@ -441,6 +452,10 @@ def evaluate_run(run_dir: str, *, noise_peak: float = 10.0, device: str = "auto"
         raise InputError(f"cannot read run config {cfg_path}: {e}") from None
     if data:
         args.data = data
+    if args.image_size is not None and not (isinstance(args.image_size, int)
+                                            and MIN_IMAGE_SIZE <= args.image_size <= MAX_IMAGE_SIZE):
+        raise InputError(f"{cfg_path}: image_size must be an integer from {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE}, got "
+                         f"{args.image_size!r}")
     d, dev = init_distributed(device)
     bundle = open_data(args)
     try:
