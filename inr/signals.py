@@ -49,7 +49,7 @@ def max_pixels(override: int | None = None) -> int:
     if env:
         try:
             return int(float(env))
-        except ValueError:
+        except (ValueError, OverflowError):
             raise SignalError(f"INR_MAX_PIXELS must be a number of pixels, got {env!r}") from None
     return MAX_PIXELS
 
