@@ -5,7 +5,6 @@ Every file is written to a temporary name and renamed, so a file that exists is 
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import numpy as np

@@ -39,7 +39,6 @@ model's ``batch`` points at a time; prediction runs per signal in chunks of
 from __future__ import annotations
 
 import copy
-import json
 import math
 import os
 import platform
