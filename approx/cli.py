@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
 
-from inr.cliutil import Parser, add_common, add_lbfgs, add_version, apply_threads, parse_args, run_main
+from inr.cliutil import Parser, add_common, add_lbfgs, add_version, apply_threads, number, parse_args, run_main
+from inr.errors import InputError
+from inr.runfiles import write_new
+from inr.runs import check_out as check_out_file
 
 QUICK = {"widths": (1, 4, 4, 1), "n_train": 11, "n_test": 20, "seeds": 1, "steps": 60}
 
@@ -66,10 +68,14 @@ def _pieces_parser(sub) -> argparse.ArgumentParser:
                                    "+ config.json into its exact polynomial pieces and check them against the network.")
     p.add_argument("model", help="model folder (holding model.pt and config.json) or the model.pt file")
     p.add_argument("--format", choices=("table", "latex", "json"), default="table")
-    p.add_argument("--tol", type=float, default=1e-9, help="max |formula - network| / max |network| (default 1e-9)")
-    p.add_argument("--grid", type=int, default=200_001, help="float64 check points (default %(default)s)")
-    p.add_argument("--domain", type=float, nargs=2, metavar=("LO", "HI"), help="default: the config's domain")
-    p.add_argument("--digits", type=int, default=10, help="significant digits printed (table, latex)")
+    p.add_argument("--tol", type=number(float, "--tol", 0), default=1e-9,
+                   help="max |formula - network| / max |network| (default 1e-9)")
+    p.add_argument("--grid", type=number(int, "--grid", 2, 10_000_000), default=200_001,
+                   help="float64 check points (default %(default)s)")
+    p.add_argument("--domain", type=number(float, "--domain", -1e6, 1e6), nargs=2, metavar=("LO", "HI"),
+                   help="default: the config's domain")
+    p.add_argument("--digits", type=number(int, "--digits", 1, 50), default=10,
+                   help="significant digits printed (table, latex)")
     p.add_argument("--exact", action="store_true",
                    help="table/latex: a sympy Piecewise with exact rationals and exact algebraic breakpoints "
                         "(slow beyond small networks); json always holds float64 values")
@@ -96,10 +102,14 @@ def _summary_line(pw, chk: dict, tol: float) -> str:
 def run_pieces(args) -> int:
     from approx import nets, pieces
 
+    if args.out:
+        check_out_file(args.out)
     net, config = nets.load(args.model)
     lo, hi = args.domain if args.domain else config.get("domain", [-1.0, 1.0])
+    if not lo < hi:
+        raise InputError(f"--domain must be LO HI with LO < HI, got {lo:g} {hi:g}")
     if args.grid < 2:
-        raise ValueError(f"--grid must be >= 2, got {args.grid}")
+        raise InputError(f"--grid must be >= 2, got {args.grid}")
     pw = pieces.expand(net, lo, hi)
     chk = pieces.check(net, pw, n=args.grid)
     line = _summary_line(pw, chk, args.tol)
@@ -118,10 +128,7 @@ def run_pieces(args) -> int:
     else:
         text = format_table(pw, args.digits) + f"\n{line}"
     if args.out:
-        out = Path(args.out)
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text(text + "\n")
-        os.replace(tmp, out)
+        write_new(args.out, text + "\n")
         print(line)
     else:
         print(text)

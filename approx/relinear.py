@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from inr.layers.quadratic import QuadraticConv2d, QuadraticLinear, quadratic_terms
+from inr.errors import InputError
 
 QUADRATIC_TYPES = (QuadraticLinear, QuadraticConv2d)
 
@@ -63,7 +64,7 @@ def relinear_groups(model: nn.Module, lr: float, lr_g: float, lr_b: float, weigh
     """
     for name, v in (("lr", lr), ("lr_g", lr_g), ("lr_b", lr_b)):
         if not v >= 0:
-            raise ValueError(f"{name} must be >= 0, got {v}")
+            raise InputError(f"{name} must be >= 0, got {v}")
     parts = _split(model)
     spec = {"r": (lr, weight_decay), "g": (lr_g, quad_weight_decay), "b": (lr_b, quad_weight_decay),
             "other": (lr, weight_decay)}
@@ -90,7 +91,7 @@ class ShrinkQuadratic:
 
     def __init__(self, model: nn.Module, alpha: float = 0.0, beta: float = 0.0):
         if alpha < 0 or not 0 <= beta < 1:
-            raise ValueError(f"need alpha >= 0 and 0 <= beta < 1, got alpha={alpha}, beta={beta}")
+            raise InputError(f"need alpha >= 0 and 0 <= beta < 1, got alpha={alpha}, beta={beta}")
         self.alpha, self.beta = float(alpha), float(beta)
         self.targets: list[tuple[torch.Tensor, float]] = []
         for layer in quadratic_layers(model):

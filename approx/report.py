@@ -4,32 +4,21 @@ Every file is written to a temporary name and renamed, so a file that exists is 
 """
 from __future__ import annotations
 
-import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 
+from inr.runfiles import replacing, write_json, write_text
+
 
 def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_text(path, text)
 
 
 def _atomic_fig(fig, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-    os.replace(tmp, path)
-
-
-def _json_default(o):
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
+    with replacing(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
 
 
 def _fmt(v: float, digits: int = 4) -> str:
@@ -83,7 +72,7 @@ def table_md(metrics: dict) -> str:
 
 
 def write_all(out: Path, metrics: dict, runs: list, refs: dict, data: dict, f) -> None:
-    _atomic_text(out / "metrics.json", json.dumps(metrics, indent=2, default=_json_default))
+    write_json(metrics, out / "metrics.json")   # non-finite numbers become null: never a bare NaN token
     _atomic_text(out / "table.md", table_md(metrics))
     plot_fits(out / "fits.png", runs, refs, data, f)
     plot_coefficients(out / "coefficients.png", runs)

@@ -30,7 +30,9 @@ from approx.relinear import ShrinkQuadratic, relinear_groups
 from approx.target import parse_target
 from inr.runfiles import versions
 from inr.train import DivergenceError, TrainConfig, fit, resolve_device, seed_everything
+from inr.errors import InputError
 
+MAX_WIDTH, MAX_LAYERS = nets.MAX_WIDTH, nets.MAX_LAYERS   # --widths: the bounds a saved network is held to
 STRATEGIES = ("regular", "relinear-sg", "relinear-sw-l1", "relinear-sw-l2", "mlp")
 
 
@@ -65,11 +67,27 @@ class RungeConfig:
         self.strategies = tuple(self.strategies)
         bad = [s for s in self.strategies if s not in STRATEGIES]
         if bad:
-            raise ValueError(f"--strategies: unknown {bad}; choose from {', '.join(STRATEGIES)}")
+            raise InputError(f"--strategies: unknown {bad}; choose from {', '.join(STRATEGIES)}")
         if len(self.widths) < 2 or self.widths[0] != 1 or self.widths[-1] != 1 or min(self.widths) < 1:
-            raise ValueError(f"--widths must start and end with 1 (a univariate fit), got {list(self.widths)}")
+            raise InputError(f"--widths must start and end with 1 (a univariate fit), got {list(self.widths)}")
         if self.n_train < 2 or self.n_test < 1 or self.seeds < 1 or self.steps < 1:
-            raise ValueError("--n-train must be >= 2 and --n-test, --seeds, --steps >= 1")
+            raise InputError("--n-train must be >= 2 and --n-test, --seeds, --steps >= 1")
+        if max(self.widths) > MAX_WIDTH or len(self.widths) > MAX_LAYERS:
+            raise InputError(f"--widths: at most {MAX_LAYERS} layers of at most {MAX_WIDTH} units, got "
+                             f"{list(self.widths)}")
+        for name, v, hi in (("--n-train", self.n_train, 1_000_000), ("--n-test", self.n_test, 1_000_000),
+                            ("--seeds", self.seeds, 10_000), ("--steps", self.steps, 100_000_000)):
+            if v > hi:
+                raise InputError(f"{name} must be <= {hi:,}, got {v:,}")
+        for name, v, lo, hi in (("--lr", self.lr, 0, None), ("--pieces-tol", self.pieces_tol, 0, None)):
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > lo):
+                raise InputError(f"{name} must be a finite number > {lo}, got {v}")
+        for name, v, lo, hi in (("--lr-final", self.lr_final, 0.0, 1.0), ("--alpha", self.alpha, 0.0, None),
+                                ("--lr-g", self.lr_g, 0.0, None), ("--lr-b", self.lr_b, 0.0, None),
+                                ("--beta", self.beta, 0.0, 1.0)):
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= lo and (hi is None or v <= hi)):
+                rng = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+                raise InputError(f"{name} must be a finite number {rng}, got {v}")
         TrainConfig(**self.lbfgs())   # checks the lbfgs_* values
 
     def lbfgs(self) -> dict:
@@ -87,7 +105,7 @@ def make_data(n_train: int, n_test: int = 100) -> tuple[np.ndarray, np.ndarray]:
         d = np.abs(x_test[:, None] - x_train[None, :]).min()
         if d > 1e-3 * h:
             return x_train, x_test
-    raise ValueError(f"cannot place {n_test} test points off a grid of {n_train} training points")
+    raise InputError(f"cannot place {n_test} test points off a grid of {n_train} training points")
 
 
 def _strategy_setup(strategy: str, cfg: RungeConfig, net):
@@ -201,6 +219,10 @@ def run_study(cfg: RungeConfig, out: str | os.PathLike) -> dict:
                       f"pieces {pc.get('n_pieces', '-')}  |formula-net|/max {pc.get('relative_error', float('nan')):.1e}"
                       f"  {'DIVERGED ' if rec['diverged'] else ''}({rec['seconds']:.1f}s)", file=sys.stderr)
             runs.append(rec)
+    if not any(r["error"] is None and math.isfinite(r["test_rmse"]) for r in runs):   # as inr: an error, no folder
+        first = next((r["error"] for r in runs if r.get("error")), "non-finite predictions")
+        raise DivergenceError(f"every run of the study diverged (non-finite loss or predictions; first: "
+                              f"{' '.join(str(first).split())[:200]}); lower --lr or check the options")
     refs = classical_references(f, x_train, x_test)
     summary = {}
     for s in cfg.strategies:

@@ -20,6 +20,7 @@ augmentation whatever the process count.
 """
 from __future__ import annotations
 
+import io
 import os
 import pickle
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 from inr.errors import InputError
+from inr.signals import max_pixels
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -113,6 +115,9 @@ class FileReader:
         path = self.paths[j]
         try:
             with Image.open(path) as im:
+                if im.size[0] * im.size[1] > max_pixels():   # from the header, before decoding
+                    raise DataError(f"image declares {im.size[0]}x{im.size[1]} pixels, above the limit of "
+                                    f"{max_pixels():,} (INR_MAX_PIXELS)")
                 im = im.convert("RGB" if self.channels == 3 else "L")
                 w, h = im.size
                 s = self.size / min(w, h)
@@ -148,7 +153,7 @@ class DataBundle:
 def stratified_split(labels, test_fraction: float, seed: int):
     """Indices (train, test) with each class split in the same proportion (a fixed ``seed``)."""
     if not 0 < test_fraction < 1:
-        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+        raise InputError(f"test_fraction must be in (0, 1), got {test_fraction}")
     labels = np.asarray(labels)
     rng = np.random.default_rng(seed)
     train, test = [], []
@@ -199,12 +204,24 @@ def safe_unpickle(f) -> object:
     return _BatchUnpickler(f, encoding="bytes").load()
 
 
+MAX_BATCH_BYTES = 256 * 1024 * 1024   # a CIFAR-10 batch is 31 MB (10,000 images); larger files are refused unread
+MAX_IMAGES = 10_000_000               # images a Galaxy10 file may declare
+MAX_SIDE = 4096                       # pixels per side a Galaxy10 image may declare
+
+
 def _unpickle(path: str) -> dict:
     if not os.path.isfile(path):
         raise DataError(f"CIFAR-10 batch file not found: {path}")
+    size = os.path.getsize(path)
+    if size > MAX_BATCH_BYTES:
+        raise DataError(f"{path}: {size:,} bytes, above the {MAX_BATCH_BYTES:,} a CIFAR-10 batch may have "
+                        f"(a batch of 10,000 images is about 31 MB)")
     try:
         with open(path, "rb") as f:
-            d = safe_unpickle(f)
+            raw = f.read(MAX_BATCH_BYTES + 1)
+        # from memory: an array or byte string that claims more data than the file holds fails on the
+        # short buffer instead of allocating what it claims
+        d = safe_unpickle(io.BytesIO(raw))
     except Exception as e:  # noqa: BLE001
         raise DataError(f"cannot read CIFAR-10 batch {path}: {' '.join(str(e).split())}") from None
     if not isinstance(d, dict) or b"data" not in d or not (b"labels" in d or b"fine_labels" in d):
@@ -246,6 +263,12 @@ def _galaxy10(path: str, test_fraction: float, split_seed: int) -> DataBundle:
             if "images" not in f or "ans" not in f:
                 raise DataError(f"{path}: Galaxy10 HDF5 needs datasets 'images' and 'ans', found {sorted(f.keys())}")
             shape, dtype = f["images"].shape, f["images"].dtype
+            ans_shape = f["ans"].shape
+            # from the header, before any data is read (a sparse file may declare terabytes)
+            if (len(shape) != 4 or not 1 <= shape[0] <= MAX_IMAGES or max(shape[1:3]) > MAX_SIDE
+                    or min(shape[1:3]) < 1 or len(ans_shape) not in (1, 2) or int(np.prod(ans_shape)) != shape[0]):
+                raise DataError(f"{path}: Galaxy10 HDF5 declares images {shape} and labels {ans_shape}; expected "
+                                f"(N, H, W, 3) with N <= {MAX_IMAGES:,}, sides <= {MAX_SIDE}, and N labels")
             labels = np.asarray(f["ans"][()]).astype(np.int64).reshape(-1)
     except DataError:
         raise
@@ -379,7 +402,7 @@ def poisson_noise(x: torch.Tensor, idx: torch.Tensor, peak: float, seed: int = 0
     """``Poisson(x * peak) / peak`` for [0, 1] images ``x`` (B, C, H, W); each sample's noise is drawn from
     a generator seeded by its dataset index, so the noisy test set is fixed whatever the batching."""
     if not peak > 0:
-        raise ValueError(f"noise peak must be > 0, got {peak}")
+        raise InputError(f"noise peak must be > 0, got {peak}")
     out = torch.empty_like(x, device="cpu")
     xc = x.detach().float().cpu()
     for k, i in enumerate(idx.tolist()):

@@ -17,6 +17,7 @@ PURe272 4,355,681 (4.36M); ResNet18 11,181,642 with the ImageNet stem (11,689,51
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -24,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from inr.layers import ConvPU, NewtonBlock, QuadraticConv2d
+from inr.errors import InputError
 
 
 def count_params(model: nn.Module, trainable_only: bool = True) -> int:
@@ -35,7 +37,7 @@ def _norm(norm: str, c: int) -> nn.Module:
         return nn.BatchNorm2d(c)
     if norm == "none":
         return nn.Identity()
-    raise ValueError(f"norm must be 'bn' or 'none', got {norm!r}")
+    raise InputError(f"norm must be 'bn' or 'none', got {norm!r}")
 
 
 class ShortcutA(nn.Module):
@@ -57,7 +59,7 @@ def _shortcut(kind: str, cin: int, cout: int, stride: int, norm: str) -> nn.Modu
         return ShortcutA(cin, cout, stride)
     if kind == "B":
         return nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), _norm(norm, cout))
-    raise ValueError(f"shortcut must be 'A' or 'B', got {kind!r}")
+    raise InputError(f"shortcut must be 'A' or 'B', got {kind!r}")
 
 
 class BasicBlock(nn.Module):
@@ -122,7 +124,7 @@ def _stem(kind: str, cin: int, cout: int, norm: str, relu: bool) -> nn.Module:
     if kind == "imagenet":
         return nn.Sequential(nn.Conv2d(cin, cout, 7, 2, 3, bias=False), _norm(norm, cout), *act,
                              nn.MaxPool2d(3, 2, 1))
-    raise ValueError(f"stem must be 'cifar' or 'imagenet', got {kind!r}")
+    raise InputError(f"stem must be 'cifar' or 'imagenet', got {kind!r}")
 
 
 def _init(model: nn.Module) -> None:
@@ -153,7 +155,7 @@ def _stages(block: Callable, blocks, widths, first: int) -> tuple[nn.Sequential,
 def _check_blocks(blocks, stages: int):
     blocks = [int(b) for b in blocks]
     if len(blocks) != stages or min(blocks) < 1:
-        raise ValueError(f"blocks must be {stages} positive integers, got {blocks}")
+        raise InputError(f"blocks must be {stages} positive integers, got {blocks}")
     return blocks
 
 
@@ -245,7 +247,24 @@ def train_defaults(name: str) -> dict:
 
 def _check_name(name: str) -> None:
     if name not in _REGISTRY:
-        raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
+        raise InputError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
+
+
+MAX_ARG_INT = 4096          # any integer --model-arg (widths, block counts, ...) and the class count
+MAX_PARAMS = 200_000_000   # a model's parameter count, computed on the meta device before anything is allocated
+
+
+def _check_hyper(name: str, hyper: dict) -> None:
+    """Every integer model argument (alone or in a list) in [0, MAX_ARG_INT]; floats finite."""
+    for k, v in hyper.items():
+        vals = v if isinstance(v, (list, tuple)) else [v]
+        for x in vals:
+            if isinstance(x, bool):
+                continue
+            if isinstance(x, int) and not 0 <= x <= MAX_ARG_INT:
+                raise InputError(f"{name}: model argument {k}={v!r} out of range (integers from 0 to {MAX_ARG_INT})")
+            if isinstance(x, float) and not math.isfinite(x):
+                raise InputError(f"{name}: model argument {k}={v!r} must be finite")
 
 
 def build(name: str, num_classes: int = 10, in_channels: int = 3, *, device=None, **hyper) -> Classifier:
@@ -255,15 +274,22 @@ def build(name: str, num_classes: int = 10, in_channels: int = 3, *, device=None
     ctor, fixed, _ = _REGISTRY[name]
     clash = set(hyper) & set(fixed)
     if clash:
-        raise ValueError(f"{name}: {', '.join(sorted(clash))} is fixed by the model name")
-    if num_classes < 1 or in_channels < 1:
-        raise ValueError(f"num_classes and in_channels must be >= 1, got {num_classes}, {in_channels}")
+        raise InputError(f"{name}: {', '.join(sorted(clash))} is fixed by the model name")
+    if not (1 <= num_classes <= MAX_ARG_INT and 1 <= in_channels <= 4):
+        raise InputError(f"num_classes must be in [1, {MAX_ARG_INT}] and in_channels in [1, 4], got {num_classes}, "
+                         f"{in_channels}")
+    _check_hyper(name, hyper)
     try:
+        with torch.device("meta"):   # the size first, allocating nothing
+            n = sum(p.numel() for p in ctor(num_classes, in_channels, **fixed, **hyper).parameters())
+        if n > MAX_PARAMS:
+            raise InputError(f"{name} with {hyper or 'its defaults'} has {n:,} parameters, above the limit of "
+                             f"{MAX_PARAMS:,} ({4 * n / 2**30:.1f} GiB of float32 weights)")
         model = ctor(num_classes, in_channels, **fixed, **hyper)
     except TypeError as e:  # an unknown hyper-parameter: say which ones exist
         import inspect
         allowed = [p for p in inspect.signature(ctor).parameters if p not in fixed][2:]
-        raise ValueError(f"{name}: bad model argument ({e}); allowed: {', '.join(allowed)}") from None
+        raise InputError(f"{name}: bad model argument ({e}); allowed: {', '.join(allowed)}") from None
     _init(model)
     model.config = {"name": name, "num_classes": num_classes, "in_channels": in_channels, **hyper}
     return model.to(device) if device is not None else model

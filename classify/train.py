@@ -28,11 +28,12 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from inr.runfiles import save_torch, versions, write_json
+from inr.runfiles import replacing, save_torch, versions, write_json
 from inr.train import load_checkpoint, resolve_device, seed_everything
 
 from . import data as D
 from . import models as M
+from inr.errors import InputError
 
 
 @dataclass
@@ -74,6 +75,10 @@ class TrainArgs:
     model_args: dict = field(default_factory=dict)
 
 
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 8, 1024   # --image-size (the network input is SIZE x SIZE)
+BLOWUP_FACTOR = 1e3   # an epoch's mean cross-entropy above this x min(ln(classes), lowest so far) has diverged
+
+
 class TrainError(RuntimeError):
     """Training could not go on (divergence, bad resume state); the message says what to change."""
 
@@ -97,7 +102,7 @@ def init_distributed(device_arg: str) -> tuple[Dist, torch.device]:
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = device_arg != "cpu" and torch.cuda.is_available()
     if device_arg.startswith("cuda") and not use_cuda:
-        raise ValueError("--device cuda was asked for but no CUDA device is available")
+        raise InputError("--device cuda was asked for but no CUDA device is available")
     device = torch.device("cuda", local) if use_cuda else torch.device("cpu")
     if use_cuda:
         torch.cuda.set_device(device)
@@ -148,10 +153,14 @@ def resolve_args(a: TrainArgs) -> TrainArgs:
               (a.channels_last in ("auto", "on", "off"), "--channels-last must be auto, on or off"),
               (a.workers >= 0, "--workers must be >= 0"), (a.weight_decay >= 0, "--weight-decay must be >= 0"),
               (all(0 < t <= 1 for t in a.targets), "--target values are accuracies in (0, 1]"),
-              (a.noise_peak is None or a.noise_peak > 0, "--noise-peak must be > 0")]
+              (a.noise_peak is None or a.noise_peak > 0, "--noise-peak must be > 0"),
+              (a.epochs <= 100_000, "--epochs must be <= 100000"),
+              (a.batch_size <= 1 << 20, "--batch-size must be <= 1048576"), (a.workers <= 256, "--workers must be <= 256"),
+              (a.image_size is None or MIN_IMAGE_SIZE <= a.image_size <= MAX_IMAGE_SIZE,
+               f"--image-size must be from {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE} pixels")]
     for ok, msg in checks:
         if not ok:
-            raise ValueError(msg)
+            raise InputError(msg)
     return a
 
 
@@ -159,7 +168,7 @@ def _limit(ds, n, seed):
     if n is None or n >= len(ds):
         return ds
     if n < 1:
-        raise ValueError("--limit-train/--limit-test must be >= 1")
+        raise InputError("--limit-train/--limit-test must be >= 1")
     return ds.subset(np.sort(np.random.default_rng(seed).choice(len(ds), size=n, replace=False)))
 
 
@@ -232,9 +241,8 @@ def plot_curves(history: list[dict], path: str) -> None:
     ax[1].plot(ep, [h["test_acc"] for h in history], label="test")
     ax[1].set_xlabel("epoch"), ax[1].set_ylabel("accuracy"), ax[1].legend()
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=100, format="png")
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
 
 
 def train(a: TrainArgs) -> dict:
@@ -247,7 +255,7 @@ def train(a: TrainArgs) -> dict:
         torch.set_num_threads(threads)
     d, device = init_distributed(a.device)
     if a.batch_size % d.world:
-        raise ValueError(f"--batch-size {a.batch_size} must be divisible by the number of processes ({d.world})")
+        raise InputError(f"--batch-size {a.batch_size} must be divisible by the number of processes ({d.world})")
     local_bs = a.batch_size // d.world
     seed_everything(a.seed)
     bundle = open_data(a)
@@ -259,7 +267,7 @@ def train(a: TrainArgs) -> dict:
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     if a.sync_bn and device.type != "cuda":
-        raise ValueError("--sync-bn needs CUDA devices (SyncBatchNorm has no CPU implementation)")
+        raise InputError("--sync-bn needs CUDA devices (SyncBatchNorm has no CPU implementation)")
     if a.sync_bn and d.world > 1:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     groups = _param_groups(model, a)
@@ -309,7 +317,7 @@ def train(a: TrainArgs) -> dict:
         augment = D.Augment(len(bundle.train), a.seed) if a.augment else None
         steps_per_epoch = len(sampler) // local_bs
         if steps_per_epoch == 0:
-            raise ValueError(f"--batch-size {a.batch_size} is larger than the training set ({len(bundle.train)} images)")
+            raise InputError(f"--batch-size {a.batch_size} is larger than the training set ({len(bundle.train)} images)")
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
 
@@ -354,8 +362,11 @@ def train(a: TrainArgs) -> dict:
                 for b in model.buffers():
                     dist.broadcast(b, 0)
             train_loss = stats[0].item() / stats[2].item()
-            if not math.isfinite(train_loss):
-                raise TrainError(f"training diverged in epoch {epoch + 1} (non-finite loss); "
+            reference = min([math.log(max(bundle.num_classes, 2))] + [h["train_loss"] for h in history])
+            if not math.isfinite(train_loss) or train_loss > BLOWUP_FACTOR * reference:
+                what = "non-finite loss" if not math.isfinite(train_loss) else (
+                    f"loss blow-up: {train_loss:.3g} > {BLOWUP_FACTOR:g} x {reference:.3g}")
+                raise TrainError(f"training diverged in epoch {epoch + 1} ({what}); "
                                  f"lower --lr (now {a.lr:g}) or set --grad-clip")
             ev = evaluate(model, bundle.test, mean, std, device, d, size=size, batch_size=a.eval_batch_size,
                           amp=a.amp, channels_last=channels_last, workers=a.workers)
@@ -438,16 +449,20 @@ def evaluate_run(run_dir: str, *, noise_peak: float = 10.0, device: str = "auto"
             cfg = json.load(f)
         args = TrainArgs(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in cfg["args"].items()})
     except Exception as e:  # noqa: BLE001
-        raise ValueError(f"cannot read run config {cfg_path}: {e}") from None
+        raise InputError(f"cannot read run config {cfg_path}: {e}") from None
     if data:
         args.data = data
+    if args.image_size is not None and not (isinstance(args.image_size, int)
+                                            and MIN_IMAGE_SIZE <= args.image_size <= MAX_IMAGE_SIZE):
+        raise InputError(f"{cfg_path}: image_size must be an integer from {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE}, got "
+                         f"{args.image_size!r}")
     d, dev = init_distributed(device)
     bundle = open_data(args)
     try:
         model = M.from_config(cfg["model_config"], device=dev)
         model.load_state_dict(torch.load(w_path, map_location=dev, weights_only=True))
     except Exception as e:  # noqa: BLE001 - truncated / foreign / unsafe model file
-        raise ValueError(f"{w_path}: corrupt or incompatible model file ({' '.join(str(e).split())[:200]})") \
+        raise InputError(f"{w_path}: corrupt or incompatible model file ({' '.join(str(e).split())[:200]})") \
             from None
     mean, std = cfg["normalization"]["mean"], cfg["normalization"]["std"]
     size = (args.image_size, args.image_size) if args.image_size else None

@@ -39,7 +39,6 @@ model's ``batch`` points at a time; prediction runs per signal in chunks of
 from __future__ import annotations
 
 import copy
-import json
 import math
 import os
 import platform
@@ -54,6 +53,9 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from . import fitting as F
+from . import runfiles
+from .runs import MARKER, discard_stale_staging, shared_staging
+from .schema import Field, SchemaError, check, read_json
 from .runfiles import versions, write_json
 from .errors import InputError
 from .layers.lrnn import LRNNLayer, lrnn_product
@@ -384,14 +386,12 @@ def fit_many(files, cfg: "F.FitConfig | None" = None, out=None, group_size: int 
         summary["run_dir"] = str(out)
         return summary
     # sharded: every rank writes into the shared staging folder; rank 0 merges (merge_run) at the end
-    stage = staging_dir(out)
     if out.exists():
         raise F.RunError(f"--out {out}: already exists; choose a new run folder")
     if world == 1:
         check_out(out)
-        if stage.exists():
-            shutil.rmtree(stage)   # a stale attempt at the same folder
-    stage.mkdir(parents=True, exist_ok=True)
+        discard_stale_staging(out)   # only a stale one of our own; anything else is refused
+    stage = shared_staging(out)
     part = _fit_files(stage, files, shard, cfg, group_size, engine)
     if not merge:
         return part
@@ -481,14 +481,48 @@ def merge_run(out, world_size: int | None = None) -> dict:
     record is missing (that rank has not finished)."""
     out = Path(out)
     stage = F.staging_dir(out)
+    if stage.is_symlink():
+        raise F.RunError(f"{out}: the staging folder {stage} is a symlink; refusing to merge through it")
     if not stage.is_dir():
         if (out / "summary.json").is_file():
             raise F.RunError(f"{out}: already merged")
         raise F.RunError(f"{out}: no run in progress (no {stage.name} folder)")
+    if out.exists() or out.is_symlink():   # checked before any record is touched
+        raise F.RunError(f"{out}: already exists; the shard records in {stage} are left as they are (move "
+                         f"{out} away and merge again)")
     summary = merge_records(stage, out, world_size)
-    os.replace(stage, out)
+    if out.exists() or out.is_symlink():
+        raise F.RunError(f"{out}: appeared while merging; the merged run is in {stage}")
+    (stage / MARKER).unlink(missing_ok=True)
+    os.rename(stage, out)
     summary["run_dir"] = str(out)
     return summary
+
+
+_NUMBER = Field(float, nullable=True, required=False)
+_RESULT = {"signal": Field(str, max_len=4096), "run_dir": Field(str, max_len=4096), "file": Field(str, max_len=4096),
+           "kind": Field(str, choices=("image", "audio")), "model": Field(str, max_len=100),
+           "params": Field(int, 0), "steps": Field(int, 0), "seconds": Field(float, 0), "group_size": Field(int, 1),
+           "time_to_target": Field(dict), "psnr": _NUMBER, "ssim": _NUMBER, "mse": _NUMBER, "rho_ag": _NUMBER}
+_FAILURE = {"file": Field(str, max_len=4096), "error": Field(str, max_len=100_000),
+            "stage": Field(str, required=False, max_len=100)}
+MAX_WORLD = 1 << 16
+
+
+def check_shard_record(d, where) -> dict:
+    """A ``.shard-R-of-W.json`` record (untrusted): every field :func:`merge_records` and
+    :func:`summarize` read, checked for type and range (:class:`inr.schema.SchemaError`)."""
+    d = check(d, {"rank": Field(int, 0, MAX_WORLD - 1), "world_size": Field(int, 1, MAX_WORLD),
+                  "results": Field(list, items=Field(dict, fields=_RESULT)),
+                  "failures": Field(list, items=Field(dict, fields=_FAILURE))}, where)
+    if d["rank"] >= d["world_size"]:
+        raise SchemaError(f"{where}: field 'rank' must be < world_size {d['world_size']}, got {d['rank']}")
+    for i, m in enumerate(d["results"]):
+        for t, hit in m["time_to_target"].items():
+            if hit is not None:
+                check(hit, {"seconds": Field(float, 0), "step": Field(int, 0)}, where,
+                      prefix=f"results[{i}].time_to_target.{t}.")
+    return d
 
 
 def merge_records(stage: Path, out, world_size: int | None = None) -> dict:
@@ -496,10 +530,7 @@ def merge_records(stage: Path, out, world_size: int | None = None) -> dict:
     removed); returns the summary.  ``out`` names the run in messages."""
     parts = {}
     for p in stage.glob(".shard-*-of-*.json"):
-        try:
-            d = json.loads(p.read_text())
-        except (OSError, ValueError) as e:
-            raise F.RunError(f"{p}: corrupt shard record ({e})") from None
+        d = check_shard_record(read_json(p, "shard record"), p)
         parts[(d["rank"], d["world_size"])] = d
     worlds = {w for _, w in parts}
     if world_size is not None:
@@ -585,6 +616,4 @@ def summary_csv(s: dict) -> str:
 
 
 def _write_text(text: str, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    runfiles.write_text(path, text)

@@ -105,6 +105,7 @@ class TrainState:
     rng: dict | None = None
     extra: dict | None = None
     fingerprint: str | None = None    # what a checkpoint must match to be resumed (signal + model)
+    seed: int | None = None           # the run's seed: a resume with another one is refused
 
     @classmethod
     def start(cls, targets) -> "TrainState":
@@ -294,6 +295,7 @@ class Checkpoint:
 
     def __init__(self, cfg, extra_state: tuple[Callable[[], dict], Callable[[dict], None]] | None):
         self.path, self.every, self.fingerprint = cfg.checkpoint_path, cfg.checkpoint_every, cfg.fingerprint
+        self.seed = cfg.seed
         self.get, self.set = extra_state if extra_state is not None else (None, None)
         self.resuming = bool(cfg.resume and self.path and os.path.exists(self.path))
 
@@ -303,7 +305,8 @@ class Checkpoint:
 
     def state(self, run) -> TrainState:
         return replace(run.state, elapsed=run.now(), model=run.model.state_dict(), optimizer=run.optimizer.state_dict(),
-                       rng=rng_state(), extra=self.get() if self.get else None, fingerprint=self.fingerprint)
+                       rng=rng_state(), extra=self.get() if self.get else None, fingerprint=self.fingerprint,
+                       seed=self.seed)
 
     def resume(self, run) -> None:
         if not self.resuming:
@@ -312,6 +315,9 @@ class Checkpoint:
         if d.get("fingerprint") != self.fingerprint:
             raise CheckpointError(f"checkpoint {self.path} belongs to another run (different signal or model "
                                   f"settings); refusing to resume from it")
+        if d.get("seed") is not None and d["seed"] != self.seed:
+            raise CheckpointError(f"checkpoint {self.path} was made with --seed {d['seed']}, this run asks for "
+                                  f"--seed {self.seed}; resume with the same seed")
         try:
             s = TrainState.from_dict(d)
             run.model.load_state_dict(s.model)

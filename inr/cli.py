@@ -366,6 +366,9 @@ def _cmd_eval(a) -> int:
         pass
     if not isinstance(stored, dict):
         stored = {}
+    # untrusted: show only the recorded values that are numbers
+    stored = {k: v for k, v in stored.items() if k == "kind" or (isinstance(v, (int, float))
+                                                                  and not isinstance(v, bool))}
     line = _fmt_metrics(m)
     if stored.get("kind") == m["kind"]:
         line += f"   (recorded at fit time: {_fmt_metrics(stored)})"

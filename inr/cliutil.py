@@ -6,15 +6,18 @@
   (``--device --seed --threads --out --quiet``) on the parser of each command that runs, and
   :func:`add_version` (``--version``) on each tool's top-level parser; :class:`Parser` reports usage
   errors in one line (exit code 2) and its ``--help`` shows every default (:class:`HelpFormatter`);
-- :func:`run_main`: calls a command and turns the errors a user can cause -- ``ValueError`` and its
-  subclasses (``SignalError``, ``RunError``, ``CheckpointError``, ``DataError``, ...), ``FileExistsError``,
-  ``FileNotFoundError``, ``PermissionError`` and other ``OSError``, ``DivergenceError`` -- into one line
-  on stderr and exit code 2 (:data:`EXIT_USAGE`); Ctrl-C gives exit code 130.
+- :func:`run_main`: calls a command and turns the errors a user can cause -- the project's own
+  :class:`inr.errors.InputError` and its subclasses (``SignalError``, ``RunError``, ``CheckpointError``,
+  ``DataError``, ...), ``DivergenceError``, and the ``OSError`` a user causes (missing file, permission,
+  disk full, ...) -- into one line on stderr and exit code 2 (:data:`EXIT_USAGE`); Ctrl-C gives exit code
+  130.  Any other exception (a plain ``ValueError``, ``TypeError``, ``KeyError`` ...) is a bug in the
+  toolkit and keeps its traceback.
 """
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from typing import Callable
 
@@ -96,8 +99,13 @@ def open_fraction(name: str):
     return parse
 
 
+def max_threads() -> int:
+    """The largest ``--threads`` accepted: 4 x the CPU count (at least 16)."""
+    return max(16, 4 * (os.cpu_count() or 1))
+
+
 def threads_arg(s):
-    """``--threads``: 'auto' or a positive integer."""
+    """``--threads``: 'auto' or a positive integer up to :func:`max_threads`."""
     if str(s).lower() == "auto":
         return "auto"
     try:
@@ -106,6 +114,9 @@ def threads_arg(s):
         v = 0
     if v < 1:
         raise argparse.ArgumentTypeError(f"--threads must be a positive integer or 'auto', got {s!r}")
+    if v > max_threads():
+        raise argparse.ArgumentTypeError(f"--threads must be <= {max_threads()} (4 x the CPU cores of this "
+                                         f"machine, at least 16), got {s!r}")
     return v
 
 
@@ -201,17 +212,20 @@ def one_line(e: BaseException) -> str:
 
 
 def user_errors() -> tuple:
-    """The exception types that mean 'the user asked for something that cannot be done'."""
+    """The exception types that mean 'the user asked for something that cannot be done': the project's
+    own :class:`inr.errors.InputError` (and subclasses) and :class:`inr.train.DivergenceError`.  The
+    ``OSError`` a user causes are handled beside them in :func:`run_main`."""
+    from inr.errors import InputError
     from inr.train import DivergenceError
 
-    return (ValueError, DivergenceError, FileExistsError, FileNotFoundError, PermissionError,
-            NotADirectoryError, IsADirectoryError)
+    return (InputError, DivergenceError)
 
 
 def run_main(prog: str, command: Callable[[], int], *, interrupted: str = "interrupted",
              extra: tuple = ()) -> int:
-    """``command()`` -> its exit code; user errors (:func:`user_errors` and the ``extra`` types) -> one
-    line ``PROG: error: ...`` on stderr and 2."""
+    """``command()`` -> its exit code; user errors (:func:`user_errors`, the ``extra`` types and
+    ``OSError``) -> one line ``PROG: error: ...`` on stderr and 2; Ctrl-C -> 130.  Anything else
+    propagates with its traceback (a bug, not a user error)."""
     try:
         return command()
     except user_errors() + tuple(extra) as e:

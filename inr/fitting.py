@@ -44,6 +44,7 @@ from .errors import InputError
 from .models import ModelConfig, build, count_params, from_config, spec
 from .signals import Signal, SignalError, load
 from .runfiles import save_torch, versions, write_json
+from .schema import read_json
 from .runs import RunError, RunFolder, staging_dir
 from .runs import check_out as _check_out  # noqa: F401 - used by inr.batched / inr.shard
 from .train import DivergenceError, TrainConfig, resolve_device, seed_everything
@@ -617,6 +618,19 @@ def write_run(folder: Path, sig: Signal, net, pred, metrics: dict, config: dict,
     write_json(metrics, folder / "metrics.json")
 
 
+def check_run_config(config, where, weights_bytes: int | None = None) -> dict:
+    """A run folder's config.json (untrusted input) with ``model`` and ``signal`` checked
+    (:func:`inr.models.check_config`, :func:`inr.signals.check_description`) before anything is built."""
+    from .models import check_config
+    from .schema import Field, check
+    from .signals import check_description
+
+    config = check(config, {"model": Field(dict), "signal": Field(dict)}, where)
+    config["model"] = check_config(config["model"], where, weights_bytes)
+    config["signal"] = check_description(config["signal"], where)
+    return config
+
+
 def load_run(run_dir: str | os.PathLike, device: str = "cpu"):
     """``(model, config)`` from a run folder: the model rebuilt from config.json, weights from model.pt."""
     d = Path(run_dir)
@@ -625,8 +639,9 @@ def load_run(run_dir: str | os.PathLike, device: str = "cpu"):
     missing = [f for f in ("config.json", "model.pt") if not (d / f).is_file()]
     if missing:
         raise RunError(f"{d}: not a complete run folder (missing {', '.join(missing)})")
+    config = check_run_config(read_json(d / "config.json", "run config"), d / "config.json",
+                              (d / "model.pt").stat().st_size)   # untrusted: every field checked first
     try:
-        config = json.loads((d / "config.json").read_text())
         net = from_config(config["model"], device=resolve_device(device))
         state = torch.load(d / "model.pt", map_location=resolve_device(device), weights_only=True)
         net.load_state_dict(state)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from .errors import InputError
 
 
 def _as_np(x) -> np.ndarray:
@@ -57,5 +58,5 @@ def rel_l2(pred, truth) -> float:
     p, t = _as_np(pred), _as_np(truth)
     n = np.linalg.norm(t)
     if n == 0:
-        raise ValueError("relative L2 is undefined for an all-zero reference")
+        raise InputError("relative L2 is undefined for an all-zero reference")
     return float(np.linalg.norm(p - t) / n)

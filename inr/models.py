@@ -46,7 +46,7 @@ def _siren_family(activation_default: str):
             layers.append(HashGridEncoding(in_features, **(encoding_options or {}), **fk))
             in_features = layers[0].out_features
         elif encoding is not None or encoding_options:
-            raise ValueError(f"encoding must be None or 'hash', got {encoding!r}")
+            raise InputError(f"encoding must be None or 'hash', got {encoding!r}")
         layers += [SineLayer(in_features, hidden, w0=first, is_first=True, activation=activation, **fk)]
         layers += [SineLayer(hidden, hidden, w0=w0, activation=activation, **fk) for _ in range(hidden_layers)]
         head = nn.Linear(hidden, out_features, **fk)
@@ -69,7 +69,7 @@ def _wire(in_features, out_features, hidden=256, hidden_layers=3, w0=20.0, s0=10
         layers += [RealGaborLayer(hidden, hidden, w0=w0, s0=s0, **fk) for _ in range(hidden_layers)]
         return nn.Sequential(*layers), nn.Linear(hidden, out_features, **fk), False
     if form != "complex":
-        raise ValueError(f"WIRE form must be 'complex' or 'real', got {form!r}")
+        raise InputError(f"WIRE form must be 'complex' or 'real', got {form!r}")
     layers = [ComplexGaborLayer(in_features, hidden, w0=w0, s0=s0, is_first=True, **fk)]
     layers += [ComplexGaborLayer(hidden, hidden, w0=w0, s0=s0, **fk) for _ in range(hidden_layers)]
     head = nn.Linear(hidden, out_features, dtype=layers[-1].linear.weight.dtype, device=fk.get("device"))
@@ -94,7 +94,7 @@ def _lrnn_family(activation_default: str):
              kernel="auto", precision="fp32", component="harmonic", harmonics=4, band="component",
              head_init="small", **fk):
         if head_init not in ("default", "small"):
-            raise ValueError(f"head_init must be 'default' or 'small', got {head_init!r}")
+            raise InputError(f"head_init must be 'default' or 'small', got {head_init!r}")
         layers, n = [], in_features
         for i in range(depth):
             layers.append(LRNNLayer(n, rank, dbar=dbar, width=width, w0=(w0 if w0_first is None or i else w0_first),
@@ -428,3 +428,45 @@ class ModelConfig:
         hyper = spec(self.name).resolve(task, self.options, **context)
         return build(self.name, in_features, out_features, params=self.params, device=device, dtype=dtype,
                      **hyper)
+
+
+# keys of a model config that count layers / levels / repeats: bounded tighter than widths
+_COUNT_KEYS = ("depth", "hidden_layers", "levels", "harmonics", "n_freqs", "features", "dbar", "width")
+MAX_CONFIG_INT = 1 << 26
+MAX_CONFIG_COUNT = 256
+
+
+def check_config(config, where, weights_bytes: int | None = None) -> dict:
+    """A model config read from a run folder (untrusted), checked before anything is allocated: the
+    name, the feature counts, every hyper-parameter a JSON scalar (ints up to :data:`MAX_CONFIG_INT`,
+    layer / level counts up to :data:`MAX_CONFIG_COUNT`), and -- the model built on the ``meta`` device,
+    which allocates nothing -- a parameter count that ``weights_bytes`` (the size of model.pt) can hold.
+    Raises :class:`inr.schema.SchemaError` naming ``where`` and the field."""
+    from .schema import Field, SchemaError, check, value
+
+    cfg = check(config, {"name": Field(str, choices=names()), "in_features": Field(int, 1, 3),
+                         "out_features": Field(int, 1, 4)}, where, prefix="model.")
+    for key, v in cfg.items():
+        if key in ("name", "in_features", "out_features"):
+            continue
+        if isinstance(v, bool) or v is None:
+            continue
+        if isinstance(v, int):
+            value(v, Field(int, -MAX_CONFIG_INT, MAX_CONFIG_COUNT if key in _COUNT_KEYS else MAX_CONFIG_INT),
+                  where, f"model.{key}")
+        elif isinstance(v, float):
+            value(v, Field(float), where, f"model.{key}")
+        elif isinstance(v, str):
+            value(v, Field(str, max_len=100), where, f"model.{key}")
+        else:
+            raise SchemaError(f"{where}: field 'model.{key}' must be a number, string, true/false or null, "
+                              f"got {type(v).__name__}")
+    try:
+        n = count_params(from_config(cfg, device="meta"))
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise SchemaError(f"{where}: field 'model' does not describe a model ({' '.join(str(e).split())[:200]})") \
+            from None
+    if weights_bytes is not None and 2 * n > weights_bytes + (1 << 16):
+        raise SchemaError(f"{where}: field 'model' describes {n:,} parameters, more than model.pt "
+                          f"({weights_bytes:,} bytes) can hold")
+    return cfg

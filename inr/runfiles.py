@@ -1,7 +1,10 @@
 """Files every tool writes into a run folder: the versions record and atomic writes.
 
 A run folder must never hold a file that looks complete but is not, so every write goes to a
-temporary name beside the target and is renamed over it.
+temporary file beside the target and is renamed over it.  The temporary file is created exclusively
+(``mkstemp``: ``O_CREAT | O_EXCL`` under an unpredictable name), so a symlink planted in a run folder
+under a temporary name is never followed, and ``os.replace`` replaces a symlink at the target itself
+instead of writing through it.
 """
 from __future__ import annotations
 
@@ -10,6 +13,8 @@ import json
 import math
 import os
 import platform
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -41,15 +46,50 @@ def json_default(o):
     return str(o)
 
 
-def _tmp(path) -> Path:
+@contextmanager
+def replacing(path):
+    """``with replacing(path) as tmp: write tmp`` -> ``tmp`` renamed over ``path`` when the block ends
+    without error (removed otherwise).  ``tmp`` is a new, empty file created exclusively beside ``path``
+    (``mkstemp``), so nothing planted in the folder is followed or overwritten."""
     path = Path(path)
-    return path.with_name(f".{path.name}.tmp")
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise
 
 
 def write_text(path, text: str) -> None:
-    tmp = _tmp(path)
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        with open(tmp, "w") as f:
+            f.write(text)
+
+
+def write_new(path, text: str, flag: str = "--out") -> None:
+    """Write ``text`` to ``path``, which must not exist (one that appears meanwhile is not replaced): the
+    text goes to an exclusive temporary file beside it, which is then hard-linked to ``path`` (``link``
+    fails on any existing name, symlink or not) and removed."""
+    from .runs import RunError
+
+    path = Path(path)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        try:
+            os.link(name, path)
+        except FileExistsError:
+            raise RunError(f"{flag} {path}: already exists; choose a new file (existing files are never "
+                           f"replaced)") from None
+    finally:
+        os.unlink(name)
 
 
 def json_safe(o):
@@ -78,6 +118,5 @@ def write_json(obj, path) -> None:
 
 
 def save_torch(obj, path) -> None:
-    tmp = _tmp(path)
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        torch.save(obj, tmp)

@@ -18,12 +18,13 @@ import torch
 
 from . import batched
 from .fitting import RunError
+from .errors import InputError
 
 
 def shard_files(files, rank: int, world_size: int) -> list:
     """The files rank ``rank`` of ``world_size`` fits: positions r, r + W, ... of the sorted list."""
     if world_size < 1 or not 0 <= rank < world_size:
-        raise ValueError(f"need 0 <= rank < world_size, got rank {rank}, world size {world_size}")
+        raise InputError(f"need 0 <= rank < world_size, got rank {rank}, world size {world_size}")
     return sorted(files, key=str)[rank::world_size]
 
 
@@ -95,12 +96,9 @@ def fit_sharded(files, cfg, out=None, group_size: int = 16, engine: str = "auto"
 def _check_fresh(out) -> None:
     from pathlib import Path
 
-    from .fitting import _check_out, staging_dir
+    from .fitting import _check_out
+    from .runs import discard_stale_staging
 
     out = Path(out)
     _check_out(out)
-    stage = staging_dir(out)
-    if stage.exists():
-        import shutil
-
-        shutil.rmtree(stage)   # a stale attempt at the same folder
+    discard_stale_staging(out)   # only a stale one of the toolkit's own; anything else is refused

@@ -20,6 +20,7 @@ Conventions (docs/methods.md section 1):
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import struct
 import zlib
@@ -48,9 +49,25 @@ def max_pixels(override: int | None = None) -> int:
     if env:
         try:
             return int(float(env))
-        except ValueError:
+        except (ValueError, OverflowError):
             raise SignalError(f"INR_MAX_PIXELS must be a number of pixels, got {env!r}") from None
     return MAX_PIXELS
+
+
+# Largest sound (frames x channels) any reader here will decode; checked from the file header (soundfile.info)
+# before any sample is read.  Override with the environment variable INR_MAX_SAMPLES.
+MAX_SAMPLES = 64 * 1024 * 1024
+
+
+def max_samples() -> int:
+    """The audio sample limit in force (frames x channels): ``$INR_MAX_SAMPLES``, else :data:`MAX_SAMPLES`."""
+    env = os.environ.get("INR_MAX_SAMPLES")
+    if env:
+        try:
+            return int(float(env))
+        except (ValueError, OverflowError):
+            raise SignalError(f"INR_MAX_SAMPLES must be a number of samples, got {env!r}") from None
+    return MAX_SAMPLES
 
 
 def _check_pixels(p, h: int, w: int, limit: int) -> None:
@@ -176,16 +193,13 @@ class Signal:
         """
         a = self.reshape(values)
         path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp")
-        try:
+        from .runfiles import replacing
+
+        with replacing(path) as tmp:
             if self.kind == "image":
                 _write_png(tmp, a, sixteen=self.bit_depth in (16, "float"))
             else:
                 _write_wav(tmp, a * self.scale, self.rate, self.subtype)
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
         return path
 
 
@@ -256,8 +270,11 @@ def default_signal() -> Signal:
 def test_audio(seconds: float = 1.0, rate: int = 16000) -> Signal:
     """A deterministic test clip: a linear chirp (100 Hz -> rate/8) plus a 220 Hz tone with 3 harmonics,
     under a slow amplitude envelope; mono, peak-normalised."""
-    if seconds <= 0 or rate <= 0:
-        raise ValueError(f"test_audio needs seconds > 0 and rate > 0, got {seconds}, {rate}")
+    if not (math.isfinite(seconds) and seconds > 0) or rate <= 0:
+        raise InputError(f"test_audio needs seconds > 0 and rate > 0, got {seconds}, {rate}")
+    if seconds * rate > max_samples():
+        raise SignalError(f"test_audio of {seconds:g} s at {rate} Hz is {seconds * rate:,.0f} samples, above the "
+                          f"limit of {max_samples():,} (set INR_MAX_SAMPLES to allow more)")
     n = max(2, int(round(seconds * rate)))
     t = np.arange(n) / rate
     f0, f1 = 100.0, rate / 8.0
@@ -266,6 +283,25 @@ def test_audio(seconds: float = 1.0, rate: int = 16000) -> Signal:
     env = 0.6 + 0.4 * np.sin(2 * np.pi * 1.5 * t)
     x = env * (0.5 * chirp + 0.5 * tone)
     return audio_from_array(x, rate, subtype="FLOAT", builtin={"name": "test_audio", "seconds": seconds, "rate": rate})
+
+
+def check_description(desc, where) -> dict:
+    """A signal description read from a run folder (untrusted): every field :func:`from_description`
+    uses, checked for type and range (:class:`inr.schema.SchemaError` naming ``where`` and the field)."""
+    from .schema import Field, check
+
+    builtin = Field(dict, required=False, nullable=True, fields={
+        "name": Field(str, choices=("cameraman", "test_audio")),
+        "seconds": Field(float, 1e-6, 1e6, required=False, default=1.0),
+        "rate": Field(int, 1, 10_000_000, required=False, default=16000)})
+    d = check(desc, {"builtin": builtin, "source": Field(str, required=False, nullable=True, max_len=4096),
+                     "sha256": Field(str, required=False, nullable=True, max_len=128),
+                     "kind": Field(str, choices=("image", "audio"), required=False)}, where, prefix="signal.")
+    b = d.get("builtin")
+    if b and b["name"] == "test_audio" and b["seconds"] * b["rate"] > max_samples():
+        raise SignalError(f"{where}: field 'signal.builtin' asks for {b['seconds'] * b['rate']:,.0f} samples, above "
+                          f"the limit of {max_samples():,} (INR_MAX_SAMPLES)")
+    return d
 
 
 def from_description(desc: dict) -> Signal:
@@ -315,7 +351,8 @@ def load(path: str | os.PathLike | None = None, max_pixels: int | None = None) -
     if suffix in IMAGE_SUFFIXES:
         return _load_image(p, src, limit=limit)
     # unknown suffix: sniff the content
-    head = p.read_bytes()[:12]
+    with open(p, "rb") as f:
+        head = f.read(12)   # not the whole file: it may be a sparse file of many GB
     if head[:4] in (b"RIFF", b"RIFX", b"fLaC", b"OggS", b"FORM"):
         return _load_audio(p, src)
     return _load_image(p, src, sniffed=True, limit=limit)
@@ -326,8 +363,16 @@ def _load_audio(p: Path, src: str) -> Signal:
 
     try:
         info = sf.info(str(p))
-        data, rate = sf.read(str(p), dtype="float64", always_2d=True)
     except Exception as e:  # libsndfile's errors are RuntimeError/LibsndfileError with a useful message
+        raise SignalError(f"{p}: not a readable sound file ({_one_line(e)})") from None
+    limit = max_samples()
+    if info.frames * info.channels > limit:   # from the header, before any sample is read
+        raise SignalError(f"{p}: sound declares {info.frames:,} frames x {info.channels} channels = "
+                          f"{info.frames * info.channels:,} samples, above the limit of {limit:,} "
+                          f"(set INR_MAX_SAMPLES to allow longer sounds)")
+    try:
+        data, rate = sf.read(str(p), dtype="float64", always_2d=True, frames=max(info.frames, 0))
+    except Exception as e:
         raise SignalError(f"{p}: not a readable sound file ({_one_line(e)})") from None
     if data.shape[0] == 0:
         raise SignalError(f"{p}: audio is empty (0 samples)")
@@ -392,6 +437,9 @@ def _read_tiff(p: Path, limit: int = MAX_PIXELS) -> np.ndarray:
     import tifffile
 
     with tifffile.TiffFile(p) as tf:
+        if len(tf.pages) > 1 or len(tf.series) > 1:
+            raise SignalError(f"{p}: TIFF holds {max(len(tf.pages), len(tf.series))} pages, not a single 2-D "
+                              f"image (multi-page / volume TIFFs are not supported)")
         series = tf.series[0]
         axes, shape = series.axes, series.shape
         if "Y" in axes and "X" in axes:

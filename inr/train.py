@@ -83,9 +83,9 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise ValueError(f"--device must be auto, cpu or cuda, got {device!r}")
+        raise InputError(f"--device must be auto, cpu or cuda, got {device!r}")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but no CUDA device is available")
+        raise InputError("--device cuda was asked for but no CUDA device is available")
     return torch.device(device)
 
 
@@ -244,12 +244,12 @@ class FitResult:
         keys: list[str] = []
         for row in self.history:
             keys += [k for k in row if k not in keys]
-        tmp = f"{path}.tmp"
-        with open(tmp, "w", newline="") as f:
+        from .runfiles import replacing
+
+        with replacing(path) as tmp, open(tmp, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=keys)
             w.writeheader()
             w.writerows(self.history)
-        os.replace(tmp, path)
 
     def summary(self) -> dict:
         d = asdict(self)

@@ -17,6 +17,7 @@ from inr.runs import RunError, RunFolder
 from . import models, problems
 from .operators import LAPLACIAN_MODES
 from .solve import DEFAULT_LR, DTYPES, SolveConfig, solve, write_files
+from inr.errors import InputError
 
 # model options: flag -> (type, the registry's keyword)
 HYPER = {"hidden": int, "hidden_layers": int, "rank": int, "depth": int, "dbar": int, "width": int,
@@ -120,7 +121,7 @@ def main(argv=None) -> int:
 
 def _solve(a) -> int:
     if a.params is not None and a.params < 0:
-        raise ValueError(f"--params must be >= 0, got {a.params}")
+        raise InputError(f"--params must be >= 0, got {a.params}")
     cfg = config_from_args(a)
     cfg.validate()
     if (a.checkpoint_every or a.resume) and not a.out:

@@ -14,6 +14,7 @@ import random
 import numpy as np
 import torch
 from torch import nn
+from inr.errors import InputError
 
 
 def available() -> bool:
@@ -47,9 +48,9 @@ class KANNet(nn.Module):
         try:
             from kan import KAN
         except ImportError:
-            raise ValueError("model 'kan' needs the optional pykan package: pip install 'mulneurons[kan]'") from None
+            raise InputError("model 'kan' needs the optional pykan package: pip install 'mulneurons[kan]'") from None
         if min(hidden, grid, k) < 1:
-            raise ValueError(f"kan needs hidden, grid and k >= 1, got {hidden}, {grid}, {k}")
+            raise InputError(f"kan needs hidden, grid and k >= 1, got {hidden}, {grid}, {k}")
         states = torch.get_rng_state(), np.random.get_state(), random.getstate()
         seed = int(torch.randint(0, 2**31 - 1, ()).item())
         dev = torch.device(device) if device is not None else torch.device("cpu")
@@ -75,9 +76,9 @@ class KANNet(nn.Module):
 def build(in_features: int, out_features: int = 1, *, params: int | None = None, hidden: int | None = None,
           grid: int = 10, k: int = 3, device=None, dtype=None, **unused) -> KANNet:
     if unused:
-        raise ValueError(f"bad option for model 'kan': {', '.join(sorted(unused))}")
+        raise InputError(f"bad option for model 'kan': {', '.join(sorted(unused))}")
     if params is not None:
         if params < 1:
-            raise ValueError(f"params must be positive, got {params}")
+            raise InputError(f"params must be positive, got {params}")
         hidden = solve_width(in_features, out_features, params, grid, k)
     return KANNet(in_features, out_features, hidden if hidden is not None else 16, grid, k, device=device, dtype=dtype)

@@ -22,6 +22,7 @@ from typing import Callable
 import torch
 
 from .problems import Problem
+from inr.errors import InputError
 
 
 def gradient(u: torch.Tensor, x: torch.Tensor, create_graph: bool = True) -> torch.Tensor:
@@ -63,7 +64,7 @@ def lift(problem: Problem, x: torch.Tensor) -> torch.Tensor:
         zero, one = torch.zeros_like(x), torch.ones_like(x)
         return (1 - x) * g(zero) + x * g(one)
     if x.shape[1] != 2:
-        raise ValueError(f"exact boundary conditions support 1-D and 2-D problems, got dim {x.shape[1]}")
+        raise InputError(f"exact boundary conditions support 1-D and 2-D problems, got dim {x.shape[1]}")
     X, Y = x[:, :1], x[:, 1:]
     z, o = torch.zeros_like(X), torch.ones_like(X)
     faces = ((1 - X) * g(torch.cat([z, Y], 1)) + X * g(torch.cat([o, Y], 1))
@@ -85,7 +86,7 @@ class Ansatz(torch.nn.Module):
     def __init__(self, net: torch.nn.Module, problem: Problem, boundary: str = "exact"):
         super().__init__()
         if boundary not in ("exact", "penalty"):
-            raise ValueError(f"--boundary must be 'exact' or 'penalty', got {boundary!r}")
+            raise InputError(f"--boundary must be 'exact' or 'penalty', got {boundary!r}")
         self.net, self.problem, self.boundary = net, problem, boundary
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -115,13 +116,13 @@ def choose_laplacian(u_fn, mode: str = "auto") -> str:
     from . import forward
 
     if mode not in LAPLACIAN_MODES:
-        raise ValueError(f"--laplacian must be one of {', '.join(LAPLACIAN_MODES)}, got {mode!r}")
+        raise InputError(f"--laplacian must be one of {', '.join(LAPLACIAN_MODES)}, got {mode!r}")
     if mode == "reverse":
         return mode
     missing = forward.unsupported(u_fn)
     if mode == "forward":
         if missing:
-            raise ValueError(f"--laplacian forward: no forward rule for {', '.join(missing)}; use auto or reverse")
+            raise InputError(f"--laplacian forward: no forward rule for {', '.join(missing)}; use auto or reverse")
         return mode
     if missing:
         return "reverse"

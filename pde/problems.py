@@ -14,6 +14,7 @@ import math
 from typing import Callable
 
 import torch
+from inr.errors import InputError
 
 
 class Problem:
@@ -78,7 +79,7 @@ class Poisson2D(Problem):
 
     def __init__(self, n: int = 1):
         if not (isinstance(n, int) or float(n).is_integer()) or n <= 0:
-            raise ValueError(f"--n must be a positive integer (the solution's frequency), got {n!r}")
+            raise InputError(f"--n must be a positive integer (the solution's frequency), got {n!r}")
         self.n = self.frequency = int(n)
         self.residual_scale = (self.n * math.pi) ** 2
 
@@ -109,7 +110,7 @@ class MultiScale1D(Problem):
 
     def __init__(self, n: int = 1):
         if n is not None and (not float(n).is_integer() or n <= 0):
-            raise ValueError(f"--n must be a positive integer, got {n!r}")
+            raise InputError(f"--n must be a positive integer, got {n!r}")
 
     def exact(self, x):
         t = x[:, :1]
@@ -134,5 +135,5 @@ def register(name: str, factory: Callable[..., Problem]) -> None:
 def get(name: str, n: int = 1) -> Problem:
     """Build the problem ``name`` (one of :data:`PROBLEMS`) at frequency ``n``."""
     if name not in _PROBLEMS:
-        raise ValueError(f"unknown problem {name!r}; choose one of: {', '.join(_PROBLEMS)}")
+        raise InputError(f"unknown problem {name!r}; choose one of: {', '.join(_PROBLEMS)}")
     return _PROBLEMS[name](n=n)

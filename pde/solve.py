@@ -22,6 +22,7 @@ from inr.train import FitResult, TrainConfig, fit, resolve_device, seed_everythi
 
 from . import models, problems
 from .operators import LAPLACIAN_MODES, Ansatz, choose_laplacian, residual
+from inr.errors import InputError
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -75,40 +76,40 @@ class SolveConfig:
     def validate(self) -> None:
         problems.get(self.problem, self.n)  # raises on an unknown problem or bad n
         if self.model not in models.MODELS:
-            raise ValueError(f"unknown model {self.model!r}; choose one of: {', '.join(models.MODELS)}")
+            raise InputError(f"unknown model {self.model!r}; choose one of: {', '.join(models.MODELS)}")
         for name in ("points", "steps", "residual_points"):
             if getattr(self, name) <= 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
+                raise InputError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
         if self.boundary_points is not None and self.boundary_points <= 0:
-            raise ValueError(f"--boundary-points must be > 0, got {self.boundary_points}")
+            raise InputError(f"--boundary-points must be > 0, got {self.boundary_points}")
         for name in ("seconds", "lr", "penalty", "lr_final"):
             v = getattr(self, name)
             if v is not None and not (math.isfinite(v) and v > 0):
-                raise ValueError(f"--{name.replace('_', '-')} must be a finite number > 0, got {v}")
+                raise InputError(f"--{name.replace('_', '-')} must be a finite number > 0, got {v}")
         if self.boundary not in ("exact", "penalty"):
-            raise ValueError(f"--boundary must be 'exact' or 'penalty', got {self.boundary!r}")
+            raise InputError(f"--boundary must be 'exact' or 'penalty', got {self.boundary!r}")
         if not self.penalty > 0:
-            raise ValueError(f"--penalty must be > 0, got {self.penalty}")
+            raise InputError(f"--penalty must be > 0, got {self.penalty}")
         if self.dtype not in DTYPES:
-            raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+            raise InputError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if self.checkpoint_every < 0:
-            raise ValueError(f"--checkpoint-every must be >= 0, got {self.checkpoint_every}")
+            raise InputError(f"--checkpoint-every must be >= 0, got {self.checkpoint_every}")
         if self.laplacian not in LAPLACIAN_MODES:
-            raise ValueError(f"--laplacian must be one of {', '.join(LAPLACIAN_MODES)}, got {self.laplacian!r}")
+            raise InputError(f"--laplacian must be one of {', '.join(LAPLACIAN_MODES)}, got {self.laplacian!r}")
         if self.eval_res is not None and self.eval_res < 2:
-            raise ValueError(f"--eval-res must be >= 2, got {self.eval_res}")
+            raise InputError(f"--eval-res must be >= 2, got {self.eval_res}")
         if self.sampling not in ("uniform", "rad"):
-            raise ValueError(f"--sampling must be 'uniform' or 'rad', got {self.sampling!r}")
+            raise InputError(f"--sampling must be 'uniform' or 'rad', got {self.sampling!r}")
         if self.sampling == "rad" and self.resample:
-            raise ValueError("--resample draws uniform points every step; it cannot be combined with --sampling rad")
+            raise InputError("--resample draws uniform points every step; it cannot be combined with --sampling rad")
         if self.clock not in ("wall", "cpu"):
-            raise ValueError(f"--clock must be 'wall' or 'cpu', got {self.clock!r}")
+            raise InputError(f"--clock must be 'wall' or 'cpu', got {self.clock!r}")
         if self.lbfgs_points is not None and self.lbfgs_points < 1:
-            raise ValueError(f"--lbfgs-points must be >= 1, got {self.lbfgs_points}")
+            raise InputError(f"--lbfgs-points must be >= 1, got {self.lbfgs_points}")
         if self.rad_every < 1 or self.rad_pool < 1:
-            raise ValueError(f"--rad-every and --rad-pool must be >= 1, got {self.rad_every}, {self.rad_pool}")
+            raise InputError(f"--rad-every and --rad-pool must be >= 1, got {self.rad_every}, {self.rad_pool}")
         if not (math.isfinite(self.rad_k) and self.rad_k >= 0 and math.isfinite(self.rad_c) and self.rad_c >= 0):
-            raise ValueError(f"--rad-k and --rad-c must be finite numbers >= 0, got {self.rad_k}, {self.rad_c}")
+            raise InputError(f"--rad-k and --rad-c must be finite numbers >= 0, got {self.rad_k}, {self.rad_c}")
         TrainConfig(**self.train_options())   # checks the lbfgs_* values
 
     def train_options(self) -> dict:
@@ -132,7 +133,7 @@ def rad_draw(pool: torch.Tensor, r: torch.Tensor, n: int, generator: torch.Gener
     """``n`` of the candidate points ``pool`` drawn without replacement with :func:`rad_probabilities`
     (from ``generator``, a CPU generator, so a seeded run is reproducible)."""
     if n > pool.shape[0]:
-        raise ValueError(f"cannot draw {n} points from a pool of {pool.shape[0]}")
+        raise InputError(f"cannot draw {n} points from a pool of {pool.shape[0]}")
     idx = torch.multinomial(rad_probabilities(r, k, c), n, replacement=False, generator=generator)
     return pool[idx.to(pool.device)]
 

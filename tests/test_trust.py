@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from inr.cli import main as inr_main
+from inr.runs import MARKER
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,6 +57,7 @@ def test_resume_refuses_a_checkpoint_that_runs_code(tmp_path, tiny_png):
     out, marker = tmp_path / "run", tmp_path / "PWNED"
     stage = tmp_path / ".run.partial"
     stage.mkdir()
+    (stage / MARKER).write_text("")   # looks like the toolkit's own staging folder: the checkpoint is read
     torch.save({"model": Payload(marker), "step": 1}, stage / "checkpoint.pt")
     r = run_tool("inr", "fit", tiny_png[0], *TINY, "--out", out, "--resume", "--checkpoint-every", "2")
     assert not marker.exists()

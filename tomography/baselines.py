@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from .radon import FanGeometry, Geometry, Projector, projection_matrices
+from inr.errors import InputError
 
 FILTERS = ("ramp", "shepp-logan", "cosine", "hamming", "hann")
 
@@ -35,7 +36,7 @@ def _to_image(square: np.ndarray, geom: Geometry) -> np.ndarray:
 def _check(sinogram, geom: Geometry) -> np.ndarray:
     s = np.asarray(sinogram.detach().cpu() if torch.is_tensor(sinogram) else sinogram, dtype=np.float64)
     if s.shape != (geom.n_angles, geom.n_det):
-        raise ValueError(f"sinogram must have shape (views, detectors) = {(geom.n_angles, geom.n_det)}, "
+        raise InputError(f"sinogram must have shape (views, detectors) = {(geom.n_angles, geom.n_det)}, "
                          f"got {s.shape}")
     return s
 
@@ -129,7 +130,7 @@ def fbp(sinogram, geom: Geometry, filter_name: str = "ramp") -> np.ndarray:
     from skimage.transform import iradon
 
     if filter_name not in FILTERS:
-        raise ValueError(f"unknown FBP filter {filter_name!r}; choose one of {', '.join(FILTERS)}")
+        raise InputError(f"unknown FBP filter {filter_name!r}; choose one of {', '.join(FILTERS)}")
     if isinstance(geom, FanGeometry):
         return fan_fbp(sinogram, geom, filter_name)
     s = _check(sinogram, geom)
@@ -151,7 +152,7 @@ def sart(sinogram, geom: Geometry, iterations: int = 10, relaxation: float = 0.1
     if isinstance(geom, FanGeometry):
         return matrix_sart(sinogram, geom, iterations, relaxation, clip)
     if int(iterations) != iterations or iterations < 1:
-        raise ValueError(f"SART iterations must be a positive integer, got {iterations}")
+        raise InputError(f"SART iterations must be a positive integer, got {iterations}")
     s = _check(sinogram, geom).T
     theta = np.asarray(geom.theta, dtype=np.float64)
     rec = None
@@ -200,11 +201,11 @@ def tv_reconstruct(sinogram, geom: Geometry, weight: float = 3e-4, iterations: i
     The gradient enters the operator divided by sqrt(8) so ``||K||^2 <= 2``; tau = sigma = 0.99/sqrt(2).
     """
     if not weight >= 0:
-        raise ValueError(f"TV weight must be >= 0, got {weight}")
+        raise InputError(f"TV weight must be >= 0, got {weight}")
     if int(iterations) != iterations or iterations < 1:
-        raise ValueError(f"TV iterations must be a positive integer, got {iterations}")
+        raise InputError(f"TV iterations must be a positive integer, got {iterations}")
     if init not in ("sart", "fbp", "zero"):
-        raise ValueError(f"TV init must be sart, fbp or zero, got {init!r}")
+        raise InputError(f"TV init must be sart, fbp or zero, got {init!r}")
     s = _check(sinogram, geom)
     device = torch.device(device or "cpu")
     P = projector or Projector.for_geometry(geom, device=device, dtype=dtype)

@@ -24,6 +24,7 @@ from inr.cliutil import (Parser, add_common, add_lbfgs, add_version, apply_threa
 from inr.errors import InputError
 from inr.runfiles import versions
 from inr.runs import RunFolder
+from inr.errors import InputError
 
 from .config import MAX_SIZE, MIN_SIZE, CTConfig, ScanSpec
 from .plots import comparison_figure, save_png  # noqa: F401  (re-exported for benchmarks/ct.py)

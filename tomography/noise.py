@@ -13,15 +13,16 @@ from __future__ import annotations
 import math
 
 import torch
+from inr.errors import InputError
 
 
 def default_mu(sinogram: torch.Tensor, peak_attenuation: float = 3.0) -> float:
     """``mu`` for which the largest line integral of ``sinogram`` attenuates by ``exp(-peak_attenuation)``."""
     peak = float(sinogram.max())
     if not peak > 0:
-        raise ValueError("the sinogram has no positive line integral; cannot scale attenuation")
+        raise InputError("the sinogram has no positive line integral; cannot scale attenuation")
     if not peak_attenuation > 0:
-        raise ValueError(f"peak attenuation must be > 0, got {peak_attenuation}")
+        raise InputError(f"peak attenuation must be > 0, got {peak_attenuation}")
     return peak_attenuation / peak
 
 
@@ -44,12 +45,12 @@ def add_noise(sinogram: torch.Tensor, photons: float | None = None, readout: flo
     """
     if photons is None:
         if readout:
-            raise ValueError("--readout-noise is a standard deviation in detector counts and needs --photons")
+            raise InputError("--readout-noise is a standard deviation in detector counts and needs --photons")
         return (sinogram.clone(), None) if return_counts else sinogram.clone()
     if not (photons > 0 and math.isfinite(photons)):
-        raise ValueError(f"--photons must be a positive number, got {photons}")
+        raise InputError(f"--photons must be a positive number, got {photons}")
     if not readout >= 0:
-        raise ValueError(f"--readout-noise must be >= 0, got {readout}")
+        raise InputError(f"--readout-noise must be >= 0, got {readout}")
     mu = default_mu(sinogram) if mu is None else float(mu)
     lam = expected_counts(sinogram.double(), photons, mu)
     counts = torch.poisson(lam, generator=generator)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from inr.errors import InputError
 
 AIR, LUNG, FAT, SOFT, BLOOD, VESSEL, BONE, CORTEX = 0.0, 0.08, 0.42, 0.52, 0.62, 0.45, 0.85, 1.0
 PHANTOMS = ("shepp", "thorax")
@@ -135,4 +136,4 @@ def make(name: str, size=(256, 256), seed: int = 0) -> np.ndarray:
         return shepp_logan(size)
     if name == "thorax":
         return thorax(size, seed)
-    raise ValueError(f"unknown phantom {name!r}; choose from {', '.join(PHANTOMS)}")
+    raise InputError(f"unknown phantom {name!r}; choose from {', '.join(PHANTOMS)}")

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from inr.errors import InputError
 
 from inr.errors import InputError
 
@@ -51,11 +52,11 @@ class Geometry:
     def __post_init__(self):
         H, W = self.shape
         if H < 1 or W < 1:
-            raise ValueError(f"image shape must be positive, got {self.shape}")
+            raise InputError(f"image shape must be positive, got {self.shape}")
         if len(self.theta) == 0:
-            raise ValueError("at least one projection angle (view) is needed, got 0")
+            raise InputError("at least one projection angle (view) is needed, got 0")
         if not all(math.isfinite(t) for t in self.theta):
-            raise ValueError("projection angles must be finite numbers (degrees)")
+            raise InputError("projection angles must be finite numbers (degrees)")
 
     @property
     def n_det(self) -> int:
@@ -207,7 +208,7 @@ def geometry_dict(geom) -> dict:
 def make_geometry(shape, theta, circle: bool = True) -> Geometry:
     shape = tuple(int(s) for s in shape)
     if len(shape) != 2:
-        raise ValueError(f"image shape must be (H, W), got {shape}")
+        raise InputError(f"image shape must be (H, W), got {shape}")
     theta = tuple(float(t) for t in np.atleast_1d(np.asarray(theta, dtype=np.float64)))
     return Geometry(shape, theta, bool(circle))
 
@@ -215,9 +216,9 @@ def make_geometry(shape, theta, circle: bool = True) -> Geometry:
 def uniform_angles(views: int, angle_range: float = 180.0) -> np.ndarray:
     """``views`` equally spaced angles (degrees) over ``[0, angle_range)``, the end excluded."""
     if int(views) != views or views < 1:
-        raise ValueError(f"number of views must be a positive integer, got {views}")
+        raise InputError(f"number of views must be a positive integer, got {views}")
     if not 0 < angle_range <= 360:
-        raise ValueError(f"angle range must be in (0, 360] degrees, got {angle_range}")
+        raise InputError(f"angle range must be in (0, 360] degrees, got {angle_range}")
     return np.linspace(0.0, float(angle_range), int(views), endpoint=False)
 
 
@@ -318,7 +319,7 @@ def _build(geom):
     A = sp.vstack(blocks, format="csr")
     A.eliminate_zeros()
     if A.nnz >= 2**31:
-        raise ValueError(f"projection matrix too large ({A.nnz} entries) for 32-bit indices")
+        raise InputError(f"projection matrix too large ({A.nnz} entries) for 32-bit indices")
     A.indices, A.indptr = A.indices.astype(np.int32), A.indptr.astype(np.int32)
     AT = A.T.tocsr()
     AT.indices, AT.indptr = AT.indices.astype(np.int32), AT.indptr.astype(np.int32)
@@ -364,7 +365,7 @@ def _lru(cache, key, make):
 def projection_matrices(geom, dtype=torch.float32, device=None) -> _Pair:
     """``A`` and ``A^T`` for ``geom`` in ``dtype`` on ``device`` (built once, least-recently-used cache)."""
     if dtype not in (torch.float32, torch.float64):
-        raise ValueError(f"projector dtype must be float32 or float64, got {dtype}")
+        raise InputError(f"projector dtype must be float32 or float64, got {dtype}")
     device = torch.device(device if device is not None else "cpu")
     base = lambda: _lru(_BASE, geom, lambda: _build(geom))
     return _lru(_CACHE, (geom, dtype, str(device)), lambda: _Pair(*base(), dtype, device))

@@ -20,6 +20,8 @@ from inr.metrics import psnr_from_mse
 from inr.train import FitResult, TrainConfig, fit, resolve_device, seed_everything
 
 from .noise import add_noise, default_mu
+from inr.errors import InputError
+
 from .radon import FanGeometry, Geometry, Projector, make_geometry, uniform_angles
 
 # Per-family CT defaults (learning rate, TV weight, hyper-parameters such as WIRE's w0 = s0 = 10) live in
@@ -45,21 +47,21 @@ def load_image(path: str | os.PathLike, size=None) -> np.ndarray:
 
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise ValueError(f"image file not found: {path}")
+        raise InputError(f"image file not found: {path}")
     try:
         sig = load(path)
     except SignalError as e:
         detail = " ".join(str(e).split())
         if "2-D" in detail:
-            raise ValueError(f"cannot read {path}: expected a 2-D grayscale or RGB image ({detail})") from None
-        raise ValueError(f"cannot read {path} as an image ({detail})") from None
+            raise InputError(f"cannot read {path}: expected a 2-D grayscale or RGB image ({detail})") from None
+        raise InputError(f"cannot read {path} as an image ({detail})") from None
     if sig.kind != "image":
-        raise ValueError(f"{path}: expected a 2-D grayscale or RGB image, got {sig.kind}")
+        raise InputError(f"{path}: expected a 2-D grayscale or RGB image, got {sig.kind}")
     v = sig.values                       # (H, W, C) in [0, 1]
     c = v.shape[2]
     img = v[..., :3].mean(-1) if c >= 3 else v[..., 0]
     if img.max() <= img.min():
-        raise ValueError(f"{path}: image is constant; nothing to reconstruct")
+        raise InputError(f"{path}: image is constant; nothing to reconstruct")
     if size is not None:
         img = np.clip(resize(img, tuple(size), anti_aliasing=True), 0.0, 1.0)
     return np.ascontiguousarray(img, dtype=np.float64)
@@ -145,14 +147,14 @@ class CTImage(torch.nn.Module):
     def __init__(self, model: torch.nn.Module, shape, output: str = "linear", support=None):
         super().__init__()
         if output not in OUTPUTS:
-            raise ValueError(f"--output must be one of {', '.join(OUTPUTS)}, got {output!r}")
+            raise InputError(f"--output must be one of {', '.join(OUTPUTS)}, got {output!r}")
         self.model, self.shape, self.output = model, tuple(shape), output
         p = next(model.parameters())
         grid = pixel_grid(shape, device=p.device, dtype=torch.float32)
         if support is not None:
             support = torch.as_tensor(support, dtype=torch.bool, device=p.device)
             if tuple(support.shape) != self.shape:
-                raise ValueError(f"support mask has shape {tuple(support.shape)}, image {self.shape}")
+                raise InputError(f"support mask has shape {tuple(support.shape)}, image {self.shape}")
             self.register_buffer("index", support.reshape(-1).nonzero().squeeze(1))
             grid = grid[self.index]
         else:
@@ -227,7 +229,7 @@ class LevelSchedule:
         self.warm, self.alpha = float(warm), 0.0
         self.encodings = [m for m in model.modules() if isinstance(m, HashGridEncoding)]
         if not self.encodings:
-            raise ValueError("coarse-to-fine needs a model with a hash-grid encoding (model hash, or "
+            raise InputError("coarse-to-fine needs a model with a hash-grid encoding (model hash, or "
                              "encoding='hash')")
         self.update(0.0)
 

@@ -5,6 +5,7 @@ import math
 
 import torch
 from torch import nn
+from ..errors import InputError
 
 
 class PositionalEncoding(nn.Module):
@@ -15,7 +16,7 @@ class PositionalEncoding(nn.Module):
     def __init__(self, in_features: int, n_freqs: int = 10, include_input: bool = True, device=None, dtype=None):
         super().__init__()
         if n_freqs < 1:
-            raise ValueError(f"n_freqs must be >= 1, got {n_freqs}")
+            raise InputError(f"n_freqs must be >= 1, got {n_freqs}")
         self.in_features, self.n_freqs, self.include_input = in_features, int(n_freqs), bool(include_input)
         freqs = math.pi * 2.0 ** torch.arange(n_freqs, device=device, dtype=dtype or torch.get_default_dtype())
         self.register_buffer("freqs", freqs)

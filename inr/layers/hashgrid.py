@@ -48,6 +48,7 @@ import math
 
 import torch
 from torch import nn
+from ..errors import InputError
 
 PRIMES = (1, 2654435761, 805459861)
 _MASK32 = 0xFFFFFFFF
@@ -87,14 +88,14 @@ class HashGridEncoding(nn.Module):
                  device=None, dtype=None):
         super().__init__()
         if in_features not in (1, 2, 3):
-            raise ValueError(f"HashGridEncoding takes 1, 2 or 3 input coordinates, got {in_features}")
+            raise InputError(f"HashGridEncoding takes 1, 2 or 3 input coordinates, got {in_features}")
         if finest_resolution is None:
             finest_resolution = DEFAULT_FINEST[in_features]
         T = int(table) if table is not None else 1 << int(log2_table)
         if levels < 1 or features < 1 or T < 1:
-            raise ValueError(f"levels, features and table size must be >= 1, got {levels}, {features}, {T}")
+            raise InputError(f"levels, features and table size must be >= 1, got {levels}, {features}, {T}")
         if not 1 <= base_resolution <= finest_resolution:
-            raise ValueError(f"need 1 <= base_resolution <= finest_resolution, got {base_resolution}, "
+            raise InputError(f"need 1 <= base_resolution <= finest_resolution, got {base_resolution}, "
                              f"{finest_resolution}")
         self.in_features, self.levels, self.features, self.table = int(in_features), int(levels), int(features), T
         self.base_resolution, self.finest_resolution = int(base_resolution), int(finest_resolution)
@@ -248,7 +249,7 @@ class HashGridEncoding(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:
-            raise ValueError(f"expected {self.in_features} input coordinates, got shape {tuple(x.shape)}")
+            raise InputError(f"expected {self.in_features} input coordinates, got shape {tuple(x.shape)}")
         lead = x.shape[:-1]
         flat = x.reshape(-1, self.in_features)
         if self.uses_fixed_points(flat):

@@ -26,6 +26,7 @@ from torch import nn
 
 from . import lrnn_cpp
 from .sine import SQRT_FLOOR, get_activation
+from ..errors import InputError
 
 
 def _act_inplace(name: str, u: torch.Tensor) -> torch.Tensor:
@@ -552,14 +553,14 @@ class LRNNLayer(nn.Module):
                  band: str = "component", device=None, dtype=None):
         super().__init__()
         if min(in_features, rank, dbar, width, harmonics) < 1:
-            raise ValueError("in_features, rank, dbar, width and harmonics must all be >= 1")
+            raise InputError("in_features, rank, dbar, width and harmonics must all be >= 1")
         if not (math.isfinite(w0) and w0 > 0):
-            raise ValueError(f"w0 must be a finite positive number, got {w0}")
+            raise InputError(f"w0 must be a finite positive number, got {w0}")
         get_activation(activation)
         for name, val, allowed in (("kernel", kernel, KERNELS), ("precision", precision, PRECISIONS),
                                    ("component", component, COMPONENTS), ("band", band, BANDS)):
             if val not in allowed:
-                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {val!r}")
+                raise InputError(f"{name} must be one of {', '.join(allowed)}, got {val!r}")
         fk = {"device": device, "dtype": dtype}
         self.in_features, self.rank, self.dbar, self.width = in_features, rank, dbar, width
         self.w0, self.activation, self.shared, self.is_first = float(w0), activation, bool(shared), bool(is_first)

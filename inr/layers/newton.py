@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from ..errors import InputError
 
 _PHI = {"relu": nn.ReLU, "none": nn.Identity, "identity": nn.Identity, "tanh": nn.Tanh}
 
 
 def _act(name: str) -> nn.Module:
     if name not in _PHI:
-        raise ValueError(f"activation must be one of {sorted(_PHI)}, got {name!r}")
+        raise InputError(f"activation must be one of {sorted(_PHI)}, got {name!r}")
     return _PHI[name]()
 
 
@@ -49,9 +50,9 @@ class NewtonBlock(nn.Module):
         super().__init__()
         fk = {"device": device, "dtype": dtype}
         if x_proj < 0 or lin_proj < 0:
-            raise ValueError(f"x_proj and lin_proj must be >= 0, got {x_proj}, {lin_proj}")
+            raise InputError(f"x_proj and lin_proj must be >= 0, got {x_proj}, {lin_proj}")
         if norm not in ("bn", "none"):
-            raise ValueError(f"norm must be 'bn' or 'none', got {norm!r}")
+            raise InputError(f"norm must be 'bn' or 'none', got {norm!r}")
 
         def bn(c):
             return nn.BatchNorm2d(c, **fk) if norm == "bn" else nn.Identity()

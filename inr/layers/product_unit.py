@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.utils import _pair
+from ..errors import InputError
 
 
 class ConvPU(nn.Module):
@@ -39,10 +40,10 @@ class ConvPU(nn.Module):
         super().__init__()
         fk = {"device": device, "dtype": dtype}
         if in_channels % groups or out_channels % groups:
-            raise ValueError(f"in_channels ({in_channels}) and out_channels ({out_channels}) "
+            raise InputError(f"in_channels ({in_channels}) and out_channels ({out_channels}) "
                              f"must be divisible by groups ({groups})")
         if not eps > 0:
-            raise ValueError(f"eps must be > 0, got {eps}")
+            raise InputError(f"eps must be > 0, got {eps}")
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride = _pair(kernel_size), _pair(stride)
         self.padding, self.dilation, self.groups = _pair(padding), _pair(dilation), groups

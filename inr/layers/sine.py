@@ -9,6 +9,7 @@ import math
 
 import torch
 from torch import nn
+from ..errors import InputError
 
 SQRT_FLOOR = 1e-4  # keeps d/dz sqrt(|z|) finite at z = 0
 
@@ -34,7 +35,7 @@ def get_activation(name: str):
     try:
         return ACTIVATIONS[name]
     except KeyError:
-        raise ValueError(f"unknown periodic activation {name!r}; expected one of {sorted(ACTIVATIONS)}") from None
+        raise InputError(f"unknown periodic activation {name!r}; expected one of {sorted(ACTIVATIONS)}") from None
 
 
 class SineLayer(nn.Module):
