@@ -324,7 +324,7 @@ TRAIN_RUNTIME = ("checkpoint_path", "resume", "fingerprint", "quiet", "desc", "t
 def _fit_train() -> TrainConfig:
     """The loop settings of a fit: 20,000 steps or 60 s, whichever comes first; lr, Adam betas and eps
     None = the model family's defaults for the signal's kind (:mod:`inr.spec`)."""
-    return TrainConfig(steps=20000, seconds=60.0, lr=None, betas=None, eps=None)
+    return TrainConfig(steps=20000, seconds=60.0, lr=None)
 
 
 @dataclass
@@ -362,6 +362,12 @@ class FitConfig:
                 raise RunError(f"targets must be finite numbers, got {self.targets!r}")
         if self.train.seconds is not None:
             _positive_finite("--seconds", self.train.seconds)
+
+    @classmethod
+    def make(cls, **options) -> "FitConfig":
+        """The default config with ``options`` by name (``FitConfig.make(model="siren", steps=500)``: any
+        field of the config tree, or a hyper-parameter of the model); see :func:`with_overrides`."""
+        return with_overrides(cls(), options)
 
     def resolved(self, kind: str, device: torch.device) -> "FitConfig":
         """This config with every default made explicit for a signal of ``kind`` on ``device``: the

@@ -154,8 +154,8 @@ class TrainConfig:
     optimizer: str = "adam"           # adam | sgd
     weight_decay: float = 0.0
     momentum: float = 0.9
-    betas: tuple = (0.9, 0.999)       # Adam's moment decay rates
-    eps: float = 1e-8                 # Adam's denominator floor
+    betas: tuple | None = None        # Adam's moment decay rates (None: torch's, inr.spec.ADAM_BETAS)
+    eps: float | None = None          # Adam's denominator floor (None: torch's, inr.spec.ADAM_EPS)
     grad_clip: float | None = None
     seed: int = 0
     device: str = "auto"
@@ -275,7 +275,13 @@ def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
     groups = list(params)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    return torch.optim.Adam(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
+    if cfg.lr is None:
+        raise InputError("no learning rate: TrainConfig.lr is None (fit() fills in the model family's default)")
+    from .spec import ADAM_BETAS, ADAM_EPS
+
+    betas = ADAM_BETAS if cfg.betas is None else tuple(cfg.betas)
+    eps = ADAM_EPS if cfg.eps is None else cfg.eps
+    return torch.optim.Adam(groups, lr=cfg.lr, betas=betas, eps=eps, weight_decay=cfg.weight_decay)
 
 
 # L-BFGS tolerances: torch's defaults (1e-7 on the largest gradient entry, 1e-9 on the change of loss or
