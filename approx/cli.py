@@ -140,7 +140,7 @@ def run_pieces(args) -> int:
 
 
 def run_runge(args) -> int:
-    from approx.runge import RungeConfig, run_study
+    from approx.runge import RungeConfig, study
 
     given = set(args._explicit)
     kw = {f.name: getattr(args, f.name) for f in fields(RungeConfig) if hasattr(args, f.name)}
@@ -150,9 +150,7 @@ def run_runge(args) -> int:
     cfg = RungeConfig(**kw)
     from approx.target import parse_target
     parse_target(cfg.target)          # a bad --target fails before the output folder is touched
-    from inr.runs import RunFolder
-    with RunFolder(args.out) as run:  # refuses an existing --out; built under a hidden name, renamed at the end
-        run_study(cfg, run.path)
+    study(cfg, args.out)              # refuses an existing --out; built under a hidden name, renamed at the end
     print(Path(args.out, "table.md").read_text())
     return 0
 

@@ -250,3 +250,14 @@ def run_study(cfg: RungeConfig, out: str | os.PathLike) -> dict:
     }
     report.write_all(out, metrics, runs, refs, data, f)
     return metrics
+
+
+def study(cfg: RungeConfig, out: str | os.PathLike) -> dict:
+    """:func:`run_study` into a new run folder ``out`` (it must not exist; built under a hidden name and
+    renamed when complete, :class:`inr.runs.RunFolder`); returns the summary (also ``out/metrics.json``)."""
+    from inr.runs import RunFolder
+
+    parse_target(cfg.target)          # a bad target fails before the folder is touched
+    with RunFolder(out) as run:
+        summary = run_study(cfg, run.path)
+    return summary
