@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from inr.cliutil import Parser, add_common, add_lbfgs, add_version, apply_threads, number, parse_args, run_main
+from inr.cliutil import Parser, add_common, add_config_options, add_lbfgs, apply_config_file, apply_sets, add_version, apply_threads, number, parse_args, run_main
 from inr.errors import InputError
 from inr.runfiles import write_new
 from inr.runs import check_out as check_out_file
@@ -54,11 +54,13 @@ def _runge_parser(sub) -> argparse.ArgumentParser:
                    ", ".join(f"{k}={v}" for k, v in QUICK.items()) + " (explicit options still win)")
     add_lbfgs(p, full_batch_help="the training points")
     # the networks are tiny: one thread is fastest (extra threads spin: 40x slower measured on a busy 2-core box)
-    add_common(p, device=d.device, seed=d.seed, threads=1, out="results/runge",
+    add_config_options(p, "any option of the command by its name (e.g. --set lr_g=1e-4); repeatable")
+    add_common(p, device=d.device, seed=d.seed, threads=1, out=None,
+               out_help="study folder to create (must not exist; default: runs/runge-<time>)",
                device_help="auto, cpu or cuda (cpu by default: the nets are tiny)", seed_help="first seed",
                threads_help="CPU threads for torch, or 'auto' (inr.train.resolve_threads); the networks are "
                             "tiny, so one thread is fastest and extra threads only wait",
-               out_help="output folder to create, must not exist", quiet_help="no progress bars or per-run lines")
+               quiet_help="no progress bars or per-run lines")
     return p
 
 
@@ -169,8 +171,20 @@ def main(argv=None) -> int:
     if isinstance(args, int):   # --help / --version (0) or a usage error (2), already reported
         return args
     args._explicit = {a.split("=")[0].lstrip("-").replace("-", "_"): True for a in argv if a.startswith("--")}
+    if args.command == "runge":
+        def configured():
+            # --config (a study's config.json: its "config") under the flags given, then --set
+            apply_config_file(args, parser, argv, section="config", skip=("quiet",))
+            apply_sets(args)
+            args._explicit.update({k: True for k, _ in args.set})
+            if args.out is None:
+                import time
+                args.out = f"runs/runge-{time.strftime('%Y%m%d-%H%M%S')}"
+            return run_runge(args)
+    else:
+        configured = None
     threads = apply_threads(getattr(args, "threads", 1))   # pieces: one thread too
     try:  # user-caused errors: one line, exit 2 (inr.cliutil.run_main)
-        return run_main("python -m approx", lambda: run_runge(args) if args.command == "runge" else run_pieces(args))
+        return run_main("python -m approx", configured if configured is not None else lambda: run_pieces(args))
     finally:
         torch.set_num_threads(threads)  # main() may be called in-process (tests, notebooks)

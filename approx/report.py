@@ -72,6 +72,8 @@ def table_md(metrics: dict) -> str:
 
 
 def write_all(out: Path, metrics: dict, runs: list, refs: dict, data: dict, f) -> None:
+    write_json({"config": metrics["config"], "target": metrics.get("target"), "device": metrics.get("device"),
+                "versions": metrics.get("versions")}, out / "config.json")   # --config reads "config" back
     write_json(metrics, out / "metrics.json")   # non-finite numbers become null: never a bare NaN token
     _atomic_text(out / "table.md", table_md(metrics))
     plot_fits(out / "fits.png", runs, refs, data, f)

@@ -6,7 +6,7 @@ import ast
 import json
 import sys
 
-from inr.cliutil import Parser, add_common, add_version, parse_args
+from inr.cliutil import Parser, add_common, add_config_options, add_version, apply_config_file, apply_sets, parse_args
 
 
 def _model_arg(s: str):
@@ -52,7 +52,8 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--data", default="digits",
                    help="digits | digits:1 | cifar10:DIR | galaxy10:FILE.h5 | folder:DIR (default digits)")
     t.add_argument("--epochs", type=int, default=10)
-    t.add_argument("--batch-size", type=int, default=None, help="global batch size (default: the paper's)")
+    t.add_argument("--batch", "--batch-size", dest="batch_size", type=int, default=None,
+                   help="global batch size (default: the paper's)")
     t.add_argument("--lr", type=float, default=None)
     t.add_argument("--momentum", type=float, default=None)
     t.add_argument("--weight-decay", type=float, default=None)
@@ -79,7 +80,10 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--target", type=_floats, default=(), help="test accuracies to time, e.g. 0.8,0.9")
     t.add_argument("--noise-peak", type=float, default=None, help="also report Poisson-noise accuracy at the end")
     t.add_argument("--eval-batch-size", type=int, default=256)
-    add_common(t, out="runs/classify", out_help="run folder to create; must not exist, except with --resume",
+    add_config_options(t, "any option of the command (e.g. --set epochs=20) or a model keyword like --model-arg "
+                          "(e.g. --set width=32); repeatable")
+    add_common(t, out=None, out_help="run folder to create; must not exist, except with --resume (default: "
+                                     "runs/<model>-<data>-<time>)",
                threads_help="CPU threads per process; 'auto' = every core, or only the cores left free when "
                             "other processes are running right now (inr.train.resolve_threads)",
                quiet_help="no progress output")
@@ -101,20 +105,39 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = parse_args(parser(), argv)
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    p = parser()
+    args = parse_args(p, argv)
     if isinstance(args, int):   # --help / --version (0) or a usage error (2), already reported
         return args
     from inr.cliutil import run_main
 
     from .train import TrainError
-    return run_main("python -m classify", lambda: _run(args), extra=(TrainError,))
+
+    def command():
+        if args.cmd == "train":
+            # --config: the file's values (a run's config.json: its "args") under the flags given
+            apply_config_file(args, p, argv, section="args", skip=("out", "resume", "threads"),
+                              rename={"model_args": "model_arg", "targets": "target"})
+            extra = dict(args.model_arg)
+            apply_sets(args, extra)
+            args.model_arg = list(extra.items())
+            if args.out is None:
+                import time
+
+                data = args.data.split(":")[0]
+                args.out = f"runs/{args.model}-{data}-{time.strftime('%Y%m%d-%H%M%S')}"
+        return _run(args)
+    return run_main("python -m classify", command, extra=(TrainError,))
 
 
 def _run(args) -> int:
     from .train import TrainArgs, evaluate_run, train
     if args.cmd == "train":
         kw = vars(args).copy()
-        for k in ("cmd", "model_arg", "target"):
+        for k in ("cmd", "model_arg", "target", "config", "set"):
             kw.pop(k)
         res = train(TrainArgs(**kw, targets=args.target, model_args=dict(args.model_arg)))
         if not args.quiet and "final_test_acc" in res:

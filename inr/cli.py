@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .cliutil import (EXIT_USAGE, Parser, add_common, add_lbfgs, add_version, apply_threads, lbfgs_options, number,
                       parse_args, positive_float, run_main)
-from .cliutil import LBFGS_OPTIONS
+from .cliutil import LBFGS_OPTIONS, key_value
 from .config import from_dict, merge, read_file
 from .fitting import FitConfig, RunError, as_signal, default_out, evaluate_run, fit, with_overrides
 from .models import names, spec
@@ -81,28 +81,6 @@ def _floats(name):
             raise argparse.ArgumentTypeError(f"{name} takes finite numbers, got {s!r}")
         return v
     return parse
-
-
-def _value(s: str):
-    """A --set value: int, float, true/false/none, else the string."""
-    low = s.lower()
-    if low in ("true", "false"):
-        return low == "true"
-    if low == "none":
-        return None
-    for cast in (int, float):
-        try:
-            return cast(s)
-        except ValueError:
-            pass
-    return s
-
-
-def _key_value(s):
-    if "=" not in s:
-        raise argparse.ArgumentTypeError(f"--set takes key=value, got {s!r}")
-    k, v = s.split("=", 1)
-    return k.strip().replace("-", "_"), _value(v.strip())
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -181,7 +159,7 @@ def make_parser() -> argparse.ArgumentParser:
     for name, (typ, text) in _hyper_help("image").items():
         g.add_argument("--" + name.replace("_", "-"), dest="hp_" + name, type=_bool if typ is bool else typ,
                        metavar=typ.__name__.upper(), help=text)
-    g.add_argument("--set", dest="extra", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
+    g.add_argument("--set", dest="extra", type=key_value, action="append", default=[], metavar="KEY=VALUE",
                    help="any other option: a config field (e.g. --set train.grad_clip=1) or a model keyword "
                         "(e.g. --set form=real); repeatable")
 

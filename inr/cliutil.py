@@ -271,7 +271,7 @@ def given_dests(parser: argparse.ArgumentParser, argv) -> set:
 
 
 def apply_config_file(args: argparse.Namespace, parser: argparse.ArgumentParser, argv, *,
-                      section: str | None = None, skip: tuple = ()) -> argparse.Namespace:
+                      section: str | None = None, skip: tuple = (), rename: dict | None = None) -> argparse.Namespace:
     """``--config FILE`` for a command line whose option names are its config's field names: every value
     of the file (JSON or TOML; a run's config.json, whose ``section`` table is used when present) replaces
     the option's default unless that option was given on the command line.  Unknown keys are an error."""
@@ -287,10 +287,68 @@ def apply_config_file(args: argparse.Namespace, parser: argparse.ArgumentParser,
     given = given_dests(parser, argv)
     known = set(vars(args))
     for k, v in data.items():
-        if k in skip:
+        k = (rename or {}).get(k, k)
+        if k in skip or k in ("config", "set"):
             continue
         if k not in known:
             raise InputError(f"--config {path}: unknown option {k!r}")
-        if k not in given:
-            setattr(args, k, tuple(v) if isinstance(v, list) and isinstance(getattr(args, k), tuple) else v)
+        if k in given:
+            continue
+        cur = getattr(args, k)
+        if isinstance(v, list) and isinstance(cur, tuple):
+            v = tuple(v)
+        elif isinstance(v, list) and isinstance(cur, str):
+            v = ",".join(str(x) for x in v)       # a list option the command line writes comma-separated
+        elif isinstance(v, dict) and isinstance(cur, list):
+            v = list(v.items())                   # KEY=VALUE pairs
+        setattr(args, k, v)
+    return args
+
+
+def set_value(s: str):
+    """A ``--set`` value: int, float, true/false, none, else the string."""
+    low = s.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low == "none":
+        return None
+    for cast in (int, float):
+        try:
+            return cast(s)
+        except ValueError:
+            pass
+    return s
+
+
+def key_value(s):
+    """An argparse ``type`` for ``--set KEY=VALUE`` -> ``(key, value)`` (dashes in the key read as _)."""
+    if "=" not in s:
+        raise argparse.ArgumentTypeError(f"--set takes key=value, got {s!r}")
+    k, v = s.split("=", 1)
+    return k.strip().replace("-", "_"), set_value(v.strip())
+
+
+def add_config_options(p: argparse.ArgumentParser, set_help: str) -> None:
+    """``--config FILE`` and ``--set KEY=VALUE`` (repeatable), named and parsed the same in every tool."""
+    p.add_argument("--config", metavar="FILE",
+                   help="options from a JSON or TOML file (a run's config.json reproduces that run); flags given "
+                        "on the command line override it")
+    p.add_argument("--set", dest="set", type=key_value, action="append", default=[], metavar="KEY=VALUE",
+                   help=set_help)
+
+
+def apply_sets(args: argparse.Namespace, extra: dict | None = None) -> argparse.Namespace:
+    """``--set KEY=VALUE``: a key that names an option of ``args`` sets it; any other goes to ``extra``
+    (e.g. a model's hyper-parameters), or is an error when ``extra`` is None."""
+    from inr.errors import InputError
+
+    skip = {"set", "config"}
+    for k, v in getattr(args, "set", None) or []:
+        if k in vars(args) and k not in skip:
+            setattr(args, k, v)
+        elif extra is not None:
+            extra[k] = v
+        else:
+            raise InputError(f"--set {k}: no such option (the options are: "
+                             f"{', '.join(sorted(x for x in vars(args) if x not in skip))})")
     return args

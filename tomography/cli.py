@@ -19,7 +19,7 @@ import shlex
 
 import numpy as np
 
-from inr.cliutil import (Parser, add_common, add_lbfgs, add_version, apply_threads, lbfgs_options, number,
+from inr.cliutil import (Parser, add_common, add_config_options, add_lbfgs, apply_config_file, apply_sets, add_version, apply_threads, lbfgs_options, number,
                           parse_args, run_main)
 from inr.errors import InputError
 from inr.runfiles import versions
@@ -137,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="weight of a smoothed total-variation term on the INR image added to its sinogram loss "
                         "(tomography.recon.tv_penalty; default: per model, from its spec: "
                         + ", ".join(f"{n} {spec(n).task('ct').tv:g}" for n in names("ct")) + ")")
-    r.add_argument("--view-batch", type=_number(int, "--view-batch", 0, allow_none=True), default=None,
+    r.add_argument("--batch", "--view-batch", dest="view_batch", type=_number(int, "--view-batch", 0, allow_none=True), default=None,
                    help="project only this many random views per INR step (unbiased stochastic sinogram loss; "
                         "default: all views)")
     r.add_argument("--coarse-to-fine", type=_number(float, "--coarse-to-fine", None), default=0.0, metavar="FRAC",
@@ -155,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--tv-iterations", type=_number(int, "--tv-iterations", 0), default=300,
                    help="Chambolle-Pock iterations (default 300)")
     add_lbfgs(r, full_batch_help="the full sinogram (every view)")
+    r.set_defaults(hyper={})   # model hyper-parameters: --set KEY=VALUE of the family's spec, or --config
+    add_config_options(r, "any option of the command by its name (e.g. --set tv_weight=1e-3), or a model "
+                          "hyper-parameter of the family's spec (e.g. --set levels=12); repeatable")
     add_common(r, seed_help="seeds noise, initialisation and everything else",
                out_help="run folder to create, must not exist (default runs/ct-<image>-<model>-<views>v)")
     r.add_argument("--checkpoint-every", type=number(int, "--checkpoint-every", 0), default=0, metavar="N",
@@ -209,7 +212,7 @@ def ct_config(args, box) -> CTConfig:
                     sart_iterations=args.sart_iterations, tv_weight=args.tv_weight, tv_iterations=args.tv_iterations,
                     box=tuple(args.box) if args.box else box, seed=args.seed, device=args.device, quiet=args.quiet,
                     checkpoint_every=args.checkpoint_every, resume=args.resume, lbfgs=lbfgs_options(args),
-                    max_memory_gb=args.max_memory)
+                    max_memory_gb=args.max_memory, hyper=dict(getattr(args, "hyper", {}) or {}))
 
 
 def _image_name(args) -> str:
@@ -333,7 +336,10 @@ def recon(args) -> dict:
                   "sart_iterations": args.sart_iterations, "tv_weight": args.tv_weight,
                   "tv_iterations": args.tv_iterations, "box": list(cfg.box), "seed": args.seed, "device": str(device),
                   "threads": torch.get_num_threads(), "versions": versions("scipy", "scikit-image")}
-        run.write_json("config.json", config)
+        options = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()
+                   if k not in ("config", "set", "command") and isinstance(v, (str, int, float, bool, list, tuple,
+                                                                                dict, type(None)))}
+        run.write_json("config.json", {**config, "options": options})
         result.write(run)   # metrics.json last: marks a complete run
     return {"out": os.path.abspath(out), "metrics": result.metrics}
 
@@ -391,12 +397,20 @@ def _format_rows(metrics: dict) -> str:
 
 
 def main(argv=None) -> int:
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parse_args(parser, argv)
     if isinstance(args, int):   # --help / --version (0) or a usage error (2), already reported
         return args
 
     def command() -> int:
+        if args.command == "recon":
+            # --config (a run's config.json: its "options") under the flags given; --set: options or hyper
+            apply_config_file(args, parser, argv, section="options", skip=("out", "resume", "threads"))
+            args.hyper = dict(getattr(args, "hyper", None) or {})
+            apply_sets(args, args.hyper)
         if args.command == "simulate":
             res = simulate(args)
             print(f"scan written to {res['out']}\nreconstruct it with:\n  {res['command']}")

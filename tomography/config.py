@@ -174,6 +174,7 @@ class CTConfig:
     resume: bool = False
     lbfgs: dict = field(default_factory=dict)
     max_memory_gb: float | None = None
+    hyper: dict = field(default_factory=dict)   # the model's hyper-parameters over its spec's CT defaults
 
     def __post_init__(self):
         from inr.models import MODELS
@@ -184,6 +185,9 @@ class CTConfig:
         if self.model not in MODELS:
             raise InputError(f"--model must be one of {', '.join(MODELS)}, got {self.model!r}")
         _int("--params", self.params, 1, MAX_PARAMS, none=True)
+        from inr.models import spec
+
+        self.hyper = spec(self.model).check(dict(self.hyper or {}))
         _int("--steps", self.steps, 0, MAX_STEPS)
         _num("--seconds", self.seconds, 0, 1e9, low_open=True, none=True)
         _num("--lr", self.lr, 0, 1e3, low_open=True, none=True)

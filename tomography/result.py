@@ -184,7 +184,7 @@ def reconstruct(scan: Scan, config: CTConfig | None = None, *, checkpoint_path=N
     inr_tv = default_tv(config.model) if config.inr_tv is None else config.inr_tv
     image, fit, img = reconstruct_inr(scan, config.model, config.params, config.steps, config.seconds, config.lr,
                                       config.output, config.seed, device, config.quiet, config.log_every,
-                                      mask_outside=config.mask_outside,
+                                      hyper=config.hyper, mask_outside=config.mask_outside,
                                       checkpoint_path=None if checkpoint_path is None else str(checkpoint_path),
                                       checkpoint_every=config.checkpoint_every, resume=config.resume,
                                       tv=inr_tv, view_batch=config.view_batch,
