@@ -19,7 +19,7 @@ from inr import models
 from inr.metrics import psnr_from_mse
 from inr.train import FitResult, TrainConfig, fit, resolve_device, seed_everything
 
-from .config import CTConfig
+from .config import OUTPUTS, CTConfig
 from .noise import add_noise, default_mu
 from inr.errors import InputError
 
@@ -35,7 +35,6 @@ def default_tv(model: str) -> float:
 
 
 DEFAULT_MODEL = "hash"
-OUTPUTS = ("linear", "sigmoid")
 
 
 def load_image(path: str | os.PathLike, size=None) -> np.ndarray:
