@@ -40,6 +40,7 @@ from inr.runs import RunError, RunFolder  # noqa: E402
 from tomography.cli import comparison_figure, run_baselines  # noqa: E402
 from tomography.radon import Projector, rotate_sum_radon, uniform_angles  # noqa: E402
 from tomography.phantoms import thorax  # noqa: E402
+from tomography.config import CTConfig  # noqa: E402
 from tomography.recon import (default_tv, inr_problem, phantom, reconstruct_inr, simulate,  # noqa: E402
                               tv_penalty, view_subset_loss)
 
@@ -289,9 +290,10 @@ def main(argv=None) -> int:
                 for model in models:
                     load0 = os.getloadavg()[0]
                     tv = default_tv(model) if a.inr_tv is None else a.inr_tv
-                    img, res, net = reconstruct_inr(scan, model, a.params, a.steps, a.seconds, None, "linear",
-                                                    a.seed, a.device, a.quiet, tv=tv, view_batch=a.view_batch,
-                                                    coarse_to_fine=a.coarse_to_fine if _has_hash(net_name=model) else 0.0)
+                    c2f = a.coarse_to_fine if _has_hash(net_name=model) else 0.0
+                    img, res, net = reconstruct_inr(scan, CTConfig(
+                        model=model, params=a.params, steps=a.steps, seconds=a.seconds, seed=a.seed, device=a.device,
+                        quiet=a.quiet, inr_tv=tv, view_batch=a.view_batch, coarse_to_fine=c2f))
                     recons[model] = img
                     metrics[model] = {"psnr": psnr(img, truth), "ssim": ssim(img, truth)}
                     oracle = max(h.get("oracle_best_psnr", -np.inf) for h in res.history)

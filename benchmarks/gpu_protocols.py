@@ -156,6 +156,7 @@ def section_audio(a, device, budget: Budget) -> list[dict]:
 
 def section_ct(a, device, budget: Budget) -> list[dict]:
     from tomography.phantoms import thorax
+    from tomography.config import CTConfig
     from tomography.recon import reconstruct_inr, simulate
 
     truth = thorax((a.ct_size, a.ct_size))
@@ -166,8 +167,8 @@ def section_ct(a, device, budget: Budget) -> list[dict]:
         if share < 1.0:
             rows.append({"section": "ct", "item": model, "skipped": "budget"})
             continue
-        image, res, net = reconstruct_inr(scan, model, params=a.ct_params, steps=a.ct_steps, seconds=share,
-                                          device=device, quiet=True)
+        image, res, net = reconstruct_inr(scan, CTConfig(model=model, params=a.ct_params, steps=a.ct_steps,
+                                                         seconds=share, device=str(device), quiet=True))
         p, s = psnr(image, scan.truth), ssim(np.clip(image, 0, 1), scan.truth)
         rows.append({"section": "ct", "item": model, "metric": "PSNR dB / SSIM", "value": p, "ssim": s,
                      "steps": res.steps, "seconds": res.seconds, "s_per_step": res.seconds / max(res.steps, 1),

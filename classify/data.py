@@ -411,20 +411,34 @@ def poisson_noise(x: torch.Tensor, idx: torch.Tensor, peak: float, seed: int = 0
     return out.to(x.device)
 
 
-def prepare(x: torch.Tensor, mean, std, *, size=None, augment: Augment | None = None, idx=None,
-            noise_peak: float | None = None, noise_seed: int = 0, channels_last: bool = False) -> torch.Tensor:
-    """uint8 batch -> float, optional resize (``size``), Poisson noise, augmentation, normalisation."""
+@dataclass(frozen=True)
+class Preprocess:
+    """What :func:`prepare` does to every batch apart from augmentation: normalisation by the per-channel
+    ``mean`` / ``std``, an optional resize to ``size`` (H, W), optional Poisson noise of peak
+    ``noise_peak`` (:func:`poisson_noise`, seeded by ``noise_seed`` and each sample's index) and the
+    memory layout (``channels_last``)."""
+    mean: tuple
+    std: tuple
+    size: tuple | None = None
+    channels_last: bool = False
+    noise_peak: float | None = None
+    noise_seed: int = 0
+
+
+def prepare(x: torch.Tensor, pre: Preprocess, *, augment: Augment | None = None, idx=None) -> torch.Tensor:
+    """uint8 batch -> float, optional resize, Poisson noise, augmentation, normalisation (``pre``);
+    ``idx``: the samples' dataset indices (noise and augmentation draw per index)."""
     x = x.float().div_(255)
-    if size is not None and tuple(x.shape[-2:]) != tuple(size):
-        x = F.interpolate(x, size=tuple(size), mode="bilinear", antialias=True, align_corners=False)
-    if noise_peak:
-        x = poisson_noise(x, idx, noise_peak, noise_seed)
+    if pre.size is not None and tuple(x.shape[-2:]) != tuple(pre.size):
+        x = F.interpolate(x, size=tuple(pre.size), mode="bilinear", antialias=True, align_corners=False)
+    if pre.noise_peak:
+        x = poisson_noise(x, idx, pre.noise_peak, pre.noise_seed)
     if augment is not None:
         x = augment(x, idx)
-    m = torch.as_tensor(mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
-    s = torch.as_tensor(std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+    m = torch.as_tensor(pre.mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+    s = torch.as_tensor(pre.std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
     x = (x - m) / s
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+    return x.contiguous(memory_format=torch.channels_last) if pre.channels_last else x
 
 
 def batches(ds: Dataset, indices, batch_size: int, *, device, workers: int = 0, drop_last: bool = False):

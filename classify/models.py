@@ -159,45 +159,76 @@ def _check_blocks(blocks, stages: int):
     return blocks
 
 
-def resnet_cifar(num_classes, in_channels, n, kind="resnet", base_width=16, shortcut=None, norm="bn",
-                 rezero=False, activation="relu", pu_init_a=None):
-    """He et al.'s CIFAR ResNet-(6n+2): 3x3 stem, three stages of ``n`` blocks, widths w, 2w, 4w."""
+def _options(ctor, options: dict) -> dict:
+    """``ctor``'s keyword defaults (``ctor.defaults``) under ``options``; TypeError naming an unknown one."""
+    unknown = sorted(set(options) - set(ctor.defaults))
+    if unknown:
+        raise TypeError(f"{ctor.__name__}() got an unexpected keyword argument {unknown[0]!r}")
+    return {**ctor.defaults, **options}
+
+
+def resnet_cifar(num_classes, in_channels, n, **options):
+    """He et al.'s CIFAR ResNet-(6n+2): 3x3 stem, three stages of ``n`` blocks, widths w, 2w, 4w.
+    ``options`` (defaults in ``resnet_cifar.defaults``): ``kind`` (resnet, qresnet or pure),
+    ``base_width`` w, ``shortcut`` (A or B; default A, B for PURe), ``norm``, ``rezero``, ``activation``,
+    ``pu_init_a``."""
+    o = _options(resnet_cifar, options)
+    kind, base_width, norm = o["kind"], o["base_width"], o["norm"]
     widths = [base_width, 2 * base_width, 4 * base_width]
     if kind == "pure":
-        sc = shortcut or "B"
-        block = lambda i, o, s: PUReBlock(i, o, s, sc, norm, pu_init_a)  # noqa: E731
+        sc = o["shortcut"] or "B"
+        block = lambda i, o_, s: PUReBlock(i, o_, s, sc, norm, o["pu_init_a"])  # noqa: E731
     else:
-        sc = shortcut or "A"
+        sc = o["shortcut"] or "A"
         q = kind == "qresnet"
-        block = lambda i, o, s: BasicBlock(i, o, s, sc, norm, q, rezero, activation)  # noqa: E731
-    stem = _stem("cifar", in_channels, base_width, norm, relu=(kind != "pure" and activation == "relu"))
+        block = lambda i, o_, s: BasicBlock(i, o_, s, sc, norm, q, o["rezero"], o["activation"])  # noqa: E731
+    stem = _stem("cifar", in_channels, base_width, norm, relu=(kind != "pure" and o["activation"] == "relu"))
     stages, c = _stages(block, [n] * 3, widths, base_width)
     return Classifier(stem, stages, c, num_classes)
 
 
-def resnet_imagenet(num_classes, in_channels, blocks, kind="resnet", base_width=64, stem="imagenet", norm="bn",
-                    shortcut="B", pu_init_a=None):
-    """ResNet18/34-style network (basic blocks, four stages w..8w); ``kind="pure"`` gives PURe18/34."""
+resnet_cifar.defaults = {"kind": "resnet", "base_width": 16, "shortcut": None, "norm": "bn", "rezero": False,
+                         "activation": "relu", "pu_init_a": None}
+
+
+def resnet_imagenet(num_classes, in_channels, blocks, **options):
+    """ResNet18/34-style network (basic blocks, four stages w..8w); ``kind="pure"`` gives PURe18/34.
+    ``options`` (defaults in ``resnet_imagenet.defaults``): ``kind``, ``base_width`` w, ``stem`` (imagenet or
+    cifar), ``norm``, ``shortcut``, ``pu_init_a``."""
+    o = _options(resnet_imagenet, options)
+    kind, base_width, norm, shortcut = o["kind"], o["base_width"], o["norm"], o["shortcut"]
     blocks = _check_blocks(blocks, 4)
     widths = [base_width * 2 ** i for i in range(4)]
     if kind == "pure":
-        block = lambda i, o, s: PUReBlock(i, o, s, shortcut, norm, pu_init_a)  # noqa: E731
+        block = lambda i, o_, s: PUReBlock(i, o_, s, shortcut, norm, o["pu_init_a"])  # noqa: E731
     else:
-        block = lambda i, o, s: BasicBlock(i, o, s, shortcut, norm)  # noqa: E731
-    st = _stem(stem, in_channels, base_width, norm, relu=(kind != "pure"))
+        block = lambda i, o_, s: BasicBlock(i, o_, s, shortcut, norm)  # noqa: E731
+    st = _stem(o["stem"], in_channels, base_width, norm, relu=(kind != "pure"))
     stages, c = _stages(block, blocks, widths, base_width)
     return Classifier(st, stages, c, num_classes)
 
 
-def newton_resnet(num_classes, in_channels, blocks=(2, 2, 1, 1), base_width=64, stem="cifar", norm="bn",
-                  x_proj=1, lin_proj=1, activation="relu", phi2="none", alpha_init=0.0):
-    """Newton-ResNet: ResNet18-style stages of :class:`NewtonBlock` (default blocks [2, 2, 1, 1], CIFAR stem)."""
-    blocks = _check_blocks(blocks, 4)
+resnet_imagenet.defaults = {"kind": "resnet", "base_width": 64, "stem": "imagenet", "norm": "bn", "shortcut": "B",
+                            "pu_init_a": None}
+
+
+def newton_resnet(num_classes, in_channels, **options):
+    """Newton-ResNet: ResNet18-style stages of :class:`NewtonBlock` (default blocks [2, 2, 1, 1], CIFAR stem).
+    ``options`` (defaults in ``newton_resnet.defaults``): ``blocks``, ``base_width``, ``stem``, ``norm`` and
+    the NewtonBlock options ``x_proj``, ``lin_proj``, ``activation``, ``phi2``, ``alpha_init``."""
+    o = _options(newton_resnet, options)
+    base_width, norm = o["base_width"], o["norm"]
+    blocks = _check_blocks(o["blocks"], 4)
     widths = [base_width * 2 ** i for i in range(4)]
-    block = lambda i, o, s: NewtonBlock(i, o, s, x_proj, lin_proj, activation, phi2, alpha_init, norm)  # noqa: E731
-    st = _stem(stem, in_channels, base_width, norm, relu=(activation == "relu"))
+    block = lambda i, o_, s: NewtonBlock(i, o_, s, o["x_proj"], o["lin_proj"], o["activation"], o["phi2"],  # noqa: E731
+                                         o["alpha_init"], norm)
+    st = _stem(o["stem"], in_channels, base_width, norm, relu=(o["activation"] == "relu"))
     stages, c = _stages(block, blocks, widths, base_width)
     return Classifier(st, stages, c, num_classes)
+
+
+newton_resnet.defaults = {"blocks": (2, 2, 1, 1), "base_width": 64, "stem": "cifar", "norm": "bn", "x_proj": 1,
+                          "lin_proj": 1, "activation": "relu", "phi2": "none", "alpha_init": 0.0}
 
 
 # name -> (constructor, fixed arguments, training-default family)
@@ -287,8 +318,7 @@ def build(name: str, num_classes: int = 10, in_channels: int = 3, *, device=None
                              f"{MAX_PARAMS:,} ({4 * n / 2**30:.1f} GiB of float32 weights)")
         model = ctor(num_classes, in_channels, **fixed, **hyper)
     except TypeError as e:  # an unknown hyper-parameter: say which ones exist
-        import inspect
-        allowed = [p for p in inspect.signature(ctor).parameters if p not in fixed][2:]
+        allowed = [p for p in ctor.defaults if p not in fixed]
         raise InputError(f"{name}: bad model argument ({e}); allowed: {', '.join(allowed)}") from None
     _init(model)
     model.config = {"name": name, "num_classes": num_classes, "in_channels": in_channels, **hyper}

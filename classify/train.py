@@ -20,7 +20,7 @@ import os
 import platform
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import torch
@@ -196,16 +196,15 @@ def _autocast(device: torch.device, amp: str):
 
 # ----------------------------------------------------------------------------- evaluation
 @torch.no_grad()
-def evaluate(model, ds, mean, std, device, d: Dist, *, size=None, batch_size=256, amp="off",
-             channels_last=False, noise_peak=None, noise_seed=0, workers=0) -> dict:
-    """Accuracy and mean loss on ``ds`` (sharded over ranks, summed exactly: no padding)."""
+def evaluate(model, ds, pre: D.Preprocess, device, d: Dist, *, batch_size=256, amp="off", workers=0) -> dict:
+    """Accuracy and mean loss on ``ds`` (sharded over ranks, summed exactly: no padding), its batches
+    prepared by ``pre`` (normalisation, size, layout and, for a noisy evaluation, the Poisson noise)."""
     model.eval()
     shard = torch.arange(len(ds))[d.rank::d.world]
     tot = torch.zeros(3, dtype=torch.float64, device=device)   # loss sum, correct, count
     ac, _ = _autocast(device, amp)
     for xb, yb, idx in D.batches(ds, shard, batch_size, device=device, workers=workers):
-        x = D.prepare(xb, mean, std, size=size, idx=idx, noise_peak=noise_peak, noise_seed=noise_seed,
-                      channels_last=channels_last)
+        x = D.prepare(xb, pre, idx=idx)
         with ac:
             logits = model(x)
         tot[0] += F.cross_entropy(logits.float(), yb, reduction="sum").double()
@@ -266,6 +265,7 @@ def train(a: TrainArgs) -> dict:
     channels_last = a.channels_last == "on" or (a.channels_last == "auto" and device.type == "cuda")
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
+    pre = D.Preprocess(mean, std, size, channels_last)
     if a.sync_bn and device.type != "cuda":
         raise InputError("--sync-bn needs CUDA devices (SyncBatchNorm has no CPU implementation)")
     if a.sync_bn and d.world > 1:
@@ -336,7 +336,7 @@ def train(a: TrainArgs) -> dict:
                 f = lr_factor(epoch + step / steps_per_epoch, a, a.milestones)
                 for g in opt.param_groups:
                     g["lr"] = g["base_lr"] * f
-                x = D.prepare(xb, mean, std, size=size, augment=augment, idx=idx, channels_last=channels_last)
+                x = D.prepare(xb, pre, augment=augment, idx=idx)
                 with ac:
                     logits = net(x)
                 loss = F.cross_entropy(logits.float(), yb)
@@ -368,8 +368,8 @@ def train(a: TrainArgs) -> dict:
                     f"loss blow-up: {train_loss:.3g} > {BLOWUP_FACTOR:g} x {reference:.3g}")
                 raise TrainError(f"training diverged in epoch {epoch + 1} ({what}); "
                                  f"lower --lr (now {a.lr:g}) or set --grad-clip")
-            ev = evaluate(model, bundle.test, mean, std, device, d, size=size, batch_size=a.eval_batch_size,
-                          amp=a.amp, channels_last=channels_last, workers=a.workers)
+            ev = evaluate(model, bundle.test, pre, device, d, batch_size=a.eval_batch_size, amp=a.amp,
+                          workers=a.workers)
             for t in a.targets:
                 if ev["acc"] >= t and str(t) not in reached:
                     reached[str(t)] = train_seconds
@@ -388,10 +388,10 @@ def train(a: TrainArgs) -> dict:
 
         summary = _summary(history, reached, a, n_params, device)
         if a.noise_peak:
-            cl = evaluate(model, bundle.test, mean, std, device, d, size=size, batch_size=a.eval_batch_size, amp=a.amp,
-                          channels_last=channels_last, workers=a.workers)
-            nz = evaluate(model, bundle.test, mean, std, device, d, size=size, batch_size=a.eval_batch_size, amp=a.amp,
-                          channels_last=channels_last, noise_peak=a.noise_peak, noise_seed=a.split_seed, workers=a.workers)
+            kw = dict(batch_size=a.eval_batch_size, amp=a.amp, workers=a.workers)
+            cl = evaluate(model, bundle.test, pre, device, d, **kw)
+            nz = evaluate(model, bundle.test, replace(pre, noise_peak=a.noise_peak, noise_seed=a.split_seed), device,
+                          d, **kw)
             summary["noise"] = {"peak": a.noise_peak, "acc_clean": cl["acc"], "acc_noisy": nz["acc"],
                                 "delta_noise_percent": delta_noise(cl["acc"], nz["acc"])}
         if d.main:
@@ -467,9 +467,10 @@ def evaluate_run(run_dir: str, *, noise_peak: float = 10.0, device: str = "auto"
     mean, std = cfg["normalization"]["mean"], cfg["normalization"]["std"]
     size = (args.image_size, args.image_size) if args.image_size else None
     seed = args.split_seed if noise_seed is None else noise_seed
-    kw = dict(size=size, batch_size=batch_size, amp=args.amp, workers=workers)
-    cl = evaluate(model, bundle.test, mean, std, dev, d, **kw)
-    nz = evaluate(model, bundle.test, mean, std, dev, d, noise_peak=noise_peak, noise_seed=seed, **kw)
+    pre = D.Preprocess(mean, std, size)
+    kw = dict(batch_size=batch_size, amp=args.amp, workers=workers)
+    cl = evaluate(model, bundle.test, pre, dev, d, **kw)
+    nz = evaluate(model, bundle.test, replace(pre, noise_peak=noise_peak, noise_seed=seed), dev, d, **kw)
     out = {"run": run_dir, "data": args.data, "n_test": cl["n"], "acc_clean": cl["acc"], "acc_noisy": nz["acc"],
            "loss_clean": cl["loss"], "loss_noisy": nz["loss"], "noise_peak": noise_peak, "noise_seed": seed,
            "delta_noise_percent": delta_noise(cl["acc"], nz["acc"])}

@@ -132,24 +132,33 @@ def add_version(p: argparse.ArgumentParser) -> None:
                    help="print the version and exit")
 
 
-def add_common(p: argparse.ArgumentParser, *, device: str | None = "auto", seed: int | None = 0,
-               threads: str | int | None = "auto", out: str | None = None, out_help: str | None = None,
-               quiet_help: str = "no progress bar", device_help: str = "auto, cpu or cuda",
-               seed_help: str = "seeds python, numpy and torch", threads_help: str = THREADS_HELP,
-               skip: tuple = ()) -> None:
+# add_common's keywords and their defaults: the option defaults, then the help texts
+COMMON_DEFAULTS = {"device": "auto", "seed": 0, "threads": "auto", "out": None,
+                   "device_help": "auto, cpu or cuda", "seed_help": "seeds python, numpy and torch",
+                   "threads_help": THREADS_HELP, "out_help": "run folder to create (must not exist)",
+                   "quiet_help": "no progress bar"}
+
+
+def add_common(p: argparse.ArgumentParser, *, skip: tuple = (), **options) -> None:
     """Add the shared options to a command's parser: ``--device`` (auto/cpu/cuda), ``--seed`` (int),
-    ``--threads`` (auto or N; see :func:`apply_threads`), ``--out`` and ``--quiet``, in that order, with
-    the given defaults and help texts.  ``skip``: names of options this command does not take."""
+    ``--threads`` (auto or N; see :func:`apply_threads`), ``--out`` and ``--quiet``, in that order.
+    ``options``: the defaults (``device``, ``seed``, ``threads``, ``out``) and help texts (``device_help``,
+    ``seed_help``, ``threads_help``, ``out_help``, ``quiet_help``) that differ from :data:`COMMON_DEFAULTS`.
+    ``skip``: names of options this command does not take."""
+    unknown = set(options) - set(COMMON_DEFAULTS)
+    if unknown:
+        raise TypeError(f"add_common() got unexpected keyword arguments: {', '.join(sorted(unknown))}")
+    o = {**COMMON_DEFAULTS, **{k: v for k, v in options.items() if not (k == "out_help" and v is None)}}
     if "device" not in skip:
-        p.add_argument("--device", default=device, help=device_help)
+        p.add_argument("--device", default=o["device"], help=o["device_help"])
     if "seed" not in skip:
-        p.add_argument("--seed", type=number(int, "--seed", 0), default=seed, help=seed_help)
+        p.add_argument("--seed", type=number(int, "--seed", 0), default=o["seed"], help=o["seed_help"])
     if "threads" not in skip:
-        p.add_argument("--threads", type=threads_arg, default=threads, help=threads_help)
+        p.add_argument("--threads", type=threads_arg, default=o["threads"], help=o["threads_help"])
     if "out" not in skip:
-        p.add_argument("--out", default=out, help=out_help or "run folder to create (must not exist)")
+        p.add_argument("--out", default=o["out"], help=o["out_help"])
     if "quiet" not in skip:
-        p.add_argument("--quiet", action="store_true", help=quiet_help)
+        p.add_argument("--quiet", action="store_true", help=o["quiet_help"])
 
 
 LBFGS_OPTIONS = ("lbfgs_steps", "lbfgs_fraction", "lbfgs_lr", "lbfgs_history", "lbfgs_iter")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 from torch import nn
@@ -37,100 +36,108 @@ class INR(nn.Module):
         return y.real if self.complex_out else y
 
 
-def _siren_family(activation_default: str):
-    def make(in_features, out_features, hidden=256, hidden_layers=3, w0=30.0, w0_first=None,
-             activation=activation_default, encoding=None, encoding_options=None, **fk):
-        first = w0 if w0_first is None else w0_first
-        layers = []
-        if encoding == "hash":  # hash-grid features (HashGridEncoding's keywords in encoding_options) -> SIREN
-            layers.append(HashGridEncoding(in_features, **(encoding_options or {}), **fk))
-            in_features = layers[0].out_features
-        elif encoding is not None or encoding_options:
-            raise InputError(f"encoding must be None or 'hash', got {encoding!r}")
-        layers += [SineLayer(in_features, hidden, w0=first, is_first=True, activation=activation, **fk)]
-        layers += [SineLayer(hidden, hidden, w0=w0, activation=activation, **fk) for _ in range(hidden_layers)]
-        head = nn.Linear(hidden, out_features, **fk)
-        with torch.no_grad():  # SIREN's last layer uses the hidden-layer range, kept linear
-            bound = math.sqrt(6.0 / hidden) / w0
-            head.weight.uniform_(-bound, bound)
-        return nn.Sequential(*layers), head, False
-    return make
+def _siren(in_features, out_features, device=None, dtype=None, **h):
+    """SIREN / SPDER (``h``: the family's hyper-parameters, complete: :func:`build` fills the spec's
+    defaults)."""
+    fk = {"device": device, "dtype": dtype}
+    hidden, w0 = h["hidden"], h["w0"]
+    first = w0 if h["w0_first"] is None else h["w0_first"]
+    layers = []
+    if h["encoding"] == "hash":  # hash-grid features (HashGridEncoding's keywords in encoding_options) -> SIREN
+        layers.append(HashGridEncoding(in_features, **(h["encoding_options"] or {}), **fk))
+        in_features = layers[0].out_features
+    elif h["encoding"] is not None or h["encoding_options"]:
+        raise InputError(f"encoding must be None or 'hash', got {h['encoding']!r}")
+    layers += [SineLayer(in_features, hidden, w0=first, is_first=True, activation=h["activation"], **fk)]
+    layers += [SineLayer(hidden, hidden, w0=w0, activation=h["activation"], **fk)
+               for _ in range(h["hidden_layers"])]
+    head = nn.Linear(hidden, out_features, **fk)
+    with torch.no_grad():  # SIREN's last layer uses the hidden-layer range, kept linear
+        bound = math.sqrt(6.0 / hidden) / w0
+        head.weight.uniform_(-bound, bound)
+    return nn.Sequential(*layers), head, False
 
 
-def _gauss(in_features, out_features, hidden=256, hidden_layers=3, scale=10.0, **fk):
+def _gauss(in_features, out_features, device=None, dtype=None, **h):
+    fk = {"device": device, "dtype": dtype}
+    hidden, scale = h["hidden"], h["scale"]
     layers = [GaussLayer(in_features, hidden, scale=scale, **fk)]
-    layers += [GaussLayer(hidden, hidden, scale=scale, **fk) for _ in range(hidden_layers)]
+    layers += [GaussLayer(hidden, hidden, scale=scale, **fk) for _ in range(h["hidden_layers"])]
     return nn.Sequential(*layers), nn.Linear(hidden, out_features, **fk), False
 
 
-def _wire(in_features, out_features, hidden=256, hidden_layers=3, w0=20.0, s0=10.0, form="complex", **fk):
+def _wire(in_features, out_features, device=None, dtype=None, **h):
+    fk = {"device": device, "dtype": dtype}
+    hidden, w0, s0, form = h["hidden"], h["w0"], h["s0"], h["form"]
     if form == "real":
         layers = [RealGaborLayer(in_features, hidden, w0=w0, s0=s0, **fk)]
-        layers += [RealGaborLayer(hidden, hidden, w0=w0, s0=s0, **fk) for _ in range(hidden_layers)]
+        layers += [RealGaborLayer(hidden, hidden, w0=w0, s0=s0, **fk) for _ in range(h["hidden_layers"])]
         return nn.Sequential(*layers), nn.Linear(hidden, out_features, **fk), False
     if form != "complex":
         raise InputError(f"WIRE form must be 'complex' or 'real', got {form!r}")
     layers = [ComplexGaborLayer(in_features, hidden, w0=w0, s0=s0, is_first=True, **fk)]
-    layers += [ComplexGaborLayer(hidden, hidden, w0=w0, s0=s0, **fk) for _ in range(hidden_layers)]
-    head = nn.Linear(hidden, out_features, dtype=layers[-1].linear.weight.dtype, device=fk.get("device"))
+    layers += [ComplexGaborLayer(hidden, hidden, w0=w0, s0=s0, **fk) for _ in range(h["hidden_layers"])]
+    head = nn.Linear(hidden, out_features, dtype=layers[-1].linear.weight.dtype, device=device)
     return nn.Sequential(*layers), head, True
 
 
-def _relu_pe(in_features, out_features, hidden=256, hidden_layers=3, n_freqs=10, **fk):
-    enc = PositionalEncoding(in_features, n_freqs=n_freqs, **fk)
+def _relu_pe(in_features, out_features, device=None, dtype=None, **h):
+    fk = {"device": device, "dtype": dtype}
+    hidden = h["hidden"]
+    enc = PositionalEncoding(in_features, n_freqs=h["n_freqs"], **fk)
     layers = [enc, nn.Linear(enc.out_features, hidden, **fk), nn.ReLU()]
-    for _ in range(hidden_layers):
+    for _ in range(h["hidden_layers"]):
         layers += [nn.Linear(hidden, hidden, **fk), nn.ReLU()]
     return nn.Sequential(*layers), nn.Linear(hidden, out_features, **fk), False
 
 
-def _lrnn_family(activation_default: str):
-    # Defaults from benchmarks/lrnn_study.py (docs/methods.md section 2.6): harmonic components (K = 4), w0
-    # in the first layer's component frequencies (band="component"; audio fits use band="projection"),
-    # SIREN's small read-out init, depth 3.  The poster's configuration is component="mlp", width=4,
-    # band="component", head_init="default", depth=2.
-    def make(in_features, out_features, rank=128, depth=3, dbar=2, width=4, w0=30.0, w0_first=None,
-             activation=activation_default, shared=False, component_std=1.0, memory_efficient=True,
-             kernel="auto", precision="fp32", component="harmonic", harmonics=4, band="component",
-             head_init="small", **fk):
-        if head_init not in ("default", "small"):
-            raise InputError(f"head_init must be 'default' or 'small', got {head_init!r}")
-        layers, n = [], in_features
-        for i in range(depth):
-            layers.append(LRNNLayer(n, rank, dbar=dbar, width=width, w0=(w0 if w0_first is None or i else w0_first),
-                                    activation=activation, shared=shared, is_first=(i == 0),
-                                    component_std=component_std, memory_efficient=memory_efficient,
-                                    kernel=kernel, precision=precision, component=component,
-                                    harmonics=harmonics, band=band, **fk))
-            n = rank
-        head = nn.Linear(rank, out_features, **fk)
-        if head_init == "small":  # SIREN's read-out range: initial outputs ~0.03 instead of ~0.6
-            with torch.no_grad():
-                bound = math.sqrt(6.0 / rank) / 30.0
-                head.weight.uniform_(-bound, bound)
-                head.bias.zero_()
-        return nn.Sequential(*layers), head, False
-    return make
+# the LRNNLayer keywords a family's hyper-parameters hand on unchanged
+_LRNN_LAYER_KEYS = ("dbar", "width", "activation", "shared", "component_std", "memory_efficient", "kernel",
+                    "precision", "component", "harmonics", "band")
 
 
-def _hash(in_features, out_features, table=1 << 14, levels=8, features=2, base_resolution=16,
-          finest_resolution=None, hidden=64, hidden_layers=2, **fk):
+def _lrnn(in_features, out_features, device=None, dtype=None, **h):
+    """LRNN (defaults: docs/methods.md section 2.6 and the spec below): ``depth`` LRNNLayers of rank
+    ``rank``, ``w0_first`` (default ``w0``) in the first, then a linear head."""
+    fk = {"device": device, "dtype": dtype}
+    if h["head_init"] not in ("default", "small"):
+        raise InputError(f"head_init must be 'default' or 'small', got {h['head_init']!r}")
+    rank, w0, w0_first = h["rank"], h["w0"], h["w0_first"]
+    layer_kw = {k: h[k] for k in _LRNN_LAYER_KEYS}
+    layers, n = [], in_features
+    for i in range(h["depth"]):
+        layers.append(LRNNLayer(n, rank, w0=(w0 if w0_first is None or i else w0_first), is_first=(i == 0),
+                                **layer_kw, **fk))
+        n = rank
+    head = nn.Linear(rank, out_features, **fk)
+    if h["head_init"] == "small":  # SIREN's read-out range: initial outputs ~0.03 instead of ~0.6
+        with torch.no_grad():
+            bound = math.sqrt(6.0 / rank) / 30.0
+            head.weight.uniform_(-bound, bound)
+            head.bias.zero_()
+    return nn.Sequential(*layers), head, False
+
+
+def _hash(in_features, out_features, device=None, dtype=None, **h):
     """Instant-NGP: hash-grid encoding (``table`` entries per level, any positive integer) -> ReLU MLP
     (``hidden_layers`` layers of ``hidden``) -> linear head.  A parameter budget solves for ``table``.
     8 levels rather than the paper's 16: on the CPU (cameraman 256^2, 200k params) 8 levels reached
     30/35/40 dB in about 0.7/1.3/2.1 s against 1.1/1.9/5.0 s for 16 (benchmarks/hash_sweep.py)."""
-    enc = HashGridEncoding(in_features, levels=levels, features=features, base_resolution=base_resolution,
-                           finest_resolution=finest_resolution, table=table, **fk)
+    fk = {"device": device, "dtype": dtype}
+    enc = HashGridEncoding(in_features, levels=h["levels"], features=h["features"],
+                           base_resolution=h["base_resolution"], finest_resolution=h["finest_resolution"],
+                           table=h["table"], **fk)
     layers, n = [enc], enc.out_features
-    for _ in range(hidden_layers):
-        layers += [nn.Linear(n, hidden, **fk), nn.ReLU()]
-        n = hidden
+    for _ in range(h["hidden_layers"]):
+        layers += [nn.Linear(n, h["hidden"], **fk), nn.ReLU()]
+        n = h["hidden"]
     return nn.Sequential(*layers), nn.Linear(n, out_features, **fk), False
 
 
 # ----------------------------------------------------------------------------------------------
-# The family specs: hyper-parameter schema and per-task defaults (inr.spec).  Hyper-parameter defaults
-# are read from each constructor's signature, so they are written once, there.
+# The family specs: hyper-parameter schema and per-task defaults (inr.spec).  Each family's hyper-parameter
+# defaults are written once, in its spec (the ``*_DEFAULTS`` dicts below); :func:`build` hands them to the
+# constructor under the caller's options.
 
 _BIG = 1 << 16          # widths, ranks: refused above this before anything is allocated
 _FREQ = (1e-6, 1e6)     # frequency factors and widths of Gaussians
@@ -171,16 +178,13 @@ _COMMON = {
 }
 
 
-def _hypers(ctor, names, choices=None) -> tuple:
-    """:class:`Hyper` entries for ``names``, defaults from ``ctor``'s signature."""
-    import inspect
-
-    sig = inspect.signature(ctor).parameters
+def _hypers(defaults: dict, choices=None) -> tuple:
+    """:class:`Hyper` entries for the names of ``defaults`` (name -> default), in its order."""
     out = []
-    for n in names:
+    for n, default in defaults.items():
         typ, text, lo, hi, ch = (*_COMMON[n], None, None, None)[:5]
         ch = (choices or {}).get(n, ch)
-        out.append(Hyper(n, typ, sig[n].default if n in sig else None, text, lo, hi, ch))
+        out.append(Hyper(n, typ, default, text, lo, hi, ch))
     return tuple(out)
 
 
@@ -272,9 +276,22 @@ _HASH_TASKS = {"image": TaskDefaults(lr=1e-2, **_NGP), "audio": TaskDefaults(lr=
                "ct": TaskDefaults(lr=1e-2, cpu_batch=None, tv=1e-4),
                "pde": TaskDefaults(lr=1e-3, cpu_batch=None)}
 
-_SIREN_H = ("hidden", "hidden_layers", "w0", "w0_first", "activation", "encoding", "encoding_options")
-_LRNN_H = ("rank", "depth", "dbar", "width", "w0", "w0_first", "activation", "shared", "component_std",
-           "memory_efficient", "kernel", "precision", "component", "harmonics", "band", "head_init")
+# The hyper-parameter defaults of each family (its spec's Hyper entries), in the order --help lists them.
+_SIREN_DEFAULTS = {"hidden": 256, "hidden_layers": 3, "w0": 30.0, "w0_first": None, "activation": None,
+                   "encoding": None, "encoding_options": None}
+_GAUSS_DEFAULTS = {"hidden": 256, "hidden_layers": 3, "scale": 10.0}
+_WIRE_DEFAULTS = {"hidden": 256, "hidden_layers": 3, "w0": 20.0, "s0": 10.0, "form": "complex"}
+_RELU_PE_DEFAULTS = {"hidden": 256, "hidden_layers": 3, "n_freqs": 10}
+# LRNN: benchmarks/lrnn_study.py (docs/methods.md section 2.6): harmonic components (K = 4), w0 in the first
+# layer's component frequencies (band="component"; audio fits use band="projection"), SIREN's small read-out
+# init, depth 3.  The poster's configuration is component="mlp", width=4, band="component",
+# head_init="default", depth=2.
+_LRNN_DEFAULTS = {"rank": 128, "depth": 3, "dbar": 2, "width": 4, "w0": 30.0, "w0_first": None,
+                  "activation": None, "shared": False, "component_std": 1.0, "memory_efficient": True,
+                  "kernel": "auto", "precision": "fp32", "component": "harmonic", "harmonics": 4,
+                  "band": "component", "head_init": "small"}
+_HASH_DEFAULTS = {"table": 1 << 14, "levels": 8, "features": 2, "base_resolution": 16, "finest_resolution": None,
+                  "hidden": 64, "hidden_layers": 2}
 _SPECS: dict[str, ModelSpec] = {}
 
 
@@ -297,23 +314,19 @@ def names(task: str | None = None) -> tuple:
 
 def _register_builtins() -> None:
     for name, act in (("siren", "sin"), ("spder", "spder")):
-        ctor = _siren_family(act)
-        register(ModelSpec(name, ctor, "hidden", _hypers(ctor, _SIREN_H), _sirenlike(act),
-                           "SIREN: sine layers" if act == "sin" else "SPDER: sin(z) sqrt|z| layers"))
-    register(ModelSpec("gauss", _gauss, "hidden", _hypers(_gauss, ("hidden", "hidden_layers", "scale")),
+        register(ModelSpec(name, _siren, "hidden", _hypers({**_SIREN_DEFAULTS, "activation": act}),
+                           _sirenlike(act), "SIREN: sine layers" if act == "sin" else "SPDER: sin(z) sqrt|z| layers"))
+    register(ModelSpec("gauss", _gauss, "hidden", _hypers(_GAUSS_DEFAULTS),
                        _plain_tasks(1e-3, 2e-3), "Gaussian activations exp(-(s z)^2)"))
-    register(ModelSpec("wire", _wire, "hidden", _hypers(_wire, ("hidden", "hidden_layers", "w0", "s0", "form")),
+    register(ModelSpec("wire", _wire, "hidden", _hypers(_WIRE_DEFAULTS),
                        _plain_tasks(5e-3, 5e-3, {"w0": 10.0, "s0": 10.0}, pde_lr=None),
                        "WIRE: complex Gabor wavelets"))
-    register(ModelSpec("relu-pe", _relu_pe, "hidden", _hypers(_relu_pe, ("hidden", "hidden_layers", "n_freqs")),
+    register(ModelSpec("relu-pe", _relu_pe, "hidden", _hypers(_RELU_PE_DEFAULTS),
                        _plain_tasks(1e-3, 1e-3), "ReLU MLP on a positional (Fourier) encoding"))
     for name, act in (("lrnn-siren", "sin"), ("lrnn-spder", "spder")):
-        ctor = _lrnn_family(act)
-        register(ModelSpec(name, ctor, "rank", _hypers(ctor, _LRNN_H, _lrnn_choices()), _lrnn_tasks(act),
-                           f"LRNN: products of learnable univariate components ({act} envelope)"))
-    register(ModelSpec("hash", _hash, "table",
-                       _hypers(_hash, ("table", "levels", "features", "base_resolution", "finest_resolution",
-                                       "hidden", "hidden_layers")),
+        register(ModelSpec(name, _lrnn, "rank", _hypers({**_LRNN_DEFAULTS, "activation": act}, _lrnn_choices()),
+                           _lrnn_tasks(act), f"LRNN: products of learnable univariate components ({act} envelope)"))
+    register(ModelSpec("hash", _hash, "table", _hypers(_HASH_DEFAULTS),
                        _HASH_TASKS, "Instant-NGP: multiresolution hash grid + small ReLU MLP"))
 
 
@@ -325,7 +338,8 @@ def _make(name, in_features, out_features, hyper, device=None, dtype=None) -> IN
     ctor = spec(name).constructor
     if ctor is None:
         raise InputError(f"model {name!r} is not built by inr.models.build (see the tool that registered it)")
-    body, head, cplx = ctor(in_features, out_features, device=device, dtype=dtype, **hyper)
+    full = {**spec(name).hyper_defaults(), **hyper}   # the spec's defaults under the caller's options
+    body, head, cplx = ctor(in_features, out_features, device=device, dtype=dtype, **full)
     config = {"name": name, "in_features": in_features, "out_features": out_features, **hyper}
     return INR(body, head, config, complex_out=cplx)
 

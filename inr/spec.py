@@ -95,7 +95,8 @@ class TaskDefaults:
 class ModelSpec:
     """A model family: its constructor ``(in_features, out_features, device=, dtype=, **hyper) ->
     (body, head, complex_out)``, the width argument a parameter budget solves for, its hyper-parameters
-    and its per-task defaults."""
+    (whose ``default`` is the family's default, written only here: the constructor gets every
+    hyper-parameter, the caller's options over :meth:`hyper_defaults`) and its per-task defaults."""
     name: str
     constructor: Callable | None
     width_arg: str
@@ -109,6 +110,10 @@ class ModelSpec:
                 return h
         raise InputError(f"model {self.name!r} takes no option {name!r}; it takes: "
                          f"{', '.join(h.name for h in self.hypers)}")
+
+    def hyper_defaults(self) -> dict:
+        """Every hyper-parameter's default, by name."""
+        return {h.name: h.default for h in self.hypers}
 
     def task(self, task: str) -> TaskDefaults:
         if task not in self.tasks:

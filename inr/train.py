@@ -58,7 +58,7 @@ import random
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable, Iterable
 
 import numpy as np
@@ -446,18 +446,11 @@ class LBFGSStage:
                     row={"lr": lr, "stage": "lbfgs", "evals": len(losses)}, now=run.now())
 
 
-def fit(model: nn.Module, loss_fn: Callable, cfg: TrainConfig, *, param_groups: Iterable | None = None,
-        optimizer: torch.optim.Optimizer | None = None, evaluate: Callable | None = None,
-        eval_every: int = 0, post_step: Callable | None = None,
-        extra_state: tuple[Callable[[], dict], Callable[[dict], None]] | None = None,
-        lbfgs_loss: Callable | None = None) -> FitResult:
-    """Minimise ``loss_fn(step)`` over the parameters of ``model``: the stages, schedule, guard,
-    evaluation cadence and checkpoints are described in the module docstring.
+@dataclass
+class FitHooks:
+    """The caller's optional pieces of a :func:`fit` (each also a keyword of ``fit`` itself).
 
-    Args:
-        model: already on its device (see :func:`resolve_device`); the caller seeds before building it.
-        loss_fn: ``step -> loss`` or ``step -> (loss, info)``; info values are logged to the history and
-            ``info[cfg.target_key]`` drives time-to-target (``FitResult.time_to_target_batch``).
+    Attributes:
         param_groups: optimizer parameter groups (e.g. ReLinear's); each may carry its own ``lr``, which
             the schedule scales.  Default: all of ``model.parameters()``.
         optimizer: a ready optimizer instead of Adam/SGD from ``cfg``.
@@ -465,6 +458,7 @@ def fit(model: nn.Module, loss_fn: Callable, cfg: TrainConfig, *, param_groups: 
             cadence) and at the end, off the clock, with gradients disabled; its values go into the
             history (``eval_`` prefix) and ``time_to_target_eval``; its time is ``FitResult.eval_seconds``.
             ``time_to_target`` is whichever source reached a target first.
+        eval_every: steps between evaluations (0: only the time cadence / the end).
         post_step: ``step -> None`` after each optimizer step (e.g. ReLinear-sw shrinkage).
         extra_state: ``(get, set)`` for state of the caller that a resumed run needs (a private sampler
             generator, a running best): ``get()`` -> a dict of tensors / plain values stored in each
@@ -473,6 +467,31 @@ def fit(model: nn.Module, loss_fn: Callable, cfg: TrainConfig, *, param_groups: 
             full batch, or one fixed set of points), since the line search compares values of it.
             Default: ``loss_fn``, which must then be deterministic itself.
     """
+    param_groups: Iterable | None = None
+    optimizer: torch.optim.Optimizer | None = None
+    evaluate: Callable | None = None
+    eval_every: int = 0
+    post_step: Callable | None = None
+    extra_state: tuple[Callable[[], dict], Callable[[dict], None]] | None = None
+    lbfgs_loss: Callable | None = None
+
+
+def fit(model: nn.Module, loss_fn: Callable, cfg: TrainConfig, hooks: FitHooks | None = None,
+        **hook_options) -> FitResult:
+    """Minimise ``loss_fn(step)`` over the parameters of ``model``: the stages, schedule, guard,
+    evaluation cadence and checkpoints are described in the module docstring.
+
+    Args:
+        model: already on its device (see :func:`resolve_device`); the caller seeds before building it.
+        loss_fn: ``step -> loss`` or ``step -> (loss, info)``; info values are logged to the history and
+            ``info[cfg.target_key]`` drives time-to-target (``FitResult.time_to_target_batch``).
+        hooks, **hook_options: the optional pieces (:class:`FitHooks`: ``param_groups``, ``optimizer``,
+            ``evaluate``, ``eval_every``, ``post_step``, ``extra_state``, ``lbfgs_loss``), as one object
+            and/or as keywords (``fit(model, loss_fn, cfg, evaluate=f, eval_every=10)``).
+    """
+    h = replace(hooks or FitHooks(), **hook_options)
+    param_groups, optimizer, evaluate, eval_every = h.param_groups, h.optimizer, h.evaluate, h.eval_every
+    post_step, extra_state, lbfgs_loss = h.post_step, h.extra_state, h.lbfgs_loss
     if optimizer is None:
         optimizer = make_optimizer(param_groups if param_groups is not None else model.parameters(), cfg)
     for g in optimizer.param_groups:

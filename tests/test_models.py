@@ -45,12 +45,12 @@ def test_explicit_widths():
 def test_errors_name_the_problem():
     with pytest.raises(ValueError, match="unknown model 'nope'"):
         build("nope", 2, 1)
-    with pytest.raises(ValueError, match="bad option"):
+    with pytest.raises(ValueError, match="takes no option .rank."):
         build("siren", 2, 1, rank=4)
     with pytest.raises(ValueError, match="params"):
         build("siren", 2, 1, params=0)
 
 
 def test_unknown_option_with_budget_is_a_value_error():
-    with pytest.raises(ValueError, match="bad option"):
+    with pytest.raises(ValueError, match="takes no option .rank."):
         build("siren", 2, 1, params=5000, rank=4)

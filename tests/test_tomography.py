@@ -15,6 +15,7 @@ from skimage.transform import radon as sk_radon, resize
 
 from tomography import Projector, make_geometry, radon, rotate_sum_radon, uniform_angles
 from tomography.baselines import _div, _grad, fbp, sart, tv_reconstruct
+from tomography.config import CTConfig
 from tomography.noise import add_noise, expected_counts
 from tomography.recon import Scan, load_image, reconstruct_inr, simulate
 
@@ -152,8 +153,8 @@ def test_inr_reconstruction_beats_its_initialisation(model):
     torch.set_num_threads(1)
     truth = resize(shepp_logan_phantom(), (24, 24))
     scan = simulate(truth, views=16)
-    image, result, _ = reconstruct_inr(scan, model, params=3000, steps=60, lr=2e-3, quiet=True, log_every=1,
-                                       device="cpu")
+    image, result, _ = reconstruct_inr(scan, CTConfig(model=model, params=3000, steps=60, lr=2e-3, quiet=True,
+                                                      log_every=1, device="cpu"))
     init = result.history[0]  # logged at step 1: loss and PSNR of the initial model
     final_err = np.mean((np.clip(image, 0, 1) - truth) ** 2)
     assert 10 * np.log10(1 / final_err) > init["psnr"] + 3.0

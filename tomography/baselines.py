@@ -186,7 +186,7 @@ def _div(px, py):
 
 def tv_reconstruct(sinogram, geom: Geometry, weight: float = 3e-4, iterations: int = 300,
                    box: tuple | None = (0.0, 1.0), init: str = "fbp", device=None,
-                   projector: Projector | None = None, dtype=torch.float32) -> np.ndarray:
+                   projector: Projector | None = None) -> np.ndarray:
     """Isotropic-TV regularised least squares by Chambolle-Pock (PDHG):
 
         min_x  1/2 ||A x - y||^2 / ||A||^2  +  weight * TV(x)   subject to  box[0] <= x <= box[1]
@@ -199,6 +199,8 @@ def tv_reconstruct(sinogram, geom: Geometry, weight: float = 3e-4, iterations: i
     singular directions, so it starts from the clipped FBP image (``init="fbp"``, the default; it
     beat a 1-sweep SART start by 4-5 dB in that sweep), from SART (``"sart"``) or from zero.
     The gradient enters the operator divided by sqrt(8) so ``||K||^2 <= 2``; tau = sigma = 0.99/sqrt(2).
+    ``projector``: a ready :class:`Projector` of ``geom`` on ``device``, whose precision the iterates take
+    (default: one in float32, built here).
     """
     if not weight >= 0:
         raise InputError(f"TV weight must be >= 0, got {weight}")
@@ -208,6 +210,7 @@ def tv_reconstruct(sinogram, geom: Geometry, weight: float = 3e-4, iterations: i
         raise InputError(f"TV init must be sart, fbp or zero, got {init!r}")
     s = _check(sinogram, geom)
     device = torch.device(device or "cpu")
+    dtype = projector.dtype if projector is not None else torch.float32
     P = projector or Projector.for_geometry(geom, device=device, dtype=dtype)
     y = torch.as_tensor(s, dtype=dtype, device=device)
     norm = P.norm(iterations=20)

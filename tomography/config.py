@@ -36,6 +36,7 @@ MAX_STEPS = 10 ** 9
 MAX_ITERATIONS = 100_000
 DEFAULT_MAX_MEMORY_GB = 4.0
 GEOMETRIES = ("parallel", "fan")
+OUTPUTS = ("linear", "sigmoid")   # the INR image's output map (tomography.recon.CTImage)
 
 
 def _finite(v) -> bool:
@@ -180,7 +181,6 @@ class CTConfig:
         from inr.models import MODELS
 
         from .baselines import FILTERS
-        from .recon import OUTPUTS
 
         if self.model not in MODELS:
             raise InputError(f"--model must be one of {', '.join(MODELS)}, got {self.model!r}")

@@ -19,6 +19,7 @@ from inr import models
 from inr.metrics import psnr_from_mse
 from inr.train import FitResult, TrainConfig, fit, resolve_device, seed_everything
 
+from .config import OUTPUTS, CTConfig
 from .noise import add_noise, default_mu
 from inr.errors import InputError
 
@@ -34,7 +35,6 @@ def default_tv(model: str) -> float:
 
 
 DEFAULT_MODEL = "hash"
-OUTPUTS = ("linear", "sigmoid")
 
 
 def load_image(path: str | os.PathLike, size=None) -> np.ndarray:
@@ -257,42 +257,45 @@ def _fingerprint(scan: Scan, img: CTImage, output: str, mask_outside: bool, extr
                        "mask_outside": mask_outside, **(extra or {})}, sort_keys=True, default=str)
 
 
-def reconstruct_inr(scan: Scan, model: str = "lrnn-siren", params: int | None = 180_000, steps: int = 5000,
-                    seconds: float | None = None, lr: float | None = None, output: str = "linear",
-                    seed: int = 0, device="auto", quiet: bool = False, log_every: int = 10,
-                    hyper: dict | None = None, mask_outside: bool = True, checkpoint_path: str | None = None,
-                    checkpoint_every: int = 0, resume: bool = False, tv: float | None = None, view_batch: int | None = None,
-                    tv_eps: float = 1e-3, coarse_to_fine: float = 0.0, lbfgs: dict | None = None):
-    """Fit a registry model to ``scan.measured``.
+def reconstruct_inr(scan: Scan, config: CTConfig | None = None, *, checkpoint_path: str | None = None,
+                    hyper: dict | None = None, tv_eps: float = 1e-3):
+    """Fit a registry model to ``scan.measured`` with the INR options of ``config`` (a
+    :class:`tomography.config.CTConfig`; default ``CTConfig()``; its baseline options are not used here).
 
     Returns ``(image, result, net)``: the final iterate as an (H, W) numpy array, the
     :class:`inr.train.FitResult` (history holds the sinogram loss and, as monitoring only, the image
     PSNR against the truth and the best PSNR seen so far, labelled oracle), and the trained
-    :class:`CTImage`.  ``mask_outside`` (circle geometry only): pixels no ray passes through are
+    :class:`CTImage`.  ``config.mask_outside`` (circle geometry only): pixels no ray passes through are
     fixed at 0 and not modelled, as FBP and SART do (see :class:`CTImage`).
 
-    ``checkpoint_path`` / ``checkpoint_every`` / ``resume``: the training loop's checkpointing
-    (:class:`inr.train.TrainConfig`); a checkpoint is only resumed for the same measured sinogram and
-    model (fingerprint), and the resumed run ends with the same weights as an uninterrupted one.
+    ``checkpoint_path`` with ``config.checkpoint_every`` / ``config.resume``: the training loop's
+    checkpointing (:class:`inr.train.TrainConfig`); a checkpoint is only resumed for the same measured
+    sinogram and model (fingerprint), and the resumed run ends with the same weights as an uninterrupted one.
 
-    ``tv``: weight of the smoothed total-variation term :func:`tv_penalty` added to the (peak-scaled)
-    sinogram loss (0: none; None: the model's spec, :func:`default_tv`).  ``view_batch``: project only this many angles per step, drawn uniformly
-    without replacement from a generator seeded by ``seed`` (:func:`view_subset_loss`, an unbiased
-    estimate of the full loss); None or >= the number of views: all of them.  ``coarse_to_fine``
-    (hash-grid encodings only): fraction of the budget over which the finer levels are switched on
-    (:class:`LevelSchedule`; 0: all levels from the start).  ``lbfgs``: the L-BFGS stage's ``lbfgs_*``
-    keywords of :class:`inr.train.TrainConfig` (off by default); its loss always uses every view.
+    ``config.inr_tv``: weight of the smoothed total-variation term :func:`tv_penalty` (``tv_eps``) added to
+    the (peak-scaled) sinogram loss (0: none; None: the model's spec, :func:`default_tv`).
+    ``config.view_batch``: project only this many angles per step, drawn uniformly without replacement from a
+    generator seeded by ``config.seed`` (:func:`view_subset_loss`, an unbiased estimate of the full loss);
+    None or >= the number of views: all of them.  ``config.coarse_to_fine`` (hash-grid encodings only):
+    fraction of the budget over which the finer levels are switched on (:class:`LevelSchedule`; 0: all
+    levels from the start).  ``config.lbfgs``: the L-BFGS stage's ``lbfgs_*`` keywords of
+    :class:`inr.train.TrainConfig` (off by default); its loss always uses every view.  ``hyper``: the
+    model's hyper-parameters over its spec's CT defaults.
     """
-    dev = resolve_device(device)
+    c = config if config is not None else CTConfig()
+    model, steps, seconds, seed, output, mask_outside = c.model, c.steps, c.seconds, c.seed, c.output, c.mask_outside
+    coarse_to_fine = c.coarse_to_fine
+    dev = resolve_device(c.device)
     seed_everything(seed)
-    img, P, y = inr_problem(scan, model, params, output, dev, hyper, mask_outside)
+    hyper = c.hyper if hyper is None else hyper      # the config's model hyper-parameters unless given here
+    img, P, y = inr_problem(scan, model, c.params, output, dev, hyper, mask_outside)
     scale = float(y.abs().max()) or 1.0
     truth = None if scan.truth is None else torch.as_tensor(scan.truth, dtype=torch.float32, device=dev)
     best = {"psnr": -math.inf}
 
-    tv = default_tv(model) if tv is None else float(tv)
+    tv = default_tv(model) if c.inr_tv is None else float(c.inr_tv)
     n_views = scan.geometry.n_angles
-    k = None if not view_batch or view_batch >= n_views else int(view_batch)
+    k = None if not c.view_batch or c.view_batch >= n_views else int(c.view_batch)
     gen = torch.Generator().manual_seed(int(seed) + 7919)
     levels = LevelSchedule(img, coarse_to_fine) if coarse_to_fine else None
     t_start = time.perf_counter()
@@ -317,14 +320,14 @@ def reconstruct_inr(scan: Scan, model: str = "lrnn-siren", params: int | None = 
         best["psnr"] = max(best["psnr"], p)
         return loss, {"psnr": p, "oracle_best_psnr": best["psnr"]}
 
-    cfg = TrainConfig(steps=steps, seconds=seconds, lr=lr if lr is not None else models.spec(model).task("ct").lr,
-                      lr_final=0.1, schedule="exponential", seed=seed, device=str(dev), quiet=quiet,
-                      log_every=log_every, desc=f"ct {model}", checkpoint_every=int(checkpoint_every),
-                      checkpoint_path=checkpoint_path, resume=resume,
+    cfg = TrainConfig(steps=steps, seconds=seconds, lr=c.lr if c.lr is not None else models.spec(model).task("ct").lr,
+                      lr_final=0.1, schedule="exponential", seed=seed, device=str(dev), quiet=c.quiet,
+                      log_every=c.log_every, desc=f"ct {model}", checkpoint_every=int(c.checkpoint_every),
+                      checkpoint_path=checkpoint_path, resume=c.resume,
                       fingerprint=_fingerprint(scan, img, output, mask_outside,
                                                 {"tv": tv, "view_batch": k, "coarse_to_fine": coarse_to_fine}
                                                 if (tv or k or coarse_to_fine) else None),
-                      **(lbfgs or {}))
+                      **(c.lbfgs or {}))
     result: FitResult = fit(img, loss_fn, cfg, lbfgs_loss=lambda step: loss_fn(step, all_views=True), extra_state=(
         lambda: {"best_psnr": best["psnr"], "views_rng": gen.get_state()},
         lambda d: (best.update(psnr=float(d["best_psnr"])), gen.set_state(d["views_rng"]) if "views_rng" in d else None)))

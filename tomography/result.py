@@ -182,13 +182,8 @@ def reconstruct(scan: Scan, config: CTConfig | None = None, *, checkpoint_path=N
     Projector.for_geometry(geom, dtype=torch.float64)   # build (and cache) the matrices once
     recons, seconds = run_baselines(scan, config, device) if config.baselines else ({}, {})
     inr_tv = default_tv(config.model) if config.inr_tv is None else config.inr_tv
-    image, fit, img = reconstruct_inr(scan, config.model, config.params, config.steps, config.seconds, config.lr,
-                                      config.output, config.seed, device, config.quiet, config.log_every,
-                                      hyper=config.hyper, mask_outside=config.mask_outside,
-                                      checkpoint_path=None if checkpoint_path is None else str(checkpoint_path),
-                                      checkpoint_every=config.checkpoint_every, resume=config.resume,
-                                      tv=inr_tv, view_batch=config.view_batch,
-                                      coarse_to_fine=config.coarse_to_fine, lbfgs=config.lbfgs or None)
+    image, fit, img = reconstruct_inr(scan, config,
+                                      checkpoint_path=None if checkpoint_path is None else str(checkpoint_path))
     from inr.models import count_params
 
     metrics = {}

@@ -174,7 +174,9 @@ def _act_and_grad(name: str, u: torch.Tensor):
     return s * at, c * at + s / (1.0 + u * u)
 
 
-def _compiled_backward_impl(z, a, b, c, c0, grad_phi, w0: float, activation: str, gamma: float):
+def _compiled_backward_impl(z, weights: tuple, grad_phi, w0: float, activation: str, gamma: float):
+    """The MLP-component product's backward; ``weights`` = (a, b, c, c0)."""
+    a, b, c, c0 = weights
     u = w0 * (z.unsqueeze(-1) * a + b)                                     # (B, r, dbar, m), once
     s, ds = _act_and_grad(activation, u)
     f = 1.0 + gamma * ((s * c).sum(-1) + c0)                               # factors, as product_reference
@@ -214,7 +216,8 @@ class CompiledProductFn(ProductFn):
         if torch.is_grad_enabled():  # create_graph=True: ProductFn differentiates the plain graph
             return ProductFn.backward(ctx, grad_phi)
         z, a, b, c, c0 = ctx.saved_tensors
-        grads = _compiled(_compiled_backward_impl)(z, a, b, c, c0, grad_phi.contiguous(), ctx.w0, ctx.activation, ctx.gamma)
+        grads = _compiled(_compiled_backward_impl)(z, (a, b, c, c0), grad_phi.contiguous(), ctx.w0, ctx.activation,
+                                                   ctx.gamma)
         return (*grads, None, None, None)
 
 
@@ -382,11 +385,12 @@ def _harmonic_forward_impl(z, omega, phase, alpha, beta, c0, activation: str, ga
 PARTIAL_ROWS = 64  # the compiled backward sums its per-element terms over blocks of this many batch rows
 
 
-def _harmonic_backward_impl(z, omega, phase, alpha, beta, c0, grad_phi, activation: str, gamma: float):
-    """dL/dz, and the parameter-gradient terms summed over blocks of :data:`PARTIAL_ROWS` batch rows
+def _harmonic_backward_impl(z, weights: tuple, grad_phi, activation: str, gamma: float):
+    """``weights`` = (omega, phase, alpha, beta, c0).  dL/dz, and the parameter-gradient terms summed over blocks of :data:`PARTIAL_ROWS` batch rows
     (the batch must be a multiple of it), in the order omega, phase, alpha_1..K, beta_1..K, c0.
     Separate outputs and in-kernel block sums: a stacked output, or full batch reductions, compile to
     much slower kernels on the CPU; the remaining (B / 64)-row sums are left to eager code."""
+    omega, phase, alpha, beta, c0 = weights
     th = z * omega + phase
     cs, ss, S, dS, env, denv = _harmonic_terms(th, alpha, beta, activation)
     f = 1.0 + gamma * ((S if env is None else env * S) + c0)
@@ -435,7 +439,7 @@ class CompiledHarmonicFn(torch.autograd.Function):
         parts, sums = [], None
         for lo in range(0, z.shape[0], BACKWARD_ROWS):
             hi = min(lo + BACKWARD_ROWS, z.shape[0])
-            gzc, *per = _compiled(_harmonic_backward_impl)(z[lo:hi], omega, phase, alpha, beta, c0,
+            gzc, *per = _compiled(_harmonic_backward_impl)(z[lo:hi], (omega, phase, alpha, beta, c0),
                                                            grad_phi[lo:hi], name, gamma)
             parts.append(gzc)
             part = torch.stack([t.sum(0) for t in per])                        # (2K + 3, r, dbar)
