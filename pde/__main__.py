@@ -35,7 +35,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--model", default="lrnn-siren", help=f"one of: {', '.join(models.MODELS)}")
     s.add_argument("--params", type=number(int, "--params", 0), default=16000,
                    help="parameter budget (picks the width); 0 = use --hidden/--rank as given")
-    s.add_argument("--steps", type=number(int, "--steps", 1), default=2000, help="Adam steps (upper limit; --lbfgs-steps follow them)")
+    s.add_argument("--steps", type=number(int, "--steps", 1), default=None,
+                   help="Adam steps (upper limit; --lbfgs-steps follow them); default 1,000,000 with --seconds "
+                        "(the budget decides), else 2000")
     s.add_argument("--seconds", type=number(float, "--seconds", 0, low_open=True, allow_none=True), default=None, help="wall-clock budget; stops at whichever comes first")
     s.add_argument("--lr", type=number(float, "--lr", 0, low_open=True), default=None,
                    help="Adam learning rate (cosine decay to lr-final x lr); default per model: "
@@ -47,7 +49,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--boundary", default="exact", choices=("exact", "penalty"),
                    help="exact: u = lift + x(1-x)y(1-y)-bubble * net; penalty: weighted boundary loss")
     s.add_argument("--penalty", type=number(float, "--penalty", 0, low_open=True), default=100.0, help="boundary loss weight (--boundary penalty)")
-    s.add_argument("--resample", action="store_true", help="draw new collocation points every step")
+    s.add_argument("--resample", action=argparse.BooleanOptionalAction, default=None,
+                   help="draw new uniform collocation points every Adam step (default with --sampling uniform; "
+                        "--no-resample: one fixed set)")
     s.add_argument("--laplacian", default="auto", choices=LAPLACIAN_MODES,
                    help="forward: value, gradient and Laplacian carried through the network in one pass "
                         "(pde.forward); reverse: autograd, d + 1 backward passes (its training gradient "
@@ -60,8 +64,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                    help="what --seconds and the times in the history measure: wall time, or this process's CPU "
                         "time (all threads; with --threads 1, what an unshared core would take on a busy machine)")
-    s.add_argument("--lbfgs-points", type=number(int, "--lbfgs-points", 1, allow_none=True), default=None, metavar="N",
-                   help="L-BFGS stage on N uniform points drawn at the switch (default: the Adam stage's points)")
+    s.add_argument("--lbfgs-points", type=number(int, "--lbfgs-points", 0), default=4096, metavar="N",
+                   help="L-BFGS stage on N uniform points drawn at the switch (0: the Adam stage's points)")
     s.add_argument("--rad-every", type=number(int, "--rad-every", 1), default=100, metavar="N",
                    help="rad: redraw the points every N steps")
     s.add_argument("--rad-pool", type=number(int, "--rad-pool", 1), default=8, metavar="M",
@@ -73,7 +77,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="evaluation grid points per axis (2-D 256, 1-D 8193)")
     s.add_argument("--eval-every", type=number(int, "--eval-every", 0), default=0,
                    help="log the relative L2 error every N steps (0: end only)")
-    add_lbfgs(s, full_batch_help="the collocation points (fixed; with --resample one set drawn at the switch)")
+    add_lbfgs(s, full_batch_help="--lbfgs-points uniform points drawn at the switch")
+    # the study's recipe is the default: L-BFGS for 70 % of a --seconds budget (--lbfgs-steps 0 turns it off)
+    s.set_defaults(lbfgs_steps=None, lbfgs_fraction=0.7)
     add_common(s, out_help="run folder to create, must not exist (metrics.json, history.csv, solution.png, "
                            "model.pt); default: none, nothing is written")
     s.add_argument("--checkpoint-every", type=number(int, "--checkpoint-every", 0), default=0, metavar="N",
@@ -99,7 +105,7 @@ def config_from_args(a: argparse.Namespace) -> SolveConfig:
                        schedule=a.schedule, seed=a.seed, device=a.device, dtype=a.dtype, eval_res=a.eval_res,
                        eval_every=a.eval_every, checkpoint_every=a.checkpoint_every, laplacian=a.laplacian,
                        quiet=a.quiet, sampling=a.sampling, rad_every=a.rad_every, rad_pool=a.rad_pool, rad_k=a.rad_k,
-                       rad_c=a.rad_c, lbfgs_points=a.lbfgs_points, clock=a.clock, **lbfgs_options(a))
+                       rad_c=a.rad_c, lbfgs_points=a.lbfgs_points or None, clock=a.clock, **lbfgs_options(a))
 
 
 def set_threads(spec) -> None:

@@ -42,8 +42,8 @@ class SolveConfig:
     penalty: float = 100.0                       # boundary weight (penalty mode)
     points: int = 1024                           # interior collocation points
     boundary_points: int | None = None           # penalty mode; default points // 4
-    resample: bool = False
-    steps: int = 2000
+    resample: bool | None = None                 # fresh uniform points every Adam step; None: yes (uniform sampling)
+    steps: int | None = None                     # Adam steps; None: 1,000,000 with `seconds` (the budget decides), else 2000
     seconds: float | None = None
     lr: float | None = None                      # default: DEFAULT_LR[model]
     lr_final: float = 0.1
@@ -64,12 +64,15 @@ class SolveConfig:
     rad_pool: int = 8                            # rad: candidate pool = rad_pool x points, uniform
     rad_k: float = 1.0                           # rad: p ~ |r|^k / mean|r|^k + c
     rad_c: float = 1.0
-    lbfgs_steps: int = 0                         # L-BFGS stage after the Adam steps (inr.train.TrainConfig)
-    lbfgs_fraction: float = 0.5
+    # the study's recipe (README, docs/methods.md section 5) is the default: Adam on fresh points, then L-BFGS on
+    # 4096 fixed uniform points for 70 % of a time budget.  lbfgs_steps None: 1,000,000 with `seconds`, else
+    # max(1, steps // 10); 0 turns the stage off
+    lbfgs_steps: int | None = None               # L-BFGS stage after the Adam steps (inr.train.TrainConfig)
+    lbfgs_fraction: float = 0.7
     lbfgs_lr: float = 1.0
     lbfgs_history: int = 50
     lbfgs_iter: int = 10
-    lbfgs_points: int | None = None              # L-BFGS on this many uniform points drawn at the switch
+    lbfgs_points: int | None = 4096              # L-BFGS on this many uniform points drawn at the switch (None: the Adam points)
     clock: str = "wall"                          # what --seconds measures: wall | cpu (inr.train.TrainConfig.clock)
 
     def validate(self) -> None:
@@ -77,7 +80,7 @@ class SolveConfig:
         if self.model not in models.MODELS:
             raise ValueError(f"unknown model {self.model!r}; choose one of: {', '.join(models.MODELS)}")
         for name in ("points", "steps", "residual_points"):
-            if getattr(self, name) <= 0:
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
         if self.boundary_points is not None and self.boundary_points <= 0:
             raise ValueError(f"--boundary-points must be > 0, got {self.boundary_points}")
@@ -111,9 +114,26 @@ class SolveConfig:
             raise ValueError(f"--rad-k and --rad-c must be finite numbers >= 0, got {self.rad_k}, {self.rad_c}")
         TrainConfig(**self.train_options())   # checks the lbfgs_* values
 
+    @property
+    def adam_steps(self) -> int:
+        """``steps``, or its default: 1,000,000 with a time budget (the budget ends the stage), else 2000."""
+        return self.steps if self.steps is not None else (1_000_000 if self.seconds else 2000)
+
+    @property
+    def fresh_points(self) -> bool:
+        """``resample``, or its default: fresh uniform points every Adam step unless RAD samples them."""
+        return self.resample if self.resample is not None else self.sampling == "uniform"
+
+    @property
+    def lbfgs_outer(self) -> int:
+        """``lbfgs_steps``, or its default: 1,000,000 with a time budget, else max(1, adam_steps // 10)."""
+        if self.lbfgs_steps is not None:
+            return self.lbfgs_steps
+        return 1_000_000 if self.seconds else max(1, self.adam_steps // 10)
+
     def train_options(self) -> dict:
-        return {k: getattr(self, k) for k in ("lbfgs_steps", "lbfgs_fraction", "lbfgs_lr", "lbfgs_history",
-                                              "lbfgs_iter")}
+        return {"lbfgs_steps": self.lbfgs_outer,
+                **{k: getattr(self, k) for k in ("lbfgs_fraction", "lbfgs_lr", "lbfgs_history", "lbfgs_iter")}}
 
 
 def rad_probabilities(r: torch.Tensor, k: float = 1.0, c: float = 1.0) -> torch.Tensor:
@@ -231,7 +251,7 @@ def solve(cfg: SolveConfig, checkpoint_path: str | None = None, resume: bool = F
         return loss, info
 
     def loss_fn(step: int):
-        if cfg.resample or "x" not in state:
+        if cfg.fresh_points or "x" not in state:
             sample()
         elif cfg.sampling == "rad" and step > 0 and step % cfg.rad_every == 0 and state.get("drawn_at") != step:
             rad_sample(step)
@@ -243,7 +263,7 @@ def solve(cfg: SolveConfig, checkpoint_path: str | None = None, resume: bool = F
         if "lbfgs_x" not in state:
             if cfg.lbfgs_points:
                 state["x"] = problem.sample_interior(cfg.lbfgs_points, gen, device, dtype)
-            elif cfg.resample:
+            elif cfg.fresh_points:
                 sample()
             state["lbfgs_x"] = state["x"]
             state["lbfgs_xb"], state["lbfgs_gb"] = state.get("xb"), state.get("gb")
@@ -260,7 +280,7 @@ def solve(cfg: SolveConfig, checkpoint_path: str | None = None, resume: bool = F
             state.clear()
             state.update({k: v.to(device) if torch.is_tensor(v) else v for k, v in d["points"].items()})
 
-    if not cfg.resample:
+    if not cfg.fresh_points:
         sample()   # the fixed points, drawn before training so a resumed run draws the same ones
     grid = eval_grid(problem, cfg.eval_res, dtype).to(device)
 
@@ -268,10 +288,10 @@ def solve(cfg: SolveConfig, checkpoint_path: str | None = None, resume: bool = F
         return evaluate_errors(ansatz, problem, grid)[0]
 
     lr = cfg.lr if cfg.lr is not None else DEFAULT_LR.get(cfg.model, 1e-3)
-    tcfg = TrainConfig(steps=cfg.steps, seconds=cfg.seconds, lr=lr, lr_final=cfg.lr_final, schedule=cfg.schedule,
+    tcfg = TrainConfig(steps=cfg.adam_steps, seconds=cfg.seconds, lr=lr, lr_final=cfg.lr_final, schedule=cfg.schedule,
                        seed=cfg.seed, device=str(device), targets=(1e-2, 1e-3), target_key="rel_l2",
                        target_mode="min", quiet=cfg.quiet, desc=f"{cfg.model} {cfg.problem} n={cfg.n}",
-                       log_every=max(1, min(50, cfg.steps // 200)), checkpoint_every=cfg.checkpoint_every,
+                       log_every=max(1, min(50, cfg.adam_steps // 200)), checkpoint_every=cfg.checkpoint_every,
                        checkpoint_path=checkpoint_path, resume=resume,
                        fingerprint=fingerprint(cfg, model_config), clock=cfg.clock, **cfg.train_options())
     cpu0, wall0 = time.process_time(), time.perf_counter()
@@ -290,11 +310,11 @@ def solve(cfg: SolveConfig, checkpoint_path: str | None = None, resume: bool = F
         "cpu_seconds": round(cpu_seconds, 3), "wall_seconds": round(wall_seconds, 3), "clock": cfg.clock,   # process CPU time of the training (all threads; shows load)
         "seconds_per_step": result.seconds_per_step, "stopped_by": result.stopped_by,
         "time_to_rel_l2": result.time_to_target, "divergence_events": result.events, "lr": lr,
-        "lbfgs": (None if not cfg.lbfgs_steps else
+        "lbfgs": (None if not cfg.lbfgs_outer else
                   {"switch_after_step": None if switch is None else switch - 1,
                    "steps": sum(row.get("stage") == "lbfgs" for row in result.history if "loss" in row),
                    "points": (f"{cfg.lbfgs_points} uniform points drawn at the switch" if cfg.lbfgs_points else
-                              "one uniform set drawn at the switch (--resample)" if cfg.resample else
+                              "one uniform set drawn at the switch (--resample)" if cfg.fresh_points else
                               "the last RAD draw, fixed" if cfg.sampling == "rad" else
                               "the fixed collocation points")}),
         "seed": cfg.seed, "device": str(device), "dtype": cfg.dtype, "laplacian": lap_mode, "config": asdict(cfg),
