@@ -181,7 +181,9 @@ def test_cli_writes_run_folder(tmp_path):
     assert {"metrics.json", "config.json", "history.csv", "solution.png", "model.pt"} <= set(os.listdir(out))
     assert not [f for f in os.listdir(out) if f.endswith(".tmp")]
     m = json.loads((out / "metrics.json").read_text())
-    assert m["seed"] == 1 and m["steps"] == 5 and "torch" in m["versions"] and m["config"]["points"] == 32
+    assert m["seed"] == 1 and "torch" in m["versions"] and m["config"]["points"] == 32
+    # the default recipe: the 5 Adam steps, then max(1, 5 // 10) = 1 L-BFGS step on 4096 uniform points
+    assert m["steps"] == 6 and m["lbfgs"]["steps"] == 1 and m["config"]["lbfgs_points"] == 4096
 
 
 @pytest.mark.parametrize("args,needle", [
