@@ -75,7 +75,9 @@ class SolveConfig:
     seed: int = 0
     device: str = "auto"
     dtype: str = "float32"
-    eval_res: int | None = None                  # grid points per axis; default 256 (2-D), 8193 (1-D)
+    # grid points per axis; default 256 (2-D), 8193 (1-D); without an exact solution: the intervals of the
+    # coarsest finite-difference grid along the longest side (the reference and its grid have 2x and 4x that)
+    eval_res: int | None = None
     eval_every: int = 0
     residual_points: int = 4096                  # held-out interior points for the final residual
     checkpoint_every: int = 0                    # checkpoint every N steps (needs a checkpoint path)
@@ -471,7 +473,8 @@ def solve(config_or_problem=None, config: SolveConfig | None = None, *, checkpoi
     else:   # a finite-difference reference on the problem's box (before training: it can refuse the problem)
         from .reference import reference
 
-        ref = reference(problem)
+        longest = max(b - a for a, b in problem.box[:problem.dim])
+        ref = reference(problem, h=longest / cfg.eval_res if cfg.eval_res else None)
         grid = torch.as_tensor(ref["points"], dtype=dtype, device=device)
         ref_values, reference_info, grid_shape = ref["values"], ref["info"], tuple(ref["shape"])
     seed_everything(cfg.seed)
