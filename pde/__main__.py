@@ -170,6 +170,7 @@ def main(argv=None) -> int:
         return a
     if a.command == "list":
         print("problems:", ", ".join(problems.PROBLEMS))
+        print("equations:", ", ".join(EQUATIONS), "(--equation, with --domain --source --boundary-values --initial --exact)")
         print("models:  ", ", ".join(models.MODELS))
         return 0
     return run_main("python -m pde", lambda: _solve(a))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -616,7 +617,11 @@ def write_files(sol: Solution, out: str) -> None:
     torch.save(sol.ansatz.net.state_dict(), tmp)
     os.replace(tmp, os.path.join(out, "model.pt"))
     sol.fit.write_history(os.path.join(out, "history.csv"))
-    plot_solution(sol, os.path.join(out, "solution.png"))
+    try:   # a figure is not worth losing the trained model over
+        plot_solution(sol, os.path.join(out, "solution.png"))
+    except Exception as e:  # noqa: BLE001
+        sol.metrics["plot_error"] = f"{type(e).__name__}: {e}"
+        print(f"warning: solution.png not written ({type(e).__name__}: {e})", file=sys.stderr)
     write_json(sol.metrics, os.path.join(out, "metrics.json"))
 
 

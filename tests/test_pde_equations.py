@@ -216,3 +216,24 @@ def test_box_problem_builds_from_python_callables():
                                 boundary=lambda X: X[:, 0] * 0.0))
     assert p.dim == 2 and p.box == ((0.0, 1.0), (0.0, 2.0)) and not p.has_exact
     assert p.spec.to_dict()["source"].startswith("<callable")
+
+
+def test_cli_equation_writes_run_folder_with_default_name(tmp_path, monkeypatch, capsys):
+    import json
+
+    from pde.__main__ import main
+
+    monkeypatch.chdir(tmp_path)
+    args = ["solve", "--equation", "heat", "--domain", "0,1", "--kappa", "0.1", "--t-end", "0.5",
+            "--exact", "exp(-0.1*pi^2*t)*sin(pi*x) + x", "--model", "siren", "--params", "300", "--steps", "10",
+            "--lbfgs-steps", "1", "--points", "64", "--lbfgs-points", "64", "--eval-res", "17", "--quiet",
+            "--threads", "1"]
+    assert main(args) == 0
+    runs = list((tmp_path / "runs").iterdir())
+    assert len(runs) == 1 and runs[0].name.startswith("pde-heat-siren-")
+    m = json.loads((runs[0] / "metrics.json").read_text())
+    cfg = json.loads((runs[0] / "config.json").read_text())
+    assert m["error_against"] == "exact solution" and m["reference"] is None and m["steps"] == 11
+    assert m["boundary_error_max"] < 1e-5 and cfg["solve"]["equation"]["equation"] == "heat"
+    assert m["problem"]["time_dependent"] and m["problem"]["bounds"] == [[0.0, 1.0], [0.0, 0.5]]
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["steps"] == 11
