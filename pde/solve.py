@@ -47,6 +47,7 @@ MAX_PARAMS = 100_000_000
 MAX_WIDTH = 100_000          # hidden, rank, width, n_freqs, grid
 MAX_LAYERS = 64              # hidden_layers, depth, dbar, k
 MAX_FREQUENCY = 1e6          # w0, w0_first, scale, component_std
+MIN_FREQUENCY = 1e-6         # SIREN's init divides by w0: 1e-310 overflows to inf
 MAX_EVAL_POINTS = 1 << 24    # evaluation grid points (all axes together)
 DEFAULT_EVAL_RES = {1: 8193, 2: 256, 3: 64}
 HYPER_INT = {"hidden": (1, MAX_WIDTH), "hidden_layers": (0, MAX_LAYERS), "rank": (1, MAX_WIDTH),
@@ -149,8 +150,9 @@ class SolveConfig:
                 if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not lo <= v <= hi:
                     raise InputError(f"{flag(name)} must be an integer in {lo}..{hi:,}, got {v!r}")
             elif name in HYPER_FLOAT:
-                if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and 0 < v <= MAX_FREQUENCY):
-                    raise InputError(f"{flag(name)} must be a finite number in (0, {MAX_FREQUENCY:g}], got {v!r}")
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and MIN_FREQUENCY <= v <= MAX_FREQUENCY):
+                    raise InputError(f"{flag(name)} must be a finite number in [{MIN_FREQUENCY:g}, {MAX_FREQUENCY:g}], "
+                                     f"got {v!r}")
         for name in ("seconds", "lr", "penalty", "lr_final", "max_memory_gb"):
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v > 0)):

@@ -24,6 +24,7 @@ CASES = [
     (["--hidden", "1000000", "--params", "0"], "--hidden"),
     (["--w0", "nan"], "--w0"),
     (["--w0", "inf"], "--w0"),
+    (["--w0", "1e-310"], "--w0"),
     (["--w0-first", "-2"], "--w0-first"),
     (["--rank", "0", "--params", "0", "--model", "lrnn-siren"], "--rank"),
     # sizes: refused by their bounds or by the memory estimate, before anything is allocated
