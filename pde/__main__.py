@@ -22,7 +22,7 @@ from inr.runs import RunError, RunFolder, check_out
 from . import models, problems
 from .operators import LAPLACIAN_MODES
 from .equations import EQUATIONS, EquationSpec
-from .solve import DEFAULT_LR, DTYPES, SolveConfig, solve, write_files
+from .solve import DEFAULT_LBFGS_POINTS, DEFAULT_LR, DTYPES, SolveConfig, solve, write_files
 
 # model options: flag -> (type, the registry's keyword)
 HYPER = {"hidden": int, "hidden_layers": int, "rank": int, "depth": int, "dbar": int, "width": int,
@@ -96,8 +96,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                    help="what --seconds and the times in the history measure: wall time, or this process's CPU "
                         "time (all threads; with --threads 1, what an unshared core would take on a busy machine)")
-    s.add_argument("--lbfgs-points", type=number(int, "--lbfgs-points", 0), default=4096, metavar="N",
-                   help="L-BFGS stage on N uniform points drawn at the switch (0: the Adam stage's points)")
+    s.add_argument("--lbfgs-points", type=number(int, "--lbfgs-points", 0, 10_000_000), default=None, metavar="N",
+                   help="L-BFGS stage on N uniform points drawn at the switch (0: the Adam stage's points); default "
+                        + ", ".join(f"{k} {v}" for k, v in DEFAULT_LBFGS_POINTS.items()) + ", others 4096")
     s.add_argument("--rad-every", type=number(int, "--rad-every", 1), default=100, metavar="N",
                    help="rad: redraw the points every N steps")
     s.add_argument("--rad-pool", type=number(int, "--rad-pool", 1), default=8, metavar="M",
@@ -150,7 +151,7 @@ def config_from_args(a: argparse.Namespace) -> SolveConfig:
                        lr=a.lr, lr_final=a.lr_final, schedule=a.schedule, seed=a.seed, device=a.device, dtype=a.dtype,
                        eval_res=a.eval_res, eval_every=a.eval_every, checkpoint_every=a.checkpoint_every,
                        laplacian=a.laplacian, quiet=a.quiet, sampling=a.sampling, rad_every=a.rad_every,
-                       rad_pool=a.rad_pool, rad_k=a.rad_k, rad_c=a.rad_c, lbfgs_points=a.lbfgs_points or None,
+                       rad_pool=a.rad_pool, rad_k=a.rad_k, rad_c=a.rad_c, lbfgs_points=a.lbfgs_points,
                        clock=a.clock, max_memory_gb=a.max_memory_gb, **lbfgs_options(a))
 
 

@@ -39,6 +39,10 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 # SIREN at 1e-3 diverged, LRNN improved from 2e-3 to 1e-2).  The others are common defaults, not tuned.
 DEFAULT_LR = {"lrnn-siren": 1e-2, "lrnn-spder": 1e-2, "siren": 2e-4, "spder": 2e-4, "mlp-tanh": 2e-3,
               "kan": 1e-2, "gauss": 1e-3, "relu-pe": 1e-3}
+# L-BFGS stage points (drawn uniformly at the switch); others 4096.  LRNN-16k, poisson2d n = 4, 300 CPU-s,
+# single seed: 2048 points 1.40e-4 (README) and 2.25e-4 (2026-12-06, load 4-7) against 4096: 2.36e-4 and 3.56e-4
+# (fewer points, more L-BFGS steps in the budget); SIREN-16k with 4096: 7.5e-5 and 6.1e-5
+DEFAULT_LBFGS_POINTS = {"lrnn-siren": 2048, "lrnn-spder": 2048}
 
 
 # option bounds (issue: every input checked at the door); sizes beyond them are refused before allocating
@@ -100,7 +104,9 @@ class SolveConfig:
     lbfgs_lr: float = 1.0
     lbfgs_history: int = 50
     lbfgs_iter: int = 10
-    lbfgs_points: int | None = 4096              # L-BFGS on this many uniform points drawn at the switch (None: the Adam points)
+    # L-BFGS on this many uniform points drawn at the switch; None: DEFAULT_LBFGS_POINTS (4096 for most
+    # models), 0: the Adam stage's points (fixed, the last RAD draw, or one uniform set with resample)
+    lbfgs_points: int | None = None
     clock: str = "wall"                          # what --seconds measures: wall | cpu (inr.train.TrainConfig.clock)
     max_memory_gb: float = 4.0                   # refuse a run whose rough memory estimate exceeds this
 
@@ -136,7 +142,7 @@ class SolveConfig:
         integer("steps", 1, 10**9, optional=True)
         integer("lbfgs_steps", 0, 10**9, optional=True)
         integer("boundary_points", 1, MAX_POINTS, optional=True)
-        integer("lbfgs_points", 1, MAX_POINTS, optional=True)
+        integer("lbfgs_points", 0, MAX_POINTS, optional=True)
         integer("rad_every", 1, 10**9)
         integer("rad_pool", 1, 1000)
         integer("seed", 0, 2**63 - 1)
@@ -204,6 +210,11 @@ class SolveConfig:
     def fresh_points(self) -> bool:
         """``resample``, or its default: fresh uniform points every Adam step unless RAD samples them."""
         return self.resample if self.resample is not None else self.sampling == "uniform"
+
+    @property
+    def lbfgs_draw(self) -> int:
+        """``lbfgs_points``, or its default (:data:`DEFAULT_LBFGS_POINTS`, else 4096); 0: the Adam points."""
+        return self.lbfgs_points if self.lbfgs_points is not None else DEFAULT_LBFGS_POINTS.get(self.model, 4096)
 
     @property
     def lbfgs_outer(self) -> int:
@@ -345,7 +356,7 @@ def estimate_memory(cfg: SolveConfig, problem: problems.Problem, eval_points: in
         n_params = cfg.params or 10_000
     if per_point is None:
         per_point = 8 * int(math.sqrt(n_params)) * 4
-    train_points = max(cfg.points, cfg.lbfgs_points or 0, cfg.boundary_points or 0)
+    train_points = max(cfg.points, cfg.lbfgs_draw if cfg.lbfgs_outer else 0, cfg.boundary_points or 0)
     directions = problem.dim + 2
     activations = train_points * per_point * directions * bytes_per * 3
     parameters = n_params * bytes_per * (4 + 2 * cfg.lbfgs_history + 2)
@@ -416,6 +427,7 @@ def fingerprint(cfg: SolveConfig, model_config: dict) -> str:
             "resample", "seed", "dtype", "sampling", "rad_every", "rad_pool", "rad_k", "rad_c", "lbfgs_points")
     solve_part = {k: getattr(cfg, k) for k in keep}
     solve_part["resample"] = cfg.fresh_points
+    solve_part["lbfgs_points"] = cfg.lbfgs_draw
     if cfg.equation is not None:
         solve_part["equation"] = cfg.equation.to_dict()
     return json.dumps({"solve": solve_part, "model": model_config}, sort_keys=True, default=str)
@@ -522,8 +534,8 @@ def solve(config_or_problem=None, config: SolveConfig | None = None, *, checkpoi
         """The L-BFGS stage's fixed points: with lbfgs_points, that many uniform points drawn at the switch;
         else the current set (fixed or the last RAD draw), or with --resample one uniform set drawn there."""
         if "lbfgs_x" not in state:
-            if cfg.lbfgs_points:
-                state["x"] = problem.sample_interior(cfg.lbfgs_points, gen, device, dtype)
+            if cfg.lbfgs_draw:
+                state["x"] = problem.sample_interior(cfg.lbfgs_draw, gen, device, dtype)
             elif cfg.fresh_points:
                 sample()
             state["lbfgs_x"] = state["x"]
@@ -582,7 +594,7 @@ def solve(config_or_problem=None, config: SolveConfig | None = None, *, checkpoi
         "lbfgs": (None if not cfg.lbfgs_outer else
                   {"switch_after_step": None if switch is None else switch - 1,
                    "steps": sum(row.get("stage") == "lbfgs" for row in result.history if "loss" in row),
-                   "points": (f"{cfg.lbfgs_points} uniform points drawn at the switch" if cfg.lbfgs_points else
+                   "points": (f"{cfg.lbfgs_draw} uniform points drawn at the switch" if cfg.lbfgs_draw else
                               "one uniform set drawn at the switch (--resample)" if cfg.fresh_points else
                               "the last RAD draw, fixed" if cfg.sampling == "rad" else
                               "the fixed collocation points")}),

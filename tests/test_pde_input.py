@@ -30,7 +30,7 @@ CASES = [
     # sizes: refused by their bounds or by the memory estimate, before anything is allocated
     (["--points", "1000000000"], "--points"),
     (["--points", "9000000"], "GB"),
-    (["--lbfgs-points", "9000000"], "GB"),
+    (["--lbfgs-points", "9000000", "--lbfgs-steps", "1"], "GB"),
     (["--lbfgs-points", "-5"], "--lbfgs-points"),
     (["--rad-pool", "100000", "--sampling", "rad"], "--rad-pool"),
     (["--params", "1000000000"], "--params"),
