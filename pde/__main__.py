@@ -12,7 +12,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 
 from inr.cliutil import (Parser, add_common, add_lbfgs, add_version, apply_threads, lbfgs_options, number, parse_args,
                          run_main)

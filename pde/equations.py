@@ -17,10 +17,9 @@ From Python: ``BoxProblem(EquationSpec(...))`` or ``EquationSpec(...).build()``;
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 
 from inr.errors import InputError
@@ -237,8 +236,3 @@ class BoxProblem(Problem):
     def describe(self):
         return {**super().describe(), "equation": self.spec.to_dict(), "has_exact": self.has_exact}
 
-
-def evaluate_numpy(fn, points: np.ndarray) -> np.ndarray:
-    """A problem function at float64 points (N, d) -> (N,) numpy."""
-    with torch.no_grad():
-        return fn(torch.as_tensor(points, dtype=torch.float64)).double().cpu().numpy().reshape(-1)
