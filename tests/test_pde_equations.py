@@ -237,3 +237,16 @@ def test_cli_equation_writes_run_folder_with_default_name(tmp_path, monkeypatch,
     assert m["boundary_error_max"] < 1e-5 and cfg["solve"]["equation"]["equation"] == "heat"
     assert m["problem"]["time_dependent"] and m["problem"]["bounds"] == [[0.0, 1.0], [0.0, 0.5]]
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["steps"] == 11
+
+
+def test_penalty_boundary_on_a_heat_problem_samples_every_face():
+    p = EquationSpec(equation="heat", domain="0,1x0,2", exact="exp(-t)*sin(x)*cos(y)").build()
+    xb = p.sample_boundary(2000, torch.Generator().manual_seed(0), dtype=F64)
+    lo, hi = torch.tensor([0.0, 0.0, 0.0], dtype=F64), torch.tensor([1.0, 2.0, 1.0], dtype=F64)
+    on = torch.cat([xb == lo, xb == hi], 1)          # 6 candidate faces; t = T is not a boundary
+    assert bool(on[:, :5].any(0).all()) and not bool(on[:, 5].any()) and bool(on.any(1).all())
+    assert torch.allclose(p.boundary_data(xb), p.exact(xb), atol=1e-12)
+    sol = solve(EquationSpec(equation="heat", domain="0,1x0,2", exact="exp(-t)*sin(x)*cos(y)"), model="siren",
+                params=400, boundary="penalty", steps=8, lbfgs_steps=1, points=64, lbfgs_points=64, eval_res=9,
+                residual_points=64, quiet=True)
+    assert math.isfinite(sol.metrics["rel_l2"]) and sol.metrics["boundary_error_rms"] > 1e-6   # not exact here
