@@ -114,6 +114,14 @@ def _parser() -> argparse.ArgumentParser:
     add_lbfgs(s, full_batch_help="--lbfgs-points uniform points drawn at the switch")
     # the study's recipe is the default: L-BFGS for 70 % of a --seconds budget (--lbfgs-steps 0 turns it off)
     s.set_defaults(lbfgs_steps=None, lbfgs_fraction=0.7)
+    for group in s._action_groups:
+        if group.title and group.title.startswith("L-BFGS stage"):
+            group.title = "L-BFGS stage (after the Adam steps; on by default: the Poisson study's recipe)"
+    for action in s._actions:
+        if action.dest == "lbfgs_steps":
+            action.help = ("outer L-BFGS steps after the Adam steps, on --lbfgs-points uniform points drawn at the "
+                           "switch; default 1,000,000 with --seconds (the budget decides), else max(1, --steps // 10); "
+                           "0: no L-BFGS stage")
     add_common(s, out_help="run folder to create, must not exist (metrics.json, history.csv, solution.png, "
                            "model.pt); default runs/pde-<problem>-<model>-<time>")
     s.add_argument("--checkpoint-every", type=number(int, "--checkpoint-every", 0), default=0, metavar="N",
