@@ -46,7 +46,7 @@ from pde.solve import SolveConfig, solve, write_files  # noqa: E402
 #                --lbfgs-points points for the --lbfgs-fraction share of the budget
 #   rad+lbfgs:   as adam+lbfgs, but the Adam points come from residual-based adaptive sampling
 RECIPES = {
-    "adam": {},
+    "adam": {"resample": False},
     "adam+lbfgs": {"resample": True, "lbfgs": True},
     "rad+lbfgs": {"sampling": "rad", "lbfgs": True},
 }

@@ -1,28 +1,34 @@
-"""``python -m pde solve ...``: solve a Poisson problem with a PINN and write a run folder.
+"""``python -m pde solve ...``: solve a PDE with a PINN and write a run folder.
 
-``python -m pde list`` prints the problems and models.
+Built-in problems (``--problem poisson2d --n 4``) or one written down (``--equation poisson|helmholtz|heat
+--domain 0,1x0,2 --source 1 [--boundary-values G] [--initial U0] [--exact U]``).  ``python -m pde list`` prints
+the problems and models.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import time
+from pathlib import Path
 
-import torch
 
 from inr.cliutil import (Parser, add_common, add_lbfgs, add_version, apply_threads, lbfgs_options, number, parse_args,
                          run_main)
-from inr.runs import RunError, RunFolder
+from inr.errors import InputError
+from inr.runs import RunError, RunFolder, check_out
 
 from . import models, problems
 from .operators import LAPLACIAN_MODES
-from .solve import DEFAULT_LR, DTYPES, SolveConfig, solve, write_files
-from inr.errors import InputError
+from .equations import EQUATIONS, EquationSpec
+from .solve import DEFAULT_LBFGS_POINTS, DEFAULT_LR, DTYPES, SolveConfig, solve, write_files
 
 # model options: flag -> (type, the registry's keyword)
 HYPER = {"hidden": int, "hidden_layers": int, "rank": int, "depth": int, "dbar": int, "width": int,
-         "w0": float, "w0_first": float, "shared": None, "component_std": float, "grid": int, "k": int,
+         "w0": float, "w0_first": float, "shared": None, "component_std": float, "grid": int, "spline_order": int,
          "n_freqs": int, "scale": float}
+
+HYPER_KEY = {"spline_order": "k"}   # flag -> the model's keyword (KAN's spline order k; --k is Helmholtz's wave number)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -31,24 +37,52 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
     sub.add_parser("list", help="print the problems and models")
     s = sub.add_parser("solve", help="train a PINN and write a run folder")
-    s.add_argument("--problem", default="poisson2d", help=f"one of: {', '.join(problems.PROBLEMS)}")
-    s.add_argument("--n", type=number(int, "--n", 1), default=1, help="frequency n of poisson2d's u* = sin(n pi x) sin(n pi y)")
+    s.add_argument("--problem", default="poisson2d", help=f"a built-in problem, one of: {', '.join(problems.PROBLEMS)}")
+    s.add_argument("--n", type=number(int, "--n", 1, 1000), default=None,
+                   help="frequency n of poisson2d's u* = sin(n pi x) sin(n pi y) (default 1); with --equation, the "
+                        "solution's frequency hint for the model defaults (default 1; Helmholtz ceil(k L / pi))")
+    e = s.add_argument_group("a problem written down (pde.equations; replaces --problem)")
+    e.add_argument("--equation", choices=EQUATIONS, default=None,
+                   help="poisson: -Laplace(u) = f; helmholtz: -Laplace(u) - k^2 u = f; heat: u_t = kappa Laplace(u) + f")
+    e.add_argument("--domain", default="0,1x0,1", help="the space box: lo,hi per axis joined by x (1-3 axes)")
+    e.add_argument("--source", default=None, metavar="EXPR",
+                   help="f as an expression in x, y, z (and t); default: from --exact, else 0")
+    e.add_argument("--boundary-values", default=None, metavar="EXPR",
+                   help="Dirichlet values g on the boundary; default: --exact, else 0")
+    e.add_argument("--initial", default=None, metavar="EXPR", help="heat: u at t = 0; default: --exact")
+    e.add_argument("--exact", default=None, metavar="EXPR",
+                   help="the exact solution (optional): the error is measured against it, and the source, boundary "
+                        "and initial values default to the ones it implies; without it, against a "
+                        "finite-difference reference")
+    e.add_argument("--k", type=number(float, "--k", 0, 1e6), default=0.0, help="helmholtz: wave number k")
+    e.add_argument("--kappa", type=number(float, "--kappa", 0, 1e6, low_open=True), default=1.0, help="heat: diffusivity")
+    e.add_argument("--t-end", type=number(float, "--t-end", 0, 1e6, low_open=True), default=1.0, help="heat: t in [0, T]")
+    e.add_argument("--residual-scale", type=number(float, "--residual-scale", 0, low_open=True), default=None,
+                   help="the residual is divided by it (default max(1, k^2, RMS of f))")
     s.add_argument("--model", default="lrnn-siren", help=f"one of: {', '.join(models.MODELS)}")
-    s.add_argument("--params", type=number(int, "--params", 0), default=16000,
+    s.add_argument("--params", type=number(int, "--params", 0, 100_000_000), default=16000,
                    help="parameter budget (picks the width); 0 = use --hidden/--rank as given")
-    s.add_argument("--steps", type=number(int, "--steps", 1), default=2000, help="Adam steps (upper limit; --lbfgs-steps follow them)")
+    s.add_argument("--steps", type=number(int, "--steps", 1), default=None,
+                   help="Adam steps (upper limit; --lbfgs-steps follow them); default 1,000,000 with --seconds "
+                        "(the budget decides), else 2000")
     s.add_argument("--seconds", type=number(float, "--seconds", 0, low_open=True, allow_none=True), default=None, help="wall-clock budget; stops at whichever comes first")
     s.add_argument("--lr", type=number(float, "--lr", 0, low_open=True), default=None,
                    help="Adam learning rate (cosine decay to lr-final x lr); default per model: "
                         + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items()))
     s.add_argument("--lr-final", type=number(float, "--lr-final", 0, low_open=True), default=0.1, help="final learning rate as a fraction of --lr")
     s.add_argument("--schedule", default="cosine", choices=("cosine", "exponential", "constant"))
-    s.add_argument("--points", type=number(int, "--points", 1), default=1024, help="interior collocation points")
-    s.add_argument("--boundary-points", type=number(int, "--boundary-points", 1), default=None, help="boundary points (penalty); default points/4")
+    s.add_argument("--points", type=number(int, "--points", 1, 10_000_000), default=1024, help="interior collocation points")
+    s.add_argument("--boundary-points", type=number(int, "--boundary-points", 1, 10_000_000), default=None,
+                   help="boundary points (penalty); default points/4")
+    s.add_argument("--max-memory-gb", type=number(float, "--max-memory-gb", 0, low_open=True), default=4.0,
+                   help="refuse a run whose rough memory estimate (points x features per point x layers, parameters "
+                        "and optimiser state, evaluation grid) is above this")
     s.add_argument("--boundary", default="exact", choices=("exact", "penalty"),
                    help="exact: u = lift + x(1-x)y(1-y)-bubble * net; penalty: weighted boundary loss")
     s.add_argument("--penalty", type=number(float, "--penalty", 0, low_open=True), default=100.0, help="boundary loss weight (--boundary penalty)")
-    s.add_argument("--resample", action="store_true", help="draw new collocation points every step")
+    s.add_argument("--resample", action=argparse.BooleanOptionalAction, default=None,
+                   help="draw new uniform collocation points every Adam step (default with --sampling uniform; "
+                        "--no-resample: one fixed set)")
     s.add_argument("--laplacian", default="auto", choices=LAPLACIAN_MODES,
                    help="forward: value, gradient and Laplacian carried through the network in one pass "
                         "(pde.forward); reverse: autograd, d + 1 backward passes (its training gradient "
@@ -61,8 +95,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                    help="what --seconds and the times in the history measure: wall time, or this process's CPU "
                         "time (all threads; with --threads 1, what an unshared core would take on a busy machine)")
-    s.add_argument("--lbfgs-points", type=number(int, "--lbfgs-points", 1, allow_none=True), default=None, metavar="N",
-                   help="L-BFGS stage on N uniform points drawn at the switch (default: the Adam stage's points)")
+    s.add_argument("--lbfgs-points", type=number(int, "--lbfgs-points", 0, 10_000_000), default=None, metavar="N",
+                   help="L-BFGS stage on N uniform points drawn at the switch (0: the Adam stage's points); default "
+                        + ", ".join(f"{k} {v}" for k, v in DEFAULT_LBFGS_POINTS.items()) + ", others 4096")
     s.add_argument("--rad-every", type=number(int, "--rad-every", 1), default=100, metavar="N",
                    help="rad: redraw the points every N steps")
     s.add_argument("--rad-pool", type=number(int, "--rad-pool", 1), default=8, metavar="M",
@@ -71,12 +106,24 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--rad-c", type=number(float, "--rad-c", 0), default=1.0, help="rad: uniform share c")
     s.add_argument("--dtype", default="float32", choices=tuple(DTYPES), help="floating-point type of the model")
     s.add_argument("--eval-res", type=number(int, "--eval-res", 2), default=None,
-                   help="evaluation grid points per axis (2-D 256, 1-D 8193)")
+                   help="evaluation grid points per axis (1-D 8193, 2-D 256, 3-D 64); without --exact: intervals of the "
+                        "coarsest finite-difference grid along the longest side (reference on 2x, checked on 4x; "
+                        "default 2-D 128, 1-D 1024, 3-D 12, heat 32/128/8)")
     s.add_argument("--eval-every", type=number(int, "--eval-every", 0), default=0,
                    help="log the relative L2 error every N steps (0: end only)")
-    add_lbfgs(s, full_batch_help="the collocation points (fixed; with --resample one set drawn at the switch)")
+    add_lbfgs(s, full_batch_help="--lbfgs-points uniform points drawn at the switch")
+    # the study's recipe is the default: L-BFGS for 70 % of a --seconds budget (--lbfgs-steps 0 turns it off)
+    s.set_defaults(lbfgs_steps=None, lbfgs_fraction=0.7)
+    for group in s._action_groups:
+        if group.title and group.title.startswith("L-BFGS stage"):
+            group.title = "L-BFGS stage (after the Adam steps; on by default: the Poisson study's recipe)"
+    for action in s._actions:
+        if action.dest == "lbfgs_steps":
+            action.help = ("outer L-BFGS steps after the Adam steps, on --lbfgs-points uniform points drawn at the "
+                           "switch; default 1,000,000 with --seconds (the budget decides), else max(1, --steps // 10); "
+                           "0: no L-BFGS stage")
     add_common(s, out_help="run folder to create, must not exist (metrics.json, history.csv, solution.png, "
-                           "model.pt); default: none, nothing is written")
+                           "model.pt); default runs/pde-<problem>-<model>-<time>")
     s.add_argument("--checkpoint-every", type=number(int, "--checkpoint-every", 0), default=0, metavar="N",
                    help="checkpoint every N steps (needs --out; kept in the hidden staging folder after an "
                         "interruption so --resume can continue; 0: off)")
@@ -88,19 +135,36 @@ def _parser() -> argparse.ArgumentParser:
         if typ is None:
             g.add_argument(flag, action="store_true", default=None, help="LRNN: share components across neurons")
         else:
-            g.add_argument(flag, type=typ, default=None)
+            g.add_argument(flag, type=number(typ, flag), default=None)
     return p
 
 
 def config_from_args(a: argparse.Namespace) -> SolveConfig:
-    hyper = {k: getattr(a, k) for k in HYPER if getattr(a, k) is not None}
-    return SolveConfig(problem=a.problem, n=a.n, model=a.model, params=a.params or None, hyper=hyper,
-                       boundary=a.boundary, penalty=a.penalty, points=a.points, boundary_points=a.boundary_points,
-                       resample=a.resample, steps=a.steps, seconds=a.seconds, lr=a.lr, lr_final=a.lr_final,
-                       schedule=a.schedule, seed=a.seed, device=a.device, dtype=a.dtype, eval_res=a.eval_res,
-                       eval_every=a.eval_every, checkpoint_every=a.checkpoint_every, laplacian=a.laplacian,
-                       quiet=a.quiet, sampling=a.sampling, rad_every=a.rad_every, rad_pool=a.rad_pool, rad_k=a.rad_k,
-                       rad_c=a.rad_c, lbfgs_points=a.lbfgs_points, clock=a.clock, **lbfgs_options(a))
+    hyper = {HYPER_KEY.get(k, k): getattr(a, k) for k in HYPER if getattr(a, k) is not None}
+    equation = None
+    if a.equation is not None:
+        equation = EquationSpec(equation=a.equation, domain=a.domain, source=a.source, boundary=a.boundary_values,
+                                initial=a.initial, exact=a.exact, k=a.k, kappa=a.kappa, t_end=a.t_end, n=a.n,
+                                residual_scale=a.residual_scale)
+    else:
+        given = [f for f, v in (("--source", a.source), ("--boundary-values", a.boundary_values),
+                                ("--initial", a.initial), ("--exact", a.exact), ("--residual-scale", a.residual_scale))
+                 if v is not None]
+        if given:
+            raise InputError(f"{', '.join(given)} describe a problem written down; add --equation poisson|helmholtz|heat")
+    return SolveConfig(problem=a.problem, n=a.n or 1, equation=equation, model=a.model, params=a.params or None,
+                       hyper=hyper, boundary=a.boundary, penalty=a.penalty, points=a.points,
+                       boundary_points=a.boundary_points, resample=a.resample, steps=a.steps, seconds=a.seconds,
+                       lr=a.lr, lr_final=a.lr_final, schedule=a.schedule, seed=a.seed, device=a.device, dtype=a.dtype,
+                       eval_res=a.eval_res, eval_every=a.eval_every, checkpoint_every=a.checkpoint_every,
+                       laplacian=a.laplacian, quiet=a.quiet, sampling=a.sampling, rad_every=a.rad_every,
+                       rad_pool=a.rad_pool, rad_k=a.rad_k, rad_c=a.rad_c, lbfgs_points=a.lbfgs_points,
+                       clock=a.clock, max_memory_gb=a.max_memory_gb, **lbfgs_options(a))
+
+
+def default_out(cfg: SolveConfig, root: str = "runs") -> str:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return str(Path(root) / f"pde-{cfg.problem_name}-{cfg.model}-{stamp}")
 
 
 def set_threads(spec) -> None:
@@ -114,31 +178,30 @@ def main(argv=None) -> int:
         return a
     if a.command == "list":
         print("problems:", ", ".join(problems.PROBLEMS))
+        print("equations:", ", ".join(EQUATIONS), "(--equation, with --domain --source --boundary-values --initial --exact)")
         print("models:  ", ", ".join(models.MODELS))
         return 0
     return run_main("python -m pde", lambda: _solve(a))
 
 
 def _solve(a) -> int:
-    if a.params is not None and a.params < 0:
-        raise InputError(f"--params must be >= 0, got {a.params}")
-    cfg = config_from_args(a)
-    cfg.validate()
+    cfg = config_from_args(a)   # validates every option (SolveConfig.__post_init__)
+    out = a.out or default_out(cfg)
     if (a.checkpoint_every or a.resume) and not a.out:
         raise RunError("--checkpoint-every and --resume need --out (the checkpoint lives in its staging folder)")
-    run = RunFolder(a.out, resume=a.resume) if a.out else None   # refuses an existing --out before the solve
     apply_threads(a.threads)
-    if run is None:
-        sol = solve(cfg)
-    else:
-        with run:
+    if a.checkpoint_every or a.resume:
+        with RunFolder(out, resume=a.resume) as run:   # refuses an existing --out before the solve
             sol = solve(cfg, checkpoint_path=str(run.checkpoint), resume=a.resume)
             write_files(sol, str(run.path))
+    else:
+        check_out(out)   # refuse an existing --out before the solve; written by Solution.save after it
+        sol = solve(cfg)
+        sol.save(out)
     m = sol.metrics
-    print(json.dumps({k: m[k] for k in ("model", "params", "rel_l2", "max_error", "final_residual_rms", "seconds",
-                                        "steps")}, default=str))
-    if a.out:
-        print(f"run folder: {a.out}", file=sys.stderr)
+    print(json.dumps({k: m[k] for k in ("model", "params", "rel_l2", "max_error", "final_residual_rms",
+                                        "boundary_error_rms", "seconds", "steps")}, default=str))
+    print(f"run folder: {out}", file=sys.stderr)
     return 0
 
 

@@ -318,47 +318,84 @@ def model_jet(net: INR, j: Jet) -> Jet:
     return j
 
 
-def bubble_jet(x: torch.Tensor) -> Jet:
-    """``prod_i 4 x_i (1 - x_i)`` (see :func:`pde.operators.bubble`) as a jet in x."""
+def input_jet(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, dims: int) -> Jet:
+    """The jet of ``scale * x + shift`` (per-axis scale and shift) in the first ``dims`` coordinates:
+    gradient rows ``scale_i e_i`` for i < dims, Laplacian 0."""
     n, d = x.shape
+    eye = torch.diag(scale)[:dims].expand(n, dims, d)
+    return Jet(scale * x + shift, eye, torch.zeros_like(x))
+
+
+def bubble_jet(x: torch.Tensor, scale: torch.Tensor | None = None, dims: int | None = None,
+               time_axis: int | None = None) -> Jet:
+    """``prod_i 4 xi_i (1 - xi_i)`` over the first ``dims`` axes, xi = scale * (x - lo) already applied by
+    the caller as ``x`` (normalised coordinates), ``scale`` = 1 / (hi - lo) (see
+    :func:`pde.operators.distance_factor`), as a jet in the first ``dims`` problem coordinates; times
+    ``xi_t`` (constant along those directions) when ``time_axis`` is given."""
+    n, d = x.shape
+    dims = d if dims is None else dims
     out = None
-    for i in range(d):
+    for i in range(dims):
         xi = x[:, i:i + 1]
-        gi = torch.zeros(n, d, 1, dtype=x.dtype, device=x.device)
-        gi[:, i, 0] = (4.0 - 8.0 * xi)[:, 0]
-        bi = Jet(4.0 * xi * (1.0 - xi), gi, torch.full_like(xi, -8.0))
+        c = 1.0 if scale is None else scale[i]
+        gi = torch.zeros(n, dims, 1, dtype=x.dtype, device=x.device)
+        gi[:, i, 0] = ((4.0 - 8.0 * xi) * c)[:, 0]
+        bi = Jet(4.0 * xi * (1.0 - xi), gi, (-8.0 * c * c) * torch.ones_like(xi))
         out = bi if out is None else mul(out, bi)
+    if time_axis is not None:
+        t = x[:, time_axis:time_axis + 1]
+        out = mul(out, Jet(t, torch.zeros(n, dims, 1, dtype=x.dtype, device=x.device), torch.zeros_like(t)))
     return out
 
 
-def ansatz_jet(ansatz, x: torch.Tensor) -> Jet:
-    """Jet of :class:`pde.operators.Ansatz`: ``u = lift(x) + bubble(x) net(2x - 1)`` (exact boundary) or
-    ``net(2x - 1)``: the 2x - 1 map gives the network's gradient a factor 2 and its Laplacian a factor 4
-    (through the input jet).  The lift has no parameters: its value and Laplacian are constants of x,
-    taken by reverse-mode autograd of the lift alone (it is zero for ``poisson2d``)."""
+def ansatz_jet(ansatz, x: torch.Tensor, dims: int | None = None) -> Jet:
+    """Jet of :class:`pde.operators.Ansatz` in the first ``dims`` coordinates (default all):
+    ``u = lift(x) + D(x) net(2 xi - 1)`` (exact boundary) or ``net(2 xi - 1)``, xi = (x - lo) / (hi - lo): the
+    map gives the network's gradient a factor 2 / (hi - lo) and its Laplacian that factor squared (through
+    the input jet).  The lift has no parameters: its value and Laplacian are constants of x, taken by
+    reverse-mode autograd of the lift alone (it is zero for ``poisson2d``).  ``x`` is used as given (with
+    ``requires_grad`` the value's graph reaches it, for u_t)."""
     from .operators import laplacian, lift
 
-    x = x.detach()
-    u = model_jet(ansatz.net, identity(x, 2.0, -1.0))
+    problem = ansatz.problem
+    x = x if x.requires_grad else x.detach()
+    d = x.shape[1]
+    dims = d if dims is None else dims
+    if problem.bounds is None and dims == d:
+        j_in = identity(x, 2.0, -1.0)
+        xi, scale = x, None
+    else:
+        lo, hi = problem.lo_hi(x)
+        scale = 1.0 / (hi - lo)
+        j_in = input_jet(x, 2.0 * scale, -2.0 * lo * scale - 1.0, dims)
+        xi = (x - lo) * scale
+    u = model_jet(ansatz.net, j_in)
     if ansatz.boundary != "exact":
         return u
-    u = mul(bubble_jet(x), u)
-    if getattr(ansatz.problem, "zero_boundary", False):
+    u = mul(bubble_jet(xi, scale, problem.dim if problem.time_dependent else dims,
+                       problem.dim if problem.time_dependent else None), u)
+    if getattr(problem, "zero_boundary", False):
         return u
     with torch.enable_grad():
-        xr = x.clone().requires_grad_(True)
-        L = lift(ansatz.problem, xr)
+        xr = x.detach().clone().requires_grad_(True)
+        L = lift(problem, xr)
         (gL,) = torch.autograd.grad(L.sum(), xr, create_graph=True)
-        lapL = laplacian(L, xr, create_graph=False) if gL.requires_grad else torch.zeros_like(L)
-    return Jet(u.v + L.detach(), u.g + gL.detach().unsqueeze(-1), u.l + lapL.detach())
+        lapL = laplacian(L, xr, create_graph=False, dims=dims) if gL.requires_grad else torch.zeros_like(L)
+    v = u.v + (lift(problem, x) if x.requires_grad else L.detach())
+    return Jet(v, u.g + gL[:, :dims].detach().unsqueeze(-1), u.l + lapL.detach())
 
 
-def jet(model: nn.Module, x: torch.Tensor) -> Jet:
-    """Value (N, 1), gradient (N, d, 1) and Laplacian (N, 1) of ``model`` (an Ansatz or an INR) at x (N, d)."""
+def jet(model: nn.Module, x: torch.Tensor, dims: int | None = None) -> Jet:
+    """Value (N, 1), gradient (N, dims, 1) and Laplacian (N, 1) of ``model`` (an Ansatz or an INR) at x (N, d),
+    in the first ``dims`` coordinates (default all d)."""
     from .operators import Ansatz
 
     if isinstance(model, Ansatz):
-        return ansatz_jet(model, x)
+        return ansatz_jet(model, x, dims)
     if isinstance(model, INR):
-        return model_jet(model, identity(x.detach()))
+        xx = x if x.requires_grad else x.detach()
+        if dims is None or dims == x.shape[1]:
+            return model_jet(model, identity(xx))
+        one = torch.ones(x.shape[1], dtype=x.dtype, device=x.device)
+        return model_jet(model, input_jet(xx, one, torch.zeros_like(one), dims))
     raise NotImplementedError(f"forward Laplacian: no rule for {type(model).__name__}")

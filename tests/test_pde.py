@@ -181,7 +181,9 @@ def test_cli_writes_run_folder(tmp_path):
     assert {"metrics.json", "config.json", "history.csv", "solution.png", "model.pt"} <= set(os.listdir(out))
     assert not [f for f in os.listdir(out) if f.endswith(".tmp")]
     m = json.loads((out / "metrics.json").read_text())
-    assert m["seed"] == 1 and m["steps"] == 5 and "torch" in m["versions"] and m["config"]["points"] == 32
+    assert m["seed"] == 1 and "torch" in m["versions"] and m["config"]["points"] == 32
+    # the default recipe: the 5 Adam steps, then max(1, 5 // 10) = 1 L-BFGS step on 4096 uniform points
+    assert m["steps"] == 6 and m["lbfgs"]["steps"] == 1 and m["lbfgs"]["points"].startswith("4096 uniform")
 
 
 @pytest.mark.parametrize("args,needle", [
@@ -219,3 +221,16 @@ def test_benchmark_quick(tmp_path):
     assert (out / "error_vs_params.png").stat().st_size > 0 and (out / "error_vs_time.png").stat().st_size > 0
     again = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)   # an earlier study is kept
     assert again.returncode == 2 and "already exists" in again.stderr and "Traceback" not in again.stderr
+
+
+def test_default_recipe_settings():
+    """The Poisson study's recipe is the default: fresh points, L-BFGS for 70 % of a time budget on its own
+    uniform points (2048 for LRNN, 4096 otherwise), step caps that leave the budget to decide."""
+    c = SolveConfig(seconds=300)
+    assert c.fresh_points and c.adam_steps == 1_000_000 and c.lbfgs_outer == 1_000_000 and c.lbfgs_fraction == 0.7
+    assert c.lbfgs_draw == 2048 and SolveConfig(model="siren").lbfgs_draw == 4096
+    d = SolveConfig()
+    assert d.adam_steps == 2000 and d.lbfgs_outer == 200
+    off = SolveConfig(resample=False, lbfgs_steps=0, lbfgs_points=0)
+    assert not off.fresh_points and off.lbfgs_outer == 0 and off.lbfgs_draw == 0
+    assert not SolveConfig(sampling="rad").fresh_points

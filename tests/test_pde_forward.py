@@ -420,11 +420,11 @@ def test_solve_forward_and_reverse_agree():
         SolveConfig(**base, laplacian="x").validate()
 
 
-def test_cli_laplacian_option(capsys):
+def test_cli_laplacian_option(capsys, tmp_path):
     assert main(["solve", "--laplacian", "sideways"]) == 2
     assert "--laplacian" in capsys.readouterr().err
-    assert main(["solve", "--model", "siren", "--params", "300", "--steps", "2", "--points", "16",
-                 "--eval-res", "4", "--laplacian", "reverse", "--threads", "1", "--quiet"]) == 0
+    assert main(["solve", "--model", "siren", "--params", "300", "--steps", "2", "--points", "16", "--lbfgs-steps", "0",
+                 "--eval-res", "4", "--laplacian", "reverse", "--threads", "1", "--quiet", "--out", str(tmp_path / "r")]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["steps"] == 2
 
 

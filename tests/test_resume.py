@@ -13,7 +13,7 @@ from inr.runs import staging_dir
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 PDE = ["solve", "--problem", "multiscale1d", "--model", "siren", "--params", "300", "--steps", "24", "--points", "32",
-       "--eval-res", "101", "--quiet", "--threads", "1", "--seed", "3"]
+       "--eval-res", "101", "--quiet", "--threads", "1", "--seed", "3", "--lbfgs-steps", "0"]
 CT = ["recon", "--phantom", "--size", "16", "--views", "8", "--model", "siren", "--params", "800", "--steps", "24",
       "--tv-iterations", "2", "--sart-iterations", "1", "--quiet", "--threads", "1", "--seed", "2"]
 
@@ -53,7 +53,7 @@ def _same(a, b):
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.parametrize("extra", [[], ["--resample"]])
+@pytest.mark.parametrize("extra", [["--no-resample"], ["--resample"]])
 def test_pde_resume_gives_the_weights_of_an_uninterrupted_run(tmp_path, monkeypatch, extra):
     from pde.__main__ import main
     solve_module = importlib.import_module("pde.solve")   # pde.solve is also the function's name

@@ -124,4 +124,4 @@ def test_lbfgs_points_draws_its_own_set_at_the_switch(monkeypatch):
     assert sol.metrics["lbfgs"]["points"].startswith("77 uniform points")
     assert 77 in seen and seen[:3] == [32, 32, 32]   # Adam on the per-step points, L-BFGS on its own set
     with pytest.raises(ValueError, match="lbfgs-points"):
-        SolveConfig(**CFG, lbfgs_points=0).validate()
+        SolveConfig(**CFG, lbfgs_points=-1).validate()
