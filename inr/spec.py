@@ -88,6 +88,7 @@ class TaskDefaults:
     cpu_batch: int | None = 4096
     hyper: Mapping | Callable[..., dict] = field(default_factory=dict)
     tv: float = 0.0          # CT: weight of the total-variation term on the INR's image
+    lbfgs_points: int = 4096  # PDE: uniform points of the L-BFGS stage, drawn at the switch
     note: str = ""           # where the numbers come from (shown in docs, kept with the numbers)
 
 

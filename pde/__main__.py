@@ -16,12 +16,13 @@ from pathlib import Path
 from inr.cliutil import (Parser, add_common, add_lbfgs, add_version, apply_threads, lbfgs_options, number, parse_args,
                          run_main)
 from inr.errors import InputError
+from inr.models import names as registry_names, spec
 from inr.runs import RunError, RunFolder, check_out
 
 from . import models, problems
 from .operators import LAPLACIAN_MODES
 from .equations import EQUATIONS, EquationSpec
-from .solve import DEFAULT_LBFGS_POINTS, DEFAULT_LR, DTYPES, SolveConfig, solve, write_files
+from .solve import DTYPES, SolveConfig, solve, write_files
 
 # model options: flag -> (type, the registry's keyword)
 HYPER = {"hidden": int, "hidden_layers": int, "rank": int, "depth": int, "dbar": int, "width": int,
@@ -68,7 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--seconds", type=number(float, "--seconds", 0, low_open=True, allow_none=True), default=None, help="wall-clock budget; stops at whichever comes first")
     s.add_argument("--lr", type=number(float, "--lr", 0, low_open=True), default=None,
                    help="Adam learning rate (cosine decay to lr-final x lr); default per model: "
-                        + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items()))
+                        + ", ".join(f"{k} {spec(k).task('pde').lr:g}" for k in registry_names("pde")))
     s.add_argument("--lr-final", type=number(float, "--lr-final", 0, low_open=True), default=0.1, help="final learning rate as a fraction of --lr")
     s.add_argument("--schedule", default="cosine", choices=("cosine", "exponential", "constant"))
     s.add_argument("--points", type=number(int, "--points", 1, 10_000_000), default=1024, help="interior collocation points")
@@ -97,7 +98,7 @@ def _parser() -> argparse.ArgumentParser:
                         "time (all threads; with --threads 1, what an unshared core would take on a busy machine)")
     s.add_argument("--lbfgs-points", type=number(int, "--lbfgs-points", 0, 10_000_000), default=None, metavar="N",
                    help="L-BFGS stage on N uniform points drawn at the switch (0: the Adam stage's points); default "
-                        + ", ".join(f"{k} {v}" for k, v in DEFAULT_LBFGS_POINTS.items()) + ", others 4096")
+                        + ", ".join(f"{k} {spec(k).task('pde').lbfgs_points}" for k in registry_names("pde")))
     s.add_argument("--rad-every", type=number(int, "--rad-every", 1), default=100, metavar="N",
                    help="rad: redraw the points every N steps")
     s.add_argument("--rad-pool", type=number(int, "--rad-pool", 1), default=8, metavar="M",
@@ -129,7 +130,7 @@ def _parser() -> argparse.ArgumentParser:
                         "interruption so --resume can continue; 0: off)")
     s.add_argument("--resume", action="store_true",
                    help="continue the interrupted solve at --out from its last checkpoint (same options)")
-    g = s.add_argument_group("model options (defaults: pde.models.pde_defaults, scaled with n)")
+    g = s.add_argument_group("model options (defaults: each family's spec for task pde, frequencies scaled with n)")
     for name, typ in HYPER.items():
         flag = "--" + name.replace("_", "-")
         if typ is None:

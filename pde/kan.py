@@ -73,12 +73,16 @@ class KANNet(nn.Module):
         return f"width=[{c['in_features']}, {c['hidden']}, {c['out_features']}], grid={c['grid']}, k={c['k']}"
 
 
-def build(in_features: int, out_features: int = 1, *, params: int | None = None, hidden: int | None = None,
-          grid: int = 10, k: int = 3, device=None, dtype=None, **unused) -> KANNet:
-    if unused:
-        raise InputError(f"bad option for model 'kan': {', '.join(sorted(unused))}")
+def build(in_features: int, out_features: int = 1, *, params: int | None = None, device=None, dtype=None,
+          **hyper) -> KANNet:
+    """A KAN of one hidden layer (``hidden``, ``grid``, ``k``: the spec's defaults, :mod:`pde.models`)."""
+    from inr.models import spec
+
+    s = spec("kan")
+    hyper = {**s.hyper_defaults(), **s.check(hyper)}
+    hidden, grid, k = hyper["hidden"], hyper["grid"], hyper["k"]
     if params is not None:
         if params < 1:
             raise InputError(f"params must be positive, got {params}")
         hidden = solve_width(in_features, out_features, params, grid, k)
-    return KANNet(in_features, out_features, hidden if hidden is not None else 16, grid, k, device=device, dtype=dtype)
+    return KANNet(in_features, out_features, hidden, grid, k, device=device, dtype=dtype)

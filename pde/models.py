@@ -43,37 +43,21 @@ registry.register(ModelSpec(
     {"pde": TaskDefaults(lr=2e-3, cpu_batch=None, hyper={"hidden_layers": 3})},
     "the classic PINN network: tanh layers, Glorot init"))
 
+registry.register(ModelSpec(
+    "kan", None, "hidden",   # built by pde.kan (pykan), not by inr.models.build
+    (Hyper("hidden", int, 16, "hidden width; overrides --params", 1, 4096),
+     Hyper("grid", int, 10, "spline grid intervals", 1, 1000),
+     Hyper("k", int, 3, "spline order", 1, 10)),
+    {"pde": TaskDefaults(lr=1e-2, cpu_batch=None)},
+    "Kolmogorov-Arnold network (optional pykan)"))
+
 MODELS = tuple(m for m in registry.MODELS if m != "wire") + ("mlp-tanh", "kan")
 
 
 def pde_defaults(name: str, n: int, dim: int) -> dict:
-    """Per-model hyper-parameters for a problem whose solution oscillates like sin(n pi x), x in [0, 1].
-
-    The network reads t = 2x - 1, where the solution's angular frequency is n pi / 2 per axis.
-    A Laplacian amplifies frequency squared, so too high an initial band (w0 = 30 is an image
-    default) gives a huge, noisy residual.  Chosen by short sweeps on poisson2d n = 4 (300 steps,
-    1024 points, exact boundary; see the README):
-    SIREN (132k): ``w0_first = 1.5 n`` (tried 6, 12, 25 at n = 4: rel. L2 0.67, 0.74, 0.94), hidden
-    w0 = 30 (its init divides by w0, so it only scales the effective learning rate).
-    LRNN (16k): ``w0 = max(1, 3 n / 8)`` (at n = 4: w0 1 / lr 5e-3: 0.030; 1.5 / 1e-2: 0.012;
-    3 / 1e-2: 0.029; 6.3 and 12 / 2e-3: 0.93, 1.05); a product of dbar components sums their frequencies, so a
-    low w0 still reaches n.
-    Override any of them.
-    """
-    if name in ("siren", "spder"):
-        return {"w0_first": 1.5 * n, "w0": 30.0}
-    if name in ("lrnn-siren", "lrnn-spder"):
-        # memory_efficient=False: plain autograd is ~1.6x faster for the Laplacian's double backward
-        # at PINN batch sizes, where the memory it saves does not matter
-        # the poster's MLP components and w0 inside them: the configuration these sweeps tuned (the image
-        # defaults of the registry, harmonic components with a w0-scaled projection, are untested on PDEs)
-        return {"w0": max(1.0, 3.0 * n / 8.0), "depth": 2, "dbar": 2, "width": 4, "memory_efficient": False,
-                "component": "mlp", "band": "component", "head_init": "default"}
-    if name == "mlp-tanh":
-        return {"hidden_layers": 3}
-    if name == "kan":
-        return {"grid": 10, "k": 3}
-    return {}
+    """The hyper-parameters the family's spec sets for a PDE whose solution oscillates like sin(n pi x)
+    (``spec(name).defaults("pde", n=n, dim=dim)``; the sweeps behind them are noted in :mod:`inr.models`)."""
+    return registry.spec(name).defaults("pde", n=n, dim=dim)
 
 
 def build(name: str, in_features: int, out_features: int = 1, *, params: int | None = None, device=None,

@@ -36,14 +36,8 @@ from inr.errors import InputError
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
-# Adam learning rates.  lrnn-siren and siren: short sweeps on poisson2d n = 4 (see models.pde_defaults;
-# SIREN at 1e-3 diverged, LRNN improved from 2e-3 to 1e-2).  The others are common defaults, not tuned.
-DEFAULT_LR = {"lrnn-siren": 1e-2, "lrnn-spder": 1e-2, "siren": 2e-4, "spder": 2e-4, "mlp-tanh": 2e-3,
-              "kan": 1e-2, "gauss": 1e-3, "relu-pe": 1e-3}
-# L-BFGS stage points (drawn uniformly at the switch); others 4096.  LRNN-16k, poisson2d n = 4, 300 CPU-s,
-# single seed: 2048 points 1.40e-4 (README) and 2.25e-4 (2026-12-06, load 4-7) against 4096: 2.36e-4 and 3.56e-4
-# (fewer points, more L-BFGS steps in the budget); SIREN-16k with 4096: 7.5e-5 and 6.1e-5
-DEFAULT_LBFGS_POINTS = {"lrnn-siren": 2048, "lrnn-spder": 2048}
+# Per-family PDE defaults (Adam lr, the frequencies scaled with n, the L-BFGS stage's points) live in each
+# family's spec: inr.models.spec(name).task("pde").
 
 
 # option bounds (issue: every input checked at the door); sizes beyond them are refused before allocating
@@ -68,7 +62,7 @@ class SolveConfig:
     equation: EquationSpec | None = None         # a problem written down (pde.equations); replaces `problem`
     model: str = "lrnn-siren"
     params: int | None = 16000
-    hyper: dict = field(default_factory=dict)    # model options; missing ones come from models.pde_defaults
+    hyper: dict = field(default_factory=dict)    # model options; missing ones come from the family's spec (task "pde")
     boundary: str = "exact"                      # exact | penalty
     penalty: float = 100.0                       # boundary weight (penalty mode)
     points: int = 1024                           # interior collocation points
@@ -76,7 +70,7 @@ class SolveConfig:
     resample: bool | None = None                 # fresh uniform points every Adam step; None: yes (uniform sampling)
     steps: int | None = None                     # Adam steps; None: 1,000,000 with `seconds` (the budget decides), else 2000
     seconds: float | None = None
-    lr: float | None = None                      # default: DEFAULT_LR[model]
+    lr: float | None = None                      # default: the family's spec, task("pde").lr
     lr_final: float = 0.1
     schedule: str = "cosine"
     seed: int = 0
@@ -105,7 +99,7 @@ class SolveConfig:
     lbfgs_lr: float = 1.0
     lbfgs_history: int = 50
     lbfgs_iter: int = 10
-    # L-BFGS on this many uniform points drawn at the switch; None: DEFAULT_LBFGS_POINTS (4096 for most
+    # L-BFGS on this many uniform points drawn at the switch; None: the family's spec (4096 for most
     # models), 0: the Adam stage's points (fixed, the last RAD draw, or one uniform set with resample)
     lbfgs_points: int | None = None
     clock: str = "wall"                          # what --seconds measures: wall | cpu (inr.train.TrainConfig.clock)
@@ -214,8 +208,8 @@ class SolveConfig:
 
     @property
     def lbfgs_draw(self) -> int:
-        """``lbfgs_points``, or its default (:data:`DEFAULT_LBFGS_POINTS`, else 4096); 0: the Adam points."""
-        return self.lbfgs_points if self.lbfgs_points is not None else DEFAULT_LBFGS_POINTS.get(self.model, 4096)
+        """``lbfgs_points``, or its default (the family's spec, ``task("pde").lbfgs_points``); 0: the Adam points."""
+        return self.lbfgs_points if self.lbfgs_points is not None else models.registry.spec(self.model).task("pde").lbfgs_points
 
     @property
     def lbfgs_outer(self) -> int:
@@ -560,7 +554,7 @@ def solve(config_or_problem=None, config: SolveConfig | None = None, *, checkpoi
     def evaluate(step: int) -> dict:
         return evaluate_errors(ansatz, problem, grid, ref_values)[0]
 
-    lr = cfg.lr if cfg.lr is not None else DEFAULT_LR.get(cfg.model, 1e-3)
+    lr = cfg.lr if cfg.lr is not None else models.registry.spec(cfg.model).task("pde").lr
     tcfg = TrainConfig(steps=cfg.adam_steps, seconds=cfg.seconds, lr=lr, lr_final=cfg.lr_final, schedule=cfg.schedule,
                        seed=cfg.seed, device=str(device), targets=(1e-2, 1e-3), target_key="rel_l2",
                        target_mode="min", quiet=cfg.quiet, desc=f"{cfg.model} {problem.name}" + (

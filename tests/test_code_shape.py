@@ -11,8 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LIBRARY = ("inr", "approx", "pde", "tomography", "classify")
 PACKAGES = LIBRARY + ("benchmarks",)
 MAX_PARAMS = 8
-# pde/ is held out of the parameter count until its rewrite lands (pde/kan.py build() has 9); then use LIBRARY
-PARAM_CHECKED = ("inr", "approx", "tomography", "classify")
+PARAM_CHECKED = LIBRARY
 
 
 @lru_cache(maxsize=None)
