@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 
 
-from inr.cliutil import (Parser, add_common, add_lbfgs, add_version, apply_threads, lbfgs_options, number, parse_args,
-                         run_main)
+from inr.cliutil import (Parser, add_common, add_config_options, add_lbfgs, add_version, apply_threads, given_dests,
+                         lbfgs_options, number, parse_args, run_main)
 from inr.errors import InputError
 from inr.models import names as registry_names, spec
 from inr.runs import RunError, RunFolder, check_out
@@ -25,10 +25,19 @@ from .equations import EQUATIONS, EquationSpec
 from .solve import DTYPES, SolveConfig, solve, write_files
 
 # model options: flag -> (type, the registry's keyword)
-HYPER = {"hidden": int, "hidden_layers": int, "rank": int, "depth": int, "dbar": int, "width": int,
-         "w0": float, "w0_first": float, "shared": None, "component_std": float, "grid": int, "spline_order": int,
-         "n_freqs": int, "scale": float}
+def _hyper_flags() -> dict:
+    """``{flag name: type}`` of the model hyper-parameters of every family with PDE defaults, from the
+    specs (numbers and on/off switches; other options through --set)."""
+    out = {}
+    for name in registry_names("pde"):
+        for h in spec(name).hypers:
+            if h.type in (int, float, bool):
+                out.setdefault("spline_order" if (name, h.name) == ("kan", "k") else h.name,
+                               None if h.type is bool else h.type)
+    return out
 
+
+HYPER = _hyper_flags()
 HYPER_KEY = {"spline_order": "k"}   # flag -> the model's keyword (KAN's spline order k; --k is Helmholtz's wave number)
 
 
@@ -72,7 +81,7 @@ def _parser() -> argparse.ArgumentParser:
                         + ", ".join(f"{k} {spec(k).task('pde').lr:g}" for k in registry_names("pde")))
     s.add_argument("--lr-final", type=number(float, "--lr-final", 0, low_open=True), default=0.1, help="final learning rate as a fraction of --lr")
     s.add_argument("--schedule", default="cosine", choices=("cosine", "exponential", "constant"))
-    s.add_argument("--points", type=number(int, "--points", 1, 10_000_000), default=1024, help="interior collocation points")
+    s.add_argument("--batch", "--points", dest="points", type=number(int, "--points", 1, 10_000_000), default=1024, help="interior collocation points")
     s.add_argument("--boundary-points", type=number(int, "--boundary-points", 1, 10_000_000), default=None,
                    help="boundary points (penalty); default points/4")
     s.add_argument("--max-memory-gb", type=number(float, "--max-memory-gb", 0, low_open=True), default=4.0,
@@ -123,6 +132,8 @@ def _parser() -> argparse.ArgumentParser:
             action.help = ("outer L-BFGS steps after the Adam steps, on --lbfgs-points uniform points drawn at the "
                            "switch; default 1,000,000 with --seconds (the budget decides), else max(1, --steps // 10); "
                            "0: no L-BFGS stage")
+    add_config_options(s, "any option of SolveConfig by its name (e.g. --set rad_every=50) or a model "
+                          "hyper-parameter of the family's spec (e.g. --set harmonics=8); repeatable")
     add_common(s, out_help="run folder to create, must not exist (metrics.json, history.csv, solution.png, "
                            "model.pt); default runs/pde-<problem>-<model>-<time>")
     s.add_argument("--checkpoint-every", type=number(int, "--checkpoint-every", 0), default=0, metavar="N",
@@ -134,7 +145,7 @@ def _parser() -> argparse.ArgumentParser:
     for name, typ in HYPER.items():
         flag = "--" + name.replace("_", "-")
         if typ is None:
-            g.add_argument(flag, action="store_true", default=None, help="LRNN: share components across neurons")
+            g.add_argument(flag, action="store_true", default=None)
         else:
             g.add_argument(flag, type=number(typ, flag), default=None)
     return p
@@ -173,8 +184,51 @@ def set_threads(spec) -> None:
     apply_threads(spec)
 
 
+def config_with_file(a, parser, argv) -> SolveConfig:
+    """The command line's SolveConfig over ``--config FILE`` (a run's config.json: its "solve" table, or a
+    table of SolveConfig fields), then ``--set``: only the options written on the command line replace the
+    file's values."""
+    from dataclasses import asdict, fields
+
+    from inr.config import read_file
+
+    names = {f.name for f in fields(SolveConfig)}
+    sets = dict(a.set or [])
+    cfg = config_from_args(a)
+    if not a.config and not sets:
+        return cfg
+    base = asdict(cfg)
+    base["equation"] = cfg.equation.to_dict() if cfg.equation is not None else None
+    if a.config:
+        data = read_file(a.config)
+        data = data["solve"] if isinstance(data.get("solve"), dict) else data
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise InputError(f"--config {a.config}: unknown option {unknown[0]!r}")
+        given = given_dests(parser, argv)
+        mine = {k: base[k] for k in names if k in given}
+        if given & set(HYPER):
+            mine["hyper"] = {**(data.get("hyper") or {}), **cfg.hyper}
+        if given & EQUATION_DESTS:
+            mine["equation"] = base["equation"]
+        base = {**base, **data, **mine}
+    for k, v in sets.items():
+        if k in names and k not in ("hyper", "equation"):
+            base[k] = v
+        else:
+            base["hyper"] = {**(base.get("hyper") or {}), k: v}
+    eq = base.pop("equation", None)
+    return SolveConfig(**base, equation=EquationSpec(**eq) if isinstance(eq, dict) else None)
+
+
+EQUATION_DESTS = {"equation", "domain", "source", "boundary_values", "initial", "exact", "k", "kappa", "t_end",
+                  "residual_scale"}
+
+
 def main(argv=None) -> int:
-    a = parse_args(_parser(), argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = _parser()
+    a = parse_args(parser, argv)
     if isinstance(a, int):   # --help / --version (0) or a usage error (2), already reported
         return a
     if a.command == "list":
@@ -182,11 +236,11 @@ def main(argv=None) -> int:
         print("equations:", ", ".join(EQUATIONS), "(--equation, with --domain --source --boundary-values --initial --exact)")
         print("models:  ", ", ".join(models.MODELS))
         return 0
-    return run_main("python -m pde", lambda: _solve(a))
+    return run_main("python -m pde", lambda: _solve(a, config_with_file(a, parser, argv)))
 
 
-def _solve(a) -> int:
-    cfg = config_from_args(a)   # validates every option (SolveConfig.__post_init__)
+def _solve(a, cfg: SolveConfig) -> int:
+    """``cfg`` validated (SolveConfig.__post_init__) -> solve -> the run folder -> print."""
     out = a.out or default_out(cfg)
     if (a.checkpoint_every or a.resume) and not a.out:
         raise RunError("--checkpoint-every and --resume need --out (the checkpoint lives in its staging folder)")

@@ -87,3 +87,20 @@ def test_every_tool_has_a_console_script():
 
     scripts = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]["scripts"]
     assert {"inr", "inr-pde", "inr-ct", "inr-approx", "inr-classify"} <= set(scripts)
+
+
+def test_pde_config_set_and_batch(tmp_path, torch_one_thread):
+    from pde.__main__ import main
+
+    base = ["solve", "--problem", "poisson2d", "--model", "siren", "--params", "500", "--steps", "8",
+            "--lbfgs-steps", "0", "--quiet"]
+    assert main([*base, "--set", "hidden_layers=1", "--set", "rad_every=50", "--batch", "64",
+                 "--out", str(tmp_path / "a")]) == 0
+    cfg = json.loads((tmp_path / "a" / "config.json").read_text())["solve"]
+    assert (cfg["points"], cfg["rad_every"], cfg["hyper"]) == (64, 50, {"hidden_layers": 1})
+    assert main(["solve", "--config", str(tmp_path / "a" / "config.json"), "--quiet", "--out",
+                 str(tmp_path / "b")]) == 0
+    assert _same_weights(tmp_path / "a" / "model.pt", tmp_path / "b" / "model.pt")
+    assert main(["solve", "--config", str(tmp_path / "a" / "config.json"), "--steps", "3", "--quiet", "--out",
+                 str(tmp_path / "c")]) == 0
+    assert json.loads((tmp_path / "c" / "config.json").read_text())["solve"]["steps"] == 3
