@@ -14,13 +14,20 @@ with :func:`inr.train.fit` and returns a :class:`Fit`: the model, metrics, histo
   (``fit``: the resolved :class:`FitConfig`, which ``--config`` reads back; ``model``: the network's
   config; ``signal``: the signal's description).
 
-Time to target: every ``eval_every`` steps (default :data:`EVAL_EVERY`) and after the last step the model
-is evaluated on the WHOLE signal, off the training clock (the time it takes is reported as
-``eval_seconds``).  ``metrics["time_to_target"]`` -- the headline -- counts only these whole-signal
-evaluations: the first evaluation at or beyond a target, timed by the training clock at that step (so a
-target is seen at most ``eval_every`` steps late).  ``metrics["time_to_target_batch"]`` is the older,
+Time to target: during training the model is evaluated off the training clock (the time it takes is
+reported as ``eval_seconds``) on a time cadence -- evaluations take at most ``train.eval_fraction``
+(default :data:`EVAL_FRACTION`) of the training time, the first right after step 1 -- or, with
+``eval_every`` N, every N steps; and always after the last step (see :class:`FitConfig`).  These
+evaluations cover the WHOLE signal up to :data:`EVAL_POINTS` points, else a fixed random subset of
+:data:`ESTIMATE_POINTS` points (a running estimate; the final metrics always cover the whole signal).
+``metrics["time_to_target"]`` -- the headline -- counts only these evaluations: the first at or beyond a
+target, timed by the training clock at that step.  ``metrics["time_to_target_batch"]`` is the older,
 noisier measure from each step's random batch before its update (optimistic: a batch can score above the
 whole signal).  ``history.csv`` holds the evaluations as rows with ``eval_psnr`` / ``eval_mse``.
+
+Prediction (evaluations, the written reconstruction, ``render``) runs without autograd, block by block
+over the grid (:func:`predict_grid`; memory bounded by the block besides the result), and a hash-grid
+model computes each block's interpolation corners per axis rather than per point.
 """
 from __future__ import annotations
 
@@ -50,12 +57,23 @@ from .runs import check_out as _check_out  # noqa: F401 - used by inr.batched / 
 from .train import DivergenceError, TrainConfig, resolve_device, seed_everything
 from .train import fit as train_fit
 
-PREDICT_CHUNK = 65536       # coordinates per forward pass when predicting a whole signal
-# Whole-signal evaluations every this many steps (time to target; off the clock).  Measured: `inr fit
+# Points per block when predicting a whole signal (no autograd; the hash grid's corners per grid block,
+# :func:`predict_signal`).  Measured on the loaded 2-core CPU (hash grid 200k, 512^2, 1 thread): blocks of
+# 16k-32k points predicted the image in 0.14-0.18 s against 0.31 s for 256k-point blocks (cache), and the
+# separable grid corners took 0.24-0.27 s against 0.65-0.77 s for the per-point corners.
+PREDICT_CHUNK = 1 << 15
+# The step cadence of `--eval-every N` without N, and of fits without a time budget.  Measured: `inr fit
 # --seconds 20 --threads 1` (512^2 cameraman, SIREN 200k, 4096-point batches) on the loaded 2-core CPU ran
-# 291 steps at 69 ms/step, and one whole-image evaluation took 2.9 s, about 43 steps' worth.  Every 100
-# steps the evaluations add ~40% wall time outside the training clock and time targets to within 100 steps.
+# 291 steps at 69 ms/step, and one whole-image evaluation took 2.9 s, about 43 steps' worth.
 EVAL_EVERY = 100
+# The default cadence of a timed fit: evaluations take at most this fraction of the training time
+# (TrainConfig.eval_fraction; inr.callbacks.Evaluation).
+EVAL_FRACTION = 0.05
+# Evaluations during training cover the whole signal up to EVAL_POINTS points; a larger signal is
+# evaluated on a fixed random subset of ESTIMATE_POINTS points (a running estimate: the standard error of
+# its MSE is ~ sqrt(2 / 65536) ~ 0.6 % for Gaussian errors, ~0.03 dB), the whole signal once at the end.
+EVAL_POINTS = 1 << 18
+ESTIMATE_POINTS = 1 << 16
 RUN_FILES = ("metrics.json", "config.json", "model.pt", "history.csv", "curves.png")
 IMAGE_FILES = ("reconstruction.png", "error.png", "comparison.png")
 
@@ -125,7 +143,7 @@ def make_full_loss(model, coords: torch.Tensor, targets: torch.Tensor, kind: str
     return make_loss(model, coords, targets, kind, None)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def predict(model, coords: torch.Tensor, kind: str, chunk: int = PREDICT_CHUNK) -> torch.Tensor:
     """The model's prediction in the signal's value scale, ``(N, C)`` float64 on the CPU, in chunks
     of ``chunk`` coordinates so memory stays bounded for large signals."""
@@ -136,18 +154,84 @@ def predict(model, coords: torch.Tensor, kind: str, chunk: int = PREDICT_CHUNK) 
     return torch.cat(parts)
 
 
-def make_evaluator(model, coords: torch.Tensor, values: torch.Tensor, kind: str, chunk: int = PREDICT_CHUNK):
-    """``step -> dict``: the model on the WHOLE signal (in chunks), for :func:`inr.train.fit`'s ``evaluate``.
-    Images: ``psnr`` (dB) and ``mse`` of the prediction clamped to [0, 1], as in :func:`signal_metrics`;
-    audio: ``mse`` on the [-1, 1] amplitude scale.  Draws no random numbers, so the run is unchanged."""
+def _grid_encoding(model):
+    """The model's leading hash-grid encoding (``model.body[0]``), or None."""
+    from .layers.hashgrid import HashGridEncoding
+
+    body = getattr(model, "body", None)
+    first = body[0] if isinstance(body, torch.nn.Sequential) and len(body) else None
+    return first if isinstance(first, HashGridEncoding) else None
+
+
+def grid_axes(signal: Signal) -> list[torch.Tensor]:
+    """The signal's grid lines per axis as float32 tensors: the values of :meth:`Signal.coords`."""
+    return [torch.as_tensor(a, dtype=torch.float32) for a in signal.axes()]
+
+
+@torch.inference_mode()
+def predict_grid(model, axes, kind: str, chunk: int = PREDICT_CHUNK, device=None) -> torch.Tensor:
+    """The prediction on the regular grid spanned by ``axes`` (1-D coordinate tensors, row-major), ``(N, C)``
+    float32 on the CPU (the model's float32 outputs, so exactly :func:`predict`'s values), block by block
+    along the first axis: memory beyond the result is bounded by the block of ``chunk`` points.  A model
+    that starts with a hash grid computes each block's corners per axis
+    (:meth:`~inr.layers.hashgrid.HashGridEncoding.grid_forward`); others read the block's coordinates."""
+    dev = device or next(model.parameters()).device
+    ns = [int(a.numel()) for a in axes]
+    rest = int(np.prod(ns[1:])) if len(ns) > 1 else 1
+    rows = max(1, chunk // rest)
+    enc = _grid_encoding(model)
+    was_training = model.training
+    model.eval()
+    out = None
+    tail = [a.to(dev) for a in axes[1:]]
+    for r0 in range(0, ns[0], rows):
+        block = [axes[0][r0:r0 + rows].to(dev)] + tail
+        if enc is not None:
+            y = model.head(model.body[1:](enc.grid_forward(block)))
+            y = y.real if getattr(model, "complex_out", False) else y
+        else:
+            g = torch.meshgrid(*block, indexing="ij")
+            y = model(torch.stack([a.reshape(-1) for a in g], -1))
+        y = from_network(y, kind).float().cpu()
+        if out is None:
+            out = torch.empty(int(np.prod(ns)), y.shape[1], dtype=torch.float32)
+        out[r0 * rest:r0 * rest + y.shape[0]] = y
+    model.train(was_training)
+    return out
+
+
+def predict_signal(model, signal: Signal, chunk: int = PREDICT_CHUNK) -> torch.Tensor:
+    """The prediction on ``signal``'s own grid, ``(num_points, channels)`` float32 on the CPU
+    (:func:`predict_grid`)."""
+    return predict_grid(model, grid_axes(signal), signal.kind, chunk)
+
+
+def make_evaluator(model, coords: torch.Tensor, values: torch.Tensor, kind: str, chunk: int = PREDICT_CHUNK,
+                   points: int | None = None, seed: int = 0, axes=None):
+    """``step -> dict``: the model on the WHOLE signal (in chunks, no autograd), for
+    :func:`inr.train.fit`'s ``evaluate``; with ``points`` and a larger signal, on one fixed random subset of
+    ``points`` points (drawn once without replacement from a generator seeded by ``seed``: a running
+    estimate).  Images: ``psnr`` (dB) and ``mse`` of the prediction clamped to [0, 1], as in
+    :func:`signal_metrics`; audio: ``mse`` on the [-1, 1] amplitude scale.  ``axes``: the signal's grid
+    (:func:`grid_axes`), for the whole-signal path of :func:`predict_grid`.  Draws no random numbers from
+    the global generators, so the run is unchanged."""
+    subset = points is not None and coords.shape[0] > points
+    if subset:
+        idx = torch.randperm(coords.shape[0], generator=torch.Generator().manual_seed(seed))[:points]
+        idx = idx.sort().values.to(coords.device)
+        coords, values = coords[idx], values[idx]
     n_values = values.numel()
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def evaluate(step):
         was_training = model.training
         model.eval()
         sse = 0.0
-        for i in range(0, coords.shape[0], chunk):
+        if axes is not None and not subset:
+            p = predict_grid(model, axes, kind, chunk)
+            p = p.clamp(0, 1) if kind == "image" else p
+            sse = float(((p.double() - values.double().cpu()) ** 2).sum())
+        for i in range(0, coords.shape[0] if axes is None or subset else 0, chunk):
             p = from_network(model(coords[i:i + chunk]), kind)
             if kind == "image":
                 p = p.clamp(0, 1)
@@ -181,8 +265,24 @@ def _ssim(p: np.ndarray, t: np.ndarray) -> float | None:
     from skimage.metrics import structural_similarity
 
     if t.shape[2] == 1:
-        return float(structural_similarity(t[..., 0], p[..., 0], data_range=1.0, win_size=win))
-    return float(structural_similarity(t, p, data_range=1.0, channel_axis=2, win_size=win))
+        t, p = t[..., 0], p[..., 0]
+    kw = {"data_range": 1.0, "win_size": win, **({"channel_axis": 2} if t.ndim == 3 else {})}
+    pad, rows = (win - 1) // 2, SSIM_BAND
+    if t.shape[0] <= rows + 2 * pad:
+        return float(structural_similarity(t, p, **kw))
+    # bands of rows with `pad` rows of context each side: scikit-image's SSIM map is local (a win x win
+    # window) and its mean drops `pad` pixels at every border, so the band maps' interiors tile it exactly
+    total, count = 0.0, 0
+    h = t.shape[0]
+    for r0 in range(pad, h - pad, rows):
+        r1 = min(h - pad, r0 + rows)
+        _, smap = structural_similarity(t[r0 - pad:r1 + pad], p[r0 - pad:r1 + pad], full=True, **kw)
+        inner = smap[pad:-pad, pad:-pad]
+        total, count = total + float(inner.sum(dtype=np.float64)), count + inner.size
+    return total / count
+
+
+SSIM_BAND = 512   # rows per band of the SSIM of a large image (memory ~ band x width, not the whole image)
 
 
 def saved_tensor_bytes(loss_fn) -> int:
@@ -226,11 +326,49 @@ def write_error_map(signal: Signal, pred, path: Path) -> float:
     from matplotlib import colormaps
     from PIL import Image
 
-    err = np.abs(np.clip(signal.reshape(pred), 0, 1) - signal.values).mean(-1)
+    err = abs_error(signal, pred)
     top = float(err.max()) or 1.0
-    rgb = (colormaps["inferno"](err / top)[..., :3] * 255).round().astype(np.uint8)
+    rgb = np.empty(err.shape + (3,), dtype=np.uint8)
+    cmap = colormaps["inferno"]
+    for r0 in range(0, err.shape[0], 256):   # colour-mapped in bands: bounded memory
+        rgb[r0:r0 + 256] = (cmap(err[r0:r0 + 256] / top)[..., :3] * 255).round().astype(np.uint8)
     Image.fromarray(rgb).save(path, format="PNG")
     return top
+
+
+def _grid(signal: Signal, pred) -> np.ndarray:
+    """``pred`` shaped like ``signal.values`` without a copy where it can (float32 or float64)."""
+    a = pred.detach().cpu().numpy() if torch.is_tensor(pred) else np.asarray(pred)
+    if a.size != signal.values.size:
+        signal.reshape(a)   # the error message
+    return a.reshape(signal.values.shape)
+
+
+def abs_error(signal: Signal, pred, band: int = 256) -> np.ndarray:
+    """|clip(prediction, 0, 1) - truth| averaged over channels, ``(H, W)`` float64 for images up to
+    1024 x 1024, float32 above (computed in bands of rows: memory ~ the result)."""
+    p, t = _grid(signal, pred), signal.values
+    big = t.shape[0] * t.shape[1] > 1 << 20
+    err = np.empty(t.shape[:2], dtype=np.float32 if big else np.float64)
+    for r0 in range(0, t.shape[0], band):
+        err[r0:r0 + band] = np.abs(np.clip(p[r0:r0 + band].astype(np.float64), 0, 1) - t[r0:r0 + band]).mean(-1)
+    return err
+
+
+COMPARISON_MAX_SIDE = 1024   # comparison.png panels: larger images are shown block-averaged to this size
+
+
+def _shrink(a: np.ndarray, f: int) -> np.ndarray:
+    """Mean over ``f`` x ``f`` blocks (the last partial rows / columns dropped)."""
+    if f <= 1:
+        return a
+    h, w = a.shape[0] // f * f, a.shape[1] // f * f
+    out = np.empty((h // f, w // f) + a.shape[2:], dtype=np.float64)
+    step = 64 * f
+    for r0 in range(0, h, step):
+        blk = np.asarray(a[r0:min(h, r0 + step), :w], dtype=np.float64)
+        out[r0 // f:(r0 + blk.shape[0]) // f] = blk.reshape(blk.shape[0] // f, f, w // f, f, *a.shape[2:]).mean((1, 3))
+    return out
 
 
 COMPARISON_WIDTH_IN, COMPARISON_DPI = 13.0, 100   # comparison.png: 1300 pixels wide
@@ -250,9 +388,10 @@ def write_comparison(signal: Signal, pred, path: Path, metrics: dict | None = No
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    truth = signal.values
-    rec = np.clip(signal.reshape(pred), 0, 1)
-    err = np.abs(rec - truth).mean(-1)
+    f = -(-max(signal.values.shape[:2]) // COMPARISON_MAX_SIDE)   # shown block-averaged above this size
+    truth = _shrink(signal.values, f)
+    rec = np.clip(_shrink(_grid(signal, pred), f), 0, 1)
+    err = _shrink(abs_error(signal, pred), f)
 
     def shown(a):
         return (a[..., 0], "gray") if a.shape[2] < 3 else (a[..., :3], None)
@@ -323,8 +462,9 @@ TRAIN_RUNTIME = ("checkpoint_path", "resume", "fingerprint", "quiet", "desc", "t
 
 def _fit_train() -> TrainConfig:
     """The loop settings of a fit: 20,000 steps or 60 s, whichever comes first; lr, Adam betas and eps
-    None = the model family's defaults for the signal's kind (:mod:`inr.spec`)."""
-    return TrainConfig(steps=20000, seconds=60.0, lr=None, betas=None, eps=None)
+    None = the model family's defaults for the signal's kind (:mod:`inr.spec`); evaluations on the time
+    cadence :data:`EVAL_FRACTION`."""
+    return TrainConfig(steps=20000, seconds=60.0, lr=None, betas=None, eps=None, eval_fraction=EVAL_FRACTION)
 
 
 @dataclass
@@ -332,13 +472,22 @@ class FitConfig:
     """Everything a fit needs besides the signal; validated when made, saved as the run's config.json.
 
     ``batch``: random points per step; ``"auto"``: the family's CPU batch on a CPU (:mod:`inr.spec`),
-    every point on CUDA; None or ``"full"``: every point.  ``eval_every``: whole-signal evaluations every
-    this many steps, off the training clock (0: after the last step only).  ``targets``: PSNR (dB, images) or
-    MSE (audio) values whose first crossing is timed; None: :data:`TARGETS`."""
+    every point on CUDA; None or ``"full"``: every point.
+
+    Evaluation cadence, one of two (off the training clock; always once after the last step too):
+    ``eval_every`` = N: every N steps (0: after the last step only); ``eval_every`` None (the default): on
+    training time, ``train.eval_fraction`` (default :data:`EVAL_FRACTION`: evaluations take at most that
+    share of the training time, the first right after step 1; :class:`inr.callbacks.Evaluation`); a fit
+    without a time budget or with ``eval_fraction`` None falls back to every :data:`EVAL_EVERY` steps.
+    :meth:`resolved` keeps the one in force (the other None / 0 in config.json).  Signals above
+    :data:`EVAL_POINTS` points are evaluated during training on a fixed random subset of
+    :data:`ESTIMATE_POINTS` points, and as a whole after training.
+
+    ``targets``: PSNR (dB, images) or MSE (audio) values whose first crossing is timed; None: :data:`TARGETS`."""
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=_fit_train)
     batch: int | str | None = "auto"
-    eval_every: int = EVAL_EVERY
+    eval_every: int | None = None
     targets: tuple | None = None
 
     def __post_init__(self):
@@ -351,7 +500,8 @@ class FitConfig:
         if self.batch not in ("auto", None) and (isinstance(self.batch, bool) or not isinstance(self.batch, int)
                                                  or self.batch < 1):
             raise RunError(f"--batch must be a positive integer, 'auto' or 'full', got {self.batch!r}")
-        if isinstance(self.eval_every, bool) or not isinstance(self.eval_every, int) or self.eval_every < 0:
+        if self.eval_every is not None and (isinstance(self.eval_every, bool) or not isinstance(self.eval_every, int)
+                                            or self.eval_every < 0):
             raise RunError(f"--eval-every must be an integer >= 0, got {self.eval_every!r}")
         if self.targets is not None:
             try:
@@ -363,20 +513,31 @@ class FitConfig:
         if self.train.seconds is not None:
             _positive_finite("--seconds", self.train.seconds)
 
-    def resolved(self, kind: str, device: torch.device) -> "FitConfig":
+    def resolved(self, kind: str, device: torch.device, signal: Signal | None = None) -> "FitConfig":
         """This config with every default made explicit for a signal of ``kind`` on ``device``: the
-        family's task defaults (lr, Adam betas/eps, CPU batch, hyper-parameters) and the targets."""
+        family's task defaults (lr, Adam betas/eps, CPU batch, hyper-parameters, which may depend on the
+        ``signal``'s grid, e.g. the hash grid's finest level), ``params="auto"`` (the family's budget for the
+        signal's number of values, :meth:`inr.spec.TaskDefaults.auto_params`), the evaluation cadence in
+        force and the targets."""
         task = spec(self.model.name).task(kind)
         t = self.train
+        every, fraction = self.eval_every, t.eval_fraction
+        if every is not None:
+            fraction = None
+        elif fraction is None or t.seconds is None:
+            every, fraction = EVAL_EVERY, None
         train = replace(t, lr=task.lr if t.lr is None else t.lr, betas=task.betas if t.betas is None else t.betas,
-                        eps=task.eps if t.eps is None else t.eps, device=str(device))
+                        eps=task.eps if t.eps is None else t.eps, device=str(device), eval_fraction=fraction)
         batch = self.batch
         if batch == "auto":
             batch = None if device.type == "cuda" else task.cpu_batch
-        options = spec(self.model.name).resolve(kind, self.model.options)
-        model = ModelConfig(self.model.name, self.model.params, options)
+        context = {"shape": tuple(signal.shape)} if signal is not None else {}
+        options = spec(self.model.name).resolve(kind, self.model.options, **context)
+        values = signal.num_points * signal.channels if signal is not None else None
+        feats = (signal.coord_dim, signal.channels) if signal is not None else None
+        model = ModelConfig(self.model.name, self.model.params, options).resolved(kind, values, feats)
         targets = TARGETS[kind] if self.targets is None else self.targets
-        return replace(self, model=model, train=train, batch=batch, targets=targets)
+        return replace(self, model=model, train=train, batch=batch, targets=targets, eval_every=every)
 
     def to_dict(self) -> dict:
         return {**to_dict(self), "train": to_dict(self.train, skip=TRAIN_RUNTIME)}
@@ -406,7 +567,7 @@ def fit(signal=None, config: FitConfig | None = None, run: RunFolder | None = No
     cfg = with_overrides(config or FitConfig(), overrides)
     sig = as_signal(signal)
     dev = resolve_device(cfg.train.device)
-    cfg = cfg.resolved(sig.kind, dev)
+    cfg = cfg.resolved(sig.kind, dev, sig)
     if cfg.train.checkpoint_every and run is None:
         raise RunError("checkpoint_every needs a run folder to keep the checkpoint in (fit(..., run=RunFolder(out)))")
     seed_everything(cfg.train.seed)
@@ -429,9 +590,11 @@ def fit(signal=None, config: FitConfig | None = None, run: RunFolder | None = No
         torch.cuda.synchronize(dev)
         torch.cuda.reset_peak_memory_stats(dev)
     full_loss = make_full_loss(net, coords, values, sig.kind, cfg.train.seed) if train.lbfgs_steps else None
-    result = train_fit(net, loss_fn, train, evaluate=make_evaluator(net, coords, values, sig.kind),
-                       eval_every=cfg.eval_every, lbfgs_loss=full_loss)
-    pred = predict(net, coords, sig.kind)
+    big = sig.num_points > EVAL_POINTS   # evaluated on a fixed subset during training (FitConfig)
+    evaluate = make_evaluator(net, coords, values, sig.kind, points=ESTIMATE_POINTS if big else None,
+                              seed=cfg.train.seed, axes=None if big else grid_axes(sig))
+    result = train_fit(net, loss_fn, train, evaluate=evaluate, eval_every=cfg.eval_every or 0, lbfgs_loss=full_loss)
+    pred = predict_signal(net, sig)
     if not torch.isfinite(pred).all():
         raise DivergenceError(f"{cfg.model.name} on {sig.name}: the trained model predicts non-finite values; "
                               f"lower --lr")
@@ -472,7 +635,9 @@ def fit_metrics(sig: Signal, net, pred, result, cfg: FitConfig) -> dict:
             "stopped_by": result.stopped_by, "final_loss": result.final_loss,
             "final_loss_note": "training MSE ([-1,1] scale) of the final parameters, after the last update",
             "last_step_loss": result.last_step_loss,
-            **target_metrics(result, cfg.eval_every), "divergence_events": result.events,
+            **target_metrics(result, cfg.eval_every or 0, cfg.train.eval_fraction,
+                             min(sig.num_points, ESTIMATE_POINTS) if sig.num_points > EVAL_POINTS else None),
+            "divergence_events": result.events,
             "batch": cfg.batch, "lr": cfg.train.lr, "device": dev,
             "device_name": torch.cuda.get_device_name(dev) if dev.startswith("cuda") else platform.processor() or "cpu",
             "seed": cfg.train.seed, "versions": versions(), "config": {"fit": cfg.to_dict(), "model": net.config}}
@@ -517,7 +682,7 @@ class Fit:
         same extent: super-resolution), audio at ``rate`` samples per second (same duration).  Returns a
         :class:`Signal` (``.values``; ``.write(path)`` saves a PNG / WAV)."""
         grid = render_grid(self.signal_info, shape, rate)
-        return grid.with_values(self.predict(grid.coords().numpy()))
+        return grid.with_values(predict_signal(self.model, grid))
 
     def save(self, out: str | os.PathLike) -> Path:
         """Write the run folder ``out`` (which must not exist): reconstruction, error map and comparison
@@ -580,22 +745,28 @@ def render_grid(info: dict, shape=None, rate: int | None = None) -> Signal:
                   scale=float(info.get("scale") or 1.0))
 
 
-def target_metrics(result, eval_every: int) -> dict:
-    """The time-to-target entries of metrics.json from a :class:`inr.train.FitResult` (module docstring)."""
-    when = f"every {eval_every} steps and after the last step" if eval_every else "after the last step only"
+def target_metrics(result, eval_every: int, eval_fraction: float | None = None, subset: int | None = None) -> dict:
+    """The time-to-target entries of metrics.json from a :class:`inr.train.FitResult` (module docstring);
+    ``subset``: the evaluations during training covered a fixed random subset of that many points."""
+    if eval_fraction:
+        when = f"on training time, at most {eval_fraction:g} of it, and after the last step"
+    else:
+        when = f"every {eval_every} steps and after the last step" if eval_every else "after the last step only"
+    what = (f"evaluation of a fixed random subset of {subset:,} points (a running estimate; the final "
+            "metrics cover the whole signal)" if subset else "whole-signal evaluation")
     return {"time_to_target": result.time_to_target_eval,
             "time_to_target_batch": result.time_to_target_batch,
-            "time_to_target_note": "time_to_target: training seconds / step at the first whole-signal "
-                                   f"evaluation ({when}) at or beyond each target; time_to_target_batch: first training batch (before its "
+            "time_to_target_note": f"time_to_target: training seconds / step at the first {what} ({when}) at or "
+                                   "beyond each target; time_to_target_batch: first training batch (before its "
                                    "update) at or beyond it - noisier and optimistic",
-            "eval_every": eval_every, "evaluations": result.evaluations,
-            "eval_seconds": result.eval_seconds}
+            "eval_every": eval_every, "eval_fraction": eval_fraction, "eval_points": subset,
+            "evaluations": result.evaluations, "eval_seconds": result.eval_seconds}
 
 
 def _check_budget(net, model: ModelConfig) -> None:
     """A --params budget below the smallest model of the family (width / rank 1) is an error, not a
     silently larger model."""
-    if model.params is None:
+    if not isinstance(model.params, int):
         return
     n = count_params(net)
     width = net.config.get("hidden", net.config.get("rank"))
@@ -644,7 +815,7 @@ def evaluate_run(run_dir: str | os.PathLike, device: str = "auto", write: bool =
     net, config = load_run(d, device=str(dev))
     desc = config["signal"]
     sig = _reload_signal(desc, d)
-    pred = predict(net, sig.coords(device=dev), sig.kind)
+    pred = predict_signal(net, sig)
     m = {"signal": sig.name, "kind": sig.kind, "model": config["model"]["name"], "params": count_params(net),
          **signal_metrics(sig, pred), "device": str(dev), "run_dir": str(d)}
     if write:

@@ -282,7 +282,23 @@ def _plain_tasks(image_lr: float, ct_lr: float, ct_hyper=None, pde_lr: float | N
 # from being damped (paired 5 s runs ended 3-5 dB higher); 2048 points per step: a step costs ~linear in
 # the batch and learns about as much as 4096 points (30/35/40 dB at 0.6/1.0/1.8 s against 0.8/1.7/3.1 s).
 _NGP = {"betas": (0.9, 0.99), "eps": 1e-15, "cpu_batch": 2048}
-_HASH_TASKS = {"image": TaskDefaults(lr=1e-2, **_NGP), "audio": TaskDefaults(lr=1e-2, **_NGP),
+
+
+def _hash_fit(shape=None, **_) -> dict:
+    """Image and audio fits: the finest grid level at the signal's own resolution (its longest side /
+    its number of samples), so that the finest cells are about one pixel / sample wide at every size."""
+    return {"finest_resolution": max(16, int(max(shape)))} if shape else {}
+
+
+def hash_auto_params(values: int) -> int:
+    """``--params auto`` for the hash grid: HASH_PARAMS_PER_VALUE parameters per signal value, clamped to
+    [HASH_PARAMS_MIN, HASH_PARAMS_MAX] (the table this was chosen from: docs/results.md, "Fits at every size")."""
+    return int(min(HASH_PARAMS_MAX, max(HASH_PARAMS_MIN, round(HASH_PARAMS_PER_VALUE * values))))
+
+
+HASH_PARAMS_PER_VALUE, HASH_PARAMS_MIN, HASH_PARAMS_MAX = 1.0, 200_000, 4_000_000
+_HASH_FIT = {**_NGP, "hyper": _hash_fit, "params": hash_auto_params}
+_HASH_TASKS = {"image": TaskDefaults(lr=1e-2, **_HASH_FIT), "audio": TaskDefaults(lr=1e-2, **_HASH_FIT),
                "ct": TaskDefaults(lr=1e-2, cpu_batch=None, tv=1e-4),
                "pde": TaskDefaults(lr=1e-3, cpu_batch=None)}
 
@@ -385,6 +401,16 @@ def solve_width(name: str, in_features: int, out_features: int, params: int, **h
     return min((lo, hi), key=lambda w: abs(f(w) - params))
 
 
+def saturation(name: str, in_features: int, out_features: int, hyper: dict) -> int | None:
+    """The parameter count a family stops growing at as its width grows (a hash grid with every level
+    dense), or None when it keeps growing up to the largest width."""
+    s = spec(name)
+    top = s.hyper(s.width_arg).high or _BIG
+    f = lambda w: _count_for(name, in_features, out_features, {**hyper, s.width_arg: w})
+    a, b = f(top // 2), f(top)
+    return b if a == b else None
+
+
 def build(name: str, in_features: int, out_features: int, *, params: int | None = None,
           device=None, dtype=None, **hyper) -> INR:
     """Build a registry model.
@@ -419,16 +445,20 @@ def from_config(config: dict, device=None, dtype=None) -> INR:
 class ModelConfig:
     """Which family, how big, and its hyper-parameters (checked against the family's spec).
 
-    ``params``: a parameter budget (the width -- hidden size, rank or table -- whose count is closest) or
-    None when ``options`` sets the width; an explicit width in ``options`` wins over the budget."""
+    ``params``: a parameter budget (the width -- hidden size, rank or table -- whose count is closest),
+    ``"auto"`` (the family's rule for the signal's size, :meth:`inr.spec.TaskDefaults.auto_params`, made a
+    number by :meth:`resolved`) or None when ``options`` sets the width; an explicit width in ``options``
+    wins over the budget."""
     name: str = "hash"
-    params: int | None = 200_000
+    params: int | str | None = "auto"
     options: dict = field(default_factory=dict)
 
     def __post_init__(self):
         s = spec(self.name)
         self.options = s.check(dict(self.options or {}))
-        if self.params is not None:
+        if isinstance(self.params, str) and self.params.strip().lower() == "auto":
+            self.params = "auto"
+        elif self.params is not None:
             if isinstance(self.params, bool) or not isinstance(self.params, int) or self.params < 1:
                 raise InputError(f"--params must be a positive integer, got {self.params!r}")
             if self.params > max_params():
@@ -437,8 +467,21 @@ class ModelConfig:
         if s.width_arg in self.options:
             self.params = None   # an explicit width wins over the budget
 
+    def resolved(self, task: str, values: int | None = None, features: tuple | None = None) -> "ModelConfig":
+        """This config with ``params="auto"`` replaced by the family's budget for ``task`` and a signal of
+        ``values`` values (points x channels); with ``features`` (in, out) it is capped at the largest count
+        the family reaches with these options (a hash grid whose levels are all dense)."""
+        if self.params != "auto":
+            return self
+        n = spec(self.name).task(task).auto_params(values)
+        if features is not None:
+            cap = saturation(self.name, *features, spec(self.name).resolve(task, self.options))
+            n = n if cap is None else min(n, cap)
+        return ModelConfig(self.name, n, self.options)
+
     def build(self, in_features: int, out_features: int, task: str, device=None, dtype=None, **context) -> INR:
-        """The model for ``task`` (its spec's task defaults under :attr:`options`)."""
+        """The model for ``task`` (its spec's task defaults under :attr:`options`; ``params="auto"`` as for
+        a 512 x 512 gray image unless :meth:`resolved` was given the signal's size)."""
         hyper = spec(self.name).resolve(task, self.options, **context)
-        return build(self.name, in_features, out_features, params=self.params, device=device, dtype=dtype,
-                     **hyper)
+        params = self.resolved(task).params
+        return build(self.name, in_features, out_features, params=params, device=device, dtype=dtype, **hyper)

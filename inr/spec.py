@@ -89,6 +89,15 @@ class TaskDefaults:
     hyper: Mapping | Callable[..., dict] = field(default_factory=dict)
     tv: float = 0.0          # CT: weight of the total-variation term on the INR's image
     note: str = ""           # where the numbers come from (shown in docs, kept with the numbers)
+    # ``--params auto``: a parameter count, or a function of the signal's number of values (points x
+    # channels) returning one (:meth:`auto_params`)
+    params: int | Callable[[int], int] = 200_000
+
+    def auto_params(self, values: int | None) -> int:
+        """The parameter budget ``--params auto`` picks for a signal of ``values`` values (None: unknown,
+        the rule at 512 x 512 gray)."""
+        p = self.params
+        return int(p(values if values else 512 * 512) if callable(p) else p)
 
 
 @dataclass(frozen=True)
