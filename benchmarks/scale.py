@@ -105,6 +105,19 @@ def write_inputs(folder: Path, sides, audio_seconds) -> list[dict]:
 
     cases = []
     for side in sides:
+        if str(side).startswith("camera"):   # the cameraman (gray): camera512 is inr fit's built-in
+            n = int(str(side)[6:] or 512)
+            p = None
+            if n != 512:
+                from skimage import data
+                from skimage.transform import resize
+
+                p = folder / f"camera{n}.png"
+                a = resize(data.camera(), (n, n), anti_aliasing=n < 512, preserve_range=True)
+                Image.fromarray(np.clip(np.round(a), 0, 255).astype(np.uint8)).save(p)
+            cases.append({"name": f"cameraman {n}x{n}", "kind": "image", "file": p, "size": n * n, "slug": f"camera{n}"})
+            continue
+        side = int(side)
         p = folder / f"mosaic{side}.png"
         Image.fromarray(mosaic(side)).save(p)
         cases.append({"name": f"mosaic {side}x{side} RGB", "kind": "image", "file": p, "size": side * side * 3})
@@ -121,7 +134,8 @@ def run_fit(case: dict, out: Path, seconds: float | None, threads: int | None, e
     kind = case["kind"]
     targets = ["--target-psnr", ",".join(f"{t:g}" for t in IMAGE_TARGETS)] if kind == "image" else \
         ["--target-mse", ",".join(f"{t:g}" for t in AUDIO_TARGETS)]
-    cmd = [sys.executable, "-m", "inr", "fit", str(case["file"]), "--out", str(out), "--quiet", *targets, *extra]
+    src = [] if case["file"] is None else [str(case["file"])]
+    cmd = [sys.executable, "-m", "inr", "fit", *src, "--out", str(out), "--quiet", *targets, *extra]
     if seconds is not None:
         cmd += ["--seconds", f"{seconds:g}"]
     if threads is not None:
@@ -140,7 +154,7 @@ def run_fit(case: dict, out: Path, seconds: float | None, threads: int | None, e
     ttt = m.get("time_to_target") or {}
     row = {"case": case["name"], "kind": kind, "values": case["size"], "params": m["params"],
            "budget_s": seconds, "wall_s": wall, "train_s": m["seconds"], "eval_s": m["eval_seconds"],
-           "evaluations": m["evaluations"], "steps": m["steps"],
+           "evaluations": m["evaluations"], "steps": m["steps"], "s_per_step": m["seconds_per_step"],
            "peak_rss_MB": usage.ru_maxrss / 1024, "command": " ".join(cmd[1:])}
     if kind == "image":
         row.update(psnr=m["psnr"], ssim=m.get("ssim"))
@@ -172,28 +186,36 @@ def table(rows: list[dict]) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="result folder to create (must not exist)")
-    p.add_argument("--sizes", default="256,512,1024,2048,4096", help="image sides (comma-separated)")
+    p.add_argument("--sizes", default="256,512,1024,2048,4096",
+                   help="image sides of the photo mosaics (comma-separated); cameraN: the cameraman at N x N "
+                        "(camera512: inr fit's built-in)")
     p.add_argument("--audio", default="1,10,60", help="audio durations in seconds (comma-separated)")
     p.add_argument("--seconds", type=float, default=None, help="image budget (default: inr fit's, 60 s)")
     p.add_argument("--audio-seconds", type=float, default=120.0, help="audio budget (default: %(default)s)")
     p.add_argument("--threads", type=int, default=None, help="--threads of each fit (default: inr fit's auto)")
     p.add_argument("--set", action="append", default=[], metavar="FLAG", help="extra inr fit flag (repeatable)")
+    p.add_argument("--params", default="auto", help="--params of each fit; several (comma-separated): each "
+                   "signal fitted with each budget (the sweep --params auto was chosen from)")
     p.add_argument("--quick", action="store_true", help="a tiny setting: 32^2 image, 0.05 s audio, 2 s budgets")
     a = p.parse_args(argv)
-    sides = [int(s) for s in a.sizes.split(",") if s.strip()]
+    sides = [s.strip() for s in a.sizes.split(",") if s.strip()]
+    budgets = [s.strip() for s in a.params.split(",") if s.strip()]
     clips = [float(s) for s in a.audio.split(",") if s.strip()]
     if a.quick:
-        sides, clips, a.seconds, a.audio_seconds = [32], [0.05], 2.0, 2.0
+        sides, clips, a.seconds, a.audio_seconds = ["32"], [0.05], 2.0, 2.0
     uptime = os.getloadavg()
     with RunFolder(a.out) as run, tempfile.TemporaryDirectory() as tmp:
         cases = write_inputs(Path(tmp), sides, clips)
         rows = []
         for c in cases:
-            budget = a.seconds if c["kind"] == "image" else a.audio_seconds
-            slug = Path(c["file"]).stem
-            row = run_fit(c, run.path / "fits" / slug, budget, a.threads, a.set)
-            rows.append(row)
-            print(table([row]).splitlines()[-1], flush=True)
+            for params in budgets:
+                budget = a.seconds if c["kind"] == "image" else a.audio_seconds
+                slug = c.get("slug") or Path(c["file"]).stem
+                slug += "" if len(budgets) == 1 else f"-p{params}"
+                extra = a.set + ([] if params == "auto" else ["--params", params])
+                row = run_fit(c, run.path / "fits" / slug, budget, a.threads, extra)
+                rows.append(row)
+                print(table([row]).splitlines()[-1], flush=True)
         settings = {"threads": a.threads, "load_before": uptime, "load_after": os.getloadavg(),
                     "cpus": os.cpu_count(), "quick": a.quick, "extra_flags": a.set}
         text = (f"`inr fit` defaults; budgets: images {a.seconds or 60:g} s, audio {a.audio_seconds:g} s; "

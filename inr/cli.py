@@ -17,7 +17,7 @@ from .cliutil import (EXIT_USAGE, Parser, add_common, add_lbfgs, add_version, ap
                       open_fraction, parse_args, positive_float, run_main)
 from .cliutil import LBFGS_OPTIONS
 from .config import from_dict, merge, read_file
-from .fitting import (ESTIMATE_POINTS, EVAL_EVERY, EVAL_POINTS, FitConfig, RunError, as_signal, default_out,
+from .fitting import (EVAL_EVERY, EVAL_POINTS, FitConfig, RunError, as_signal, default_out,
                       evaluate_run, fit, with_overrides)
 from .models import HASH_PARAMS_MAX, HASH_PARAMS_MIN, HASH_PARAMS_PER_VALUE, names, spec
 from .runs import RunFolder
@@ -164,7 +164,7 @@ def make_parser() -> argparse.ArgumentParser:
                    help="evaluate on training time, spending at most this fraction of it (the first after "
                         f"step 1; default: {d.train.eval_fraction:g}; without a time budget every {EVAL_EVERY} "
                         f"steps); signals above {EVAL_POINTS:,} points are evaluated on a fixed random subset "
-                        f"of {ESTIMATE_POINTS:,} points during training, whole at the end")
+                        f"of that many points during training, whole at the end")
     f.add_argument("--warmup", type=number(int, "--warmup", 0), metavar="STEPS",
                    help="linear learning-rate warm-up over this many steps (default: 0)")
     f.add_argument("--schedule-by", choices=("auto", "steps", "time"),

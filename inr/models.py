@@ -15,7 +15,7 @@ from torch import nn
 
 from .layers import ComplexGaborLayer, GaussLayer, LRNNLayer, PositionalEncoding, RealGaborLayer, SineLayer
 from .errors import InputError
-from .layers.hashgrid import HashGridEncoding
+from .layers.hashgrid import DEFAULT_FINEST, HashGridEncoding
 from .spec import Hyper, ModelSpec, TaskDefaults
 
 
@@ -285,9 +285,12 @@ _NGP = {"betas": (0.9, 0.99), "eps": 1e-15, "cpu_batch": 2048}
 
 
 def _hash_fit(shape=None, **_) -> dict:
-    """Image and audio fits: the finest grid level at the signal's own resolution (its longest side /
-    its number of samples), so that the finest cells are about one pixel / sample wide at every size."""
-    return {"finest_resolution": max(16, int(max(shape)))} if shape else {}
+    """Image and audio fits: the finest grid level at least at the signal's own resolution (its longest
+    side / its number of samples; never below the encoding's default, :data:`DEFAULT_FINEST`), so that the
+    finest cells are at most about one pixel / sample wide at every size."""
+    if not shape:
+        return {}
+    return {"finest_resolution": max(DEFAULT_FINEST[len(shape)], int(max(shape)))}
 
 
 def hash_auto_params(values: int) -> int:
@@ -395,6 +398,9 @@ def solve_width(name: str, in_features: int, out_features: int, params: int, **h
         lo, hi = hi, hi * 2
         if hi > 1 << 20:
             raise InputError(f"parameter budget {params} is too large for {name}")
+        if hi >= 1 << 10 and f(hi) == f(hi // 2):   # saturated (a hash grid with every level dense)
+            raise InputError(f"parameter budget {params:,} is above the largest {name} model for this signal "
+                             f"and these options ({f(hi):,} parameters)")
     while hi - lo > 1:
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if f(mid) < params else (lo, mid)
