@@ -196,13 +196,13 @@ def main(argv=None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="FLAG", help="extra inr fit flag (repeatable)")
     p.add_argument("--params", default="auto", help="--params of each fit; several (comma-separated): each "
                    "signal fitted with each budget (the sweep --params auto was chosen from)")
-    p.add_argument("--quick", action="store_true", help="a tiny setting: 32^2 image, 0.05 s audio, 2 s budgets")
+    p.add_argument("--quick", action="store_true", help="a tiny setting: 32^2 image, 0.05 s audio, 1 s budgets")
     a = p.parse_args(argv)
     sides = [s.strip() for s in a.sizes.split(",") if s.strip()]
     budgets = [s.strip() for s in a.params.split(",") if s.strip()]
     clips = [float(s) for s in a.audio.split(",") if s.strip()]
     if a.quick:
-        sides, clips, a.seconds, a.audio_seconds = ["32"], [0.05], 2.0, 2.0
+        sides, clips, a.seconds, a.audio_seconds = ["32"], [0.05], 1.0, 1.0
     uptime = os.getloadavg()
     with RunFolder(a.out) as run, tempfile.TemporaryDirectory() as tmp:
         cases = write_inputs(Path(tmp), sides, clips)

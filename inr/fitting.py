@@ -71,10 +71,11 @@ EVAL_EVERY = 100
 EVAL_FRACTION = 0.05
 # Evaluations during training cover the whole signal up to EVAL_POINTS points; a larger signal is
 # evaluated on a fixed random subset of EVAL_POINTS points (a running estimate: the standard error of its
-# MSE is ~ sqrt(2 / 65536) ~ 0.6 % for Gaussian errors, ~0.03 dB), and as a whole once after training.
-# Measured on the loaded 2-core CPU: a whole 512^2 evaluation of the 200k hash grid took ~0.8 s, a
-# 65,536-point subset ~0.2 s, so at EVAL_FRACTION the subset is evaluated about 4x as often.
-EVAL_POINTS = 1 << 16
+# MSE is ~ sqrt(2 / 16384) ~ 1.1 % for Gaussian errors, ~0.05 dB), and as a whole once after training.
+# Measured on the loaded 2-core CPU (hash grid 300k, 1 thread): a whole 512^2 evaluation took 0.8 s, a
+# 65,536-point subset 0.3 s; at EVAL_FRACTION an evaluation of e seconds allows the next one e / 0.05
+# training seconds later, so 16,384 points (~0.08 s) time the targets to within ~2 s.
+EVAL_POINTS = 1 << 14
 RUN_FILES = ("metrics.json", "config.json", "model.pt", "history.csv", "curves.png")
 IMAGE_FILES = ("reconstruction.png", "error.png", "comparison.png")
 
@@ -418,12 +419,18 @@ def write_comparison(signal: Signal, pred, path: Path, metrics: dict | None = No
     return fig
 
 
+CURVE_POINTS = 2000   # training rows drawn per curve in curves.png
+
+
 def write_curves(history: list, kind: str, path: Path) -> None:
     """Loss (and PSNR for images) against step and against seconds."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     rows = [r for r in history if "loss" in r]
+    if len(rows) > CURVE_POINTS:   # long runs: every k-th row (and the last) is plenty for a 900-pixel plot
+        k = -(-len(rows) // CURVE_POINTS)
+        rows = rows[::k] + ([rows[-1]] if (len(rows) - 1) % k else [])
     evals = [r for r in history if any(k.startswith("eval_") for k in r)]
     # whole-signal evaluations drawn over the batch curve where they share its scale
     overlay = {"psnr": "eval_psnr"} if kind == "image" else {"loss": "eval_mse"}
@@ -448,7 +455,7 @@ def write_curves(history: list, kind: str, path: Path) -> None:
             ax.set_xlabel(x)
             ax.set_ylabel("training MSE ([-1,1] scale)" if k == "loss" else "PSNR (dB)")
             ax.grid(alpha=0.3)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.09, right=0.98, bottom=0.1, top=0.96, wspace=0.28, hspace=0.32)
     fig.savefig(path, dpi=100)
 
 

@@ -396,7 +396,7 @@ def solve_width(name: str, in_features: int, out_features: int, params: int, **h
     lo, hi = 1, 2
     while f(hi) < params:
         lo, hi = hi, hi * 2
-        if hi > 1 << 20:
+        if hi > (spec(name).hyper(arg).high or 1 << 20):
             raise InputError(f"parameter budget {params} is too large for {name}")
         if hi >= 1 << 10 and f(hi) == f(hi // 2):   # saturated (a hash grid with every level dense)
             raise InputError(f"parameter budget {params:,} is above the largest {name} model for this signal "
