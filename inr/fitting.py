@@ -50,7 +50,7 @@ from . import metrics as M
 from .config import from_dict, leaf_paths, merge, to_dict
 from .errors import InputError
 from .models import ModelConfig, build, count_params, from_config, spec
-from .signals import Signal, SignalError, load
+from .signals import PNG_FAST_PIXELS, Signal, SignalError, load
 from .runfiles import save_torch, versions, write_json
 from .runs import RunError, RunFolder, staging_dir
 from .runs import check_out as _check_out  # noqa: F401 - used by inr.batched / inr.shard
@@ -250,40 +250,52 @@ def make_evaluator(model, coords: torch.Tensor, values: torch.Tensor, kind: str,
 def signal_metrics(signal: Signal, pred) -> dict:
     """Images: PSNR and SSIM (data range 1) of the prediction clamped to [0, 1].
     Audio: MSE on the [-1, 1] amplitude scale and rho_AG."""
-    p, t = signal.reshape(pred), signal.values
-    if signal.kind == "image":
-        p = np.clip(p, 0.0, 1.0)
-        out = {"psnr": M.psnr(p, t, data_range=1.0), "ssim": _ssim(p, t)}
+    if signal.kind == "image":   # in bands of rows: memory ~ one copy of the prediction
+        g, t = _grid(signal, pred), signal.values
+        big = t.size > SSIM_FLOAT32_VALUES
+        p = np.empty(t.shape, dtype=np.float32 if big else np.float64)
+        sse = 0.0
+        for r0 in range(0, t.shape[0], 256):
+            p[r0:r0 + 256] = np.clip(g[r0:r0 + 256].astype(np.float64), 0.0, 1.0)
+            sse += float(((p[r0:r0 + 256] - t[r0:r0 + 256]) ** 2).sum(dtype=np.float64))
+        out = {"psnr": M.psnr_from_mse(sse / t.size), "ssim": _ssim(p, t)}
     else:
+        p, t = signal.reshape(pred), signal.values
         out = {"mse": M.mse(p, t), "rho_ag": M.rho_ag(p, t)}
     return {k: (None if v is None or not math.isfinite(v) else v) for k, v in out.items()}
 
 
 def _ssim(p: np.ndarray, t: np.ndarray) -> float | None:
+    """Mean SSIM (data range 1) as scikit-image's ``structural_similarity`` computes it (Gaussian-free: a
+    ``win`` x ``win`` uniform window, sample covariances, K1 0.01, K2 0.03, the mean over the pixels whose
+    window lies inside the image, averaged over channels), evaluated with ``torch.avg_pool2d`` over bands
+    of rows in float64: the windows that fit inside the image need no border rule, so this is the same
+    number (tests/test_scale.py checks it against scikit-image) at a fraction of the time and memory."""
     side = min(t.shape[:2])
     if side < 3:
         return None  # SSIM needs a window of at least 3 x 3
     win = min(7, side if side % 2 else side - 1)
-    from skimage.metrics import structural_similarity
-
-    if t.shape[2] == 1:
-        t, p = t[..., 0], p[..., 0]
-    kw = {"data_range": 1.0, "win_size": win, **({"channel_axis": 2} if t.ndim == 3 else {})}
-    pad, rows = (win - 1) // 2, SSIM_BAND
-    if t.shape[0] <= rows + 2 * pad:
-        return float(structural_similarity(t, p, **kw))
-    # bands of rows with `pad` rows of context each side: scikit-image's SSIM map is local (a win x win
-    # window) and its mean drops `pad` pixels at every border, so the band maps' interiors tile it exactly
-    total, count = 0.0, 0
+    pad, np_ = (win - 1) // 2, win * win
+    cov = np_ / (np_ - 1)
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    pool = lambda a: torch.nn.functional.avg_pool2d(a, win, stride=1)
     h = t.shape[0]
-    for r0 in range(pad, h - pad, rows):
-        r1 = min(h - pad, r0 + rows)
-        _, smap = structural_similarity(t[r0 - pad:r1 + pad], p[r0 - pad:r1 + pad], full=True, **kw)
-        inner = smap[pad:-pad, pad:-pad]
-        total, count = total + float(inner.sum(dtype=np.float64)), count + inner.size
-    return total / count
+    total, count = 0.0, 0
+    for r0 in range(0, h - 2 * pad, SSIM_BAND):
+        r1 = min(h, r0 + SSIM_BAND + 2 * pad)   # rows r0 .. r1 - 1: interior rows r0 + pad .. r1 - pad - 1
+        x = torch.from_numpy(np.ascontiguousarray(np.moveaxis(t[r0:r1], -1, 0), dtype=np.float64))
+        y = torch.from_numpy(np.ascontiguousarray(np.moveaxis(p[r0:r1], -1, 0), dtype=np.float64))
+        ux, uy = pool(x), pool(y)
+        vx = cov * (pool(x * x) - ux * ux)
+        vy = cov * (pool(y * y) - uy * uy)
+        vxy = cov * (pool(x * y) - ux * uy)
+        s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
+        total += float(s.sum())
+        count += s[0].numel()
+    return total / count / t.shape[2]
 
 
+SSIM_FLOAT32_VALUES = 1 << 22   # above this many values the clipped prediction is kept in float32 (its own dtype)
 SSIM_BAND = 512   # rows per band of the SSIM of a large image (memory ~ band x width, not the whole image)
 
 
@@ -322,19 +334,24 @@ def default_out(signal: Signal, model: str, root: str | os.PathLike = "runs") ->
     return Path(root) / f"{signal.name}-{model}-{stamp}"
 
 
-def write_error_map(signal: Signal, pred, path: Path) -> float:
+def write_error_map(signal: Signal, pred, path: Path, err: np.ndarray | None = None) -> float:
     """Colour-mapped |prediction - truth| (mean over channels) at the input size; returns the error
-    that maps to the top of the colour scale."""
+    that maps to the top of the colour scale.  ``err``: :func:`abs_error` if already computed."""
     from matplotlib import colormaps
     from PIL import Image
 
-    err = abs_error(signal, pred)
+    err = abs_error(signal, pred) if err is None else err
     top = float(err.max()) or 1.0
-    rgb = np.empty(err.shape + (3,), dtype=np.uint8)
     cmap = colormaps["inferno"]
-    for r0 in range(0, err.shape[0], 256):   # colour-mapped in bands: bounded memory
-        rgb[r0:r0 + 256] = (cmap(err[r0:r0 + 256] / top)[..., :3] * 255).round().astype(np.uint8)
-    Image.fromarray(rgb).save(path, format="PNG")
+    # matplotlib's lookup (index min(floor(x N), N - 1) into the N-entry table), as a uint8 table: the same
+    # pixels as (cmap(err / top)[..., :3] * 255).round(), without a float RGBA image
+    lut = (cmap(np.arange(cmap.N))[:, :3] * 255).round().astype(np.uint8)
+    rgb = np.empty(err.shape + (3,), dtype=np.uint8)
+    for r0 in range(0, err.shape[0], 256):   # in bands: bounded memory
+        x = err[r0:r0 + 256] / top
+        rgb[r0:r0 + 256] = lut[np.minimum((x * cmap.N).astype(np.int64), cmap.N - 1)]
+    big = err.size > PNG_FAST_PIXELS
+    Image.fromarray(rgb).save(path, format="PNG", compress_level=1 if big else 6)
     return top
 
 
@@ -357,7 +374,7 @@ def abs_error(signal: Signal, pred, band: int = 256) -> np.ndarray:
     return err
 
 
-COMPARISON_MAX_SIDE = 1024   # comparison.png panels: larger images are shown block-averaged to this size
+COMPARISON_MAX_SIDE = 512   # comparison.png panels (~400 pixels wide): larger images are shown block-averaged
 
 
 def _shrink(a: np.ndarray, f: int) -> np.ndarray:
@@ -383,7 +400,7 @@ def comparison_size(shape) -> tuple[float, float]:
     return COMPARISON_WIDTH_IN, round(0.9 + 3.6 * aspect, 2)
 
 
-def write_comparison(signal: Signal, pred, path: Path, metrics: dict | None = None):
+def write_comparison(signal: Signal, pred, path: Path, metrics: dict | None = None, err: np.ndarray | None = None):
     """``comparison.png``: original | reconstruction | |error| (mean over channels, with a colour bar),
     PSNR / SSIM in the title.  Gray images (and the first channel of gray+alpha) in gray, colour as RGB
     (alpha dropped).  Returns the matplotlib Figure (Agg canvas; pyplot is never used)."""
@@ -393,7 +410,7 @@ def write_comparison(signal: Signal, pred, path: Path, metrics: dict | None = No
     f = -(-max(signal.values.shape[:2]) // COMPARISON_MAX_SIDE)   # shown block-averaged above this size
     truth = _shrink(signal.values, f)
     rec = np.clip(_shrink(_grid(signal, pred), f), 0, 1)
-    err = _shrink(abs_error(signal, pred), f)
+    err = _shrink(abs_error(signal, pred) if err is None else err, f)
 
     def shown(a):
         return (a[..., 0], "gray") if a.shape[2] < 3 else (a[..., :3], None)
@@ -787,8 +804,10 @@ def write_run(folder: Path, sig: Signal, net, pred, metrics: dict, config: dict,
     folder = Path(folder)
     sig.write(pred, folder / ("reconstruction.png" if sig.kind == "image" else "reconstruction.wav"))
     if sig.kind == "image":
-        metrics["error_map_max"] = write_error_map(sig, pred, folder / "error.png")
-        write_comparison(sig, pred, folder / "comparison.png", metrics)
+        err = abs_error(sig, pred)
+        metrics["error_map_max"] = write_error_map(sig, pred, folder / "error.png", err)
+        write_comparison(sig, pred, folder / "comparison.png", metrics, err)
+        del err
     result.write_history(folder / "history.csv")
     write_curves(result.history, sig.kind, folder / "curves.png")
     save_torch({k: v.detach().cpu() for k, v in net.state_dict().items()}, folder / "model.pt")
