@@ -152,7 +152,10 @@ def make_parser() -> argparse.ArgumentParser:
                         f"--seconds, whichever comes first (default: {d.train.seconds:g})")
     lrs = ", ".join(f"{n} {spec(n).task('image').lr:g}" for n in names("image"))
     f.add_argument("--lr", type=positive_float("--lr"), help=f"Adam learning rate (default per model: {lrs})")
-    batches = ", ".join(f"{n} {spec(n).task('image').cpu_batch}" for n in names("image"))
+    batches = ", ".join(f"{n} {spec(n).task('image').cpu_batch}" if spec(n).task("image").cpu_batch_rule is None
+                        else f"{n} {spec(n).task('image').cpu_batch_rule(1)}-{spec(n).task('image').cpu_batch_rule(10**9)} "
+                             f"growing with --params"
+                        for n in names("image"))
     f.add_argument("--batch", type=_batch,
                    help=f"random points per step, 'full' for every point; 'auto' = full on CUDA, on the CPU the "
                         f"model's batch ({batches}) (default: auto)")
@@ -302,9 +305,10 @@ def _cmd_fit(a) -> int:
         reached = ", ".join(f"{t}: {'%.1f s' % v['seconds'] if v else 'not reached'}"
                             for t, v in m["time_to_target"].items())
         print(f"{m['model']} ({m['params']:,} params) on {m['signal']}: {_fmt_metrics(m)}")
+        what = f"{m['eval_points']:,}-point subset" if m.get("eval_points") else "whole-signal"
         print(f"{m['steps']} steps in {m['seconds']:.1f} s ({1000 * m['seconds_per_step']:.1f} ms/step, "
-              f"stopped by {m['stopped_by']}; +{m['eval_seconds']:.1f} s for {m['evaluations']} whole-signal "
-              f"evaluations); targets (whole signal): {reached or 'none'}")
+              f"stopped by {m['stopped_by']}; +{m['eval_seconds']:.1f} s for {m['evaluations']} {what} "
+              f"evaluations); targets: {reached or 'none'}")
         print(f"run folder: {out}")
     return 0
 

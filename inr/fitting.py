@@ -553,14 +553,14 @@ class FitConfig:
             every, fraction = EVAL_EVERY, None
         train = replace(t, lr=task.lr if t.lr is None else t.lr, betas=task.betas if t.betas is None else t.betas,
                         eps=task.eps if t.eps is None else t.eps, device=str(device), eval_fraction=fraction)
-        batch = self.batch
-        if batch == "auto":
-            batch = None if device.type == "cuda" else task.cpu_batch
         context = {"shape": tuple(signal.shape)} if signal is not None else {}
         options = spec(self.model.name).resolve(kind, self.model.options, **context)
         values = signal.num_points * signal.channels if signal is not None else None
         feats = (signal.coord_dim, signal.channels) if signal is not None else None
         model = ModelConfig(self.model.name, self.model.params, options).resolved(kind, values, feats)
+        batch = self.batch
+        if batch == "auto":
+            batch = None if device.type == "cuda" else task.batch_for(model.params)
         targets = TARGETS[kind] if self.targets is None else self.targets
         return replace(self, model=model, train=train, batch=batch, targets=targets, eval_every=every)
 
