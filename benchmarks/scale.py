@@ -153,7 +153,8 @@ def run_fit(case: dict, out: Path, seconds: float | None, threads: int | None, e
     m = json.loads((out / "metrics.json").read_text())
     ttt = m.get("time_to_target") or {}
     row = {"case": case["name"], "kind": kind, "values": case["size"], "params": m["params"],
-           "budget_s": seconds, "wall_s": wall, "train_s": m["seconds"], "eval_s": m["eval_seconds"],
+           "budget_s": seconds if seconds is not None else m["config"]["fit"]["train"]["seconds"],
+           "reserved_s": m.get("seconds_reserved_for_writing", 0.0), "wall_s": wall, "train_s": m["seconds"], "eval_s": m["eval_seconds"],
            "evaluations": m["evaluations"], "steps": m["steps"], "s_per_step": m["seconds_per_step"],
            "peak_rss_MB": usage.ru_maxrss / 1024, "command": " ".join(cmd[1:])}
     if kind == "image":
