@@ -613,7 +613,7 @@ def fit(signal=None, config: FitConfig | None = None, run: RunFolder | None = No
     torch.set_rng_state(rng)
     reserved = 0.0
     if train.seconds is not None:   # the budget covers writing too (WRITE_COST)
-        reserved = writing_reserve(net, sig, train.seconds)
+        reserved = writing_reserve(net, sig, train.seconds, train.eval_fraction)
         train = replace(train, seconds=train.seconds - reserved) if reserved > 0 else train
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
@@ -635,20 +635,23 @@ def fit(signal=None, config: FitConfig | None = None, run: RunFolder | None = No
     return Fit(net, sig.describe(), cfg, m, result, signal=sig, prediction=pred)
 
 
-# A time budget T covers the whole command: when predicting and writing the whole signal would take more
-# than 10 % of T (estimated as WRITE_COST x the time of one whole-signal prediction, timed on one block
-# before training), training stops that much earlier (at most T / 2 earlier; metrics.json:
-# seconds_reserved_for_writing).  Measured on the loaded 2-core CPU (2048^2 RGB, 4M-parameter hash grid,
-# 1 thread): prediction 3.9-6.0 s, metrics (PSNR, SSIM) 3.2-5.5 s, PNG 0.1-2.2 s, error map 0.9-1.7 s,
-# comparison 1.1-2.9 s: about 2 predictions' worth (the prediction and the rest); audio writes a WAV and
-# rho_AG (an FFT).
-WRITE_COST = {"image": 2.0, "audio": 1.5}
+# A time budget T covers the whole command, within 1.1 T (+ the start-up): when the evaluations (at most
+# eval_fraction x T) and predicting and writing the whole signal (estimated as WRITE_COST x the time of one
+# whole-signal prediction, timed on one block before training) would take more than 0.1 T, training stops
+# that much earlier (at most T / 2 earlier; metrics.json: seconds_reserved_for_writing).  Measured on the
+# loaded 2-core CPU (2048^2 RGB, 4M-parameter hash grid, 1 thread): prediction 3.9-6.0 s, metrics (PSNR,
+# SSIM) 3.2-5.5 s, PNG 0.1-2.2 s, error map 0.9-1.7 s, comparison 1.1-2.9 s; in a whole run the time after
+# training was ~2.3 x the estimated prediction.  Audio writes a WAV and rho_AG (an FFT).
+WRITE_COST = {"image": 2.5, "audio": 1.5}
+BUDGET_SLACK = 0.1
 
 
-def writing_reserve(net, sig: Signal, seconds: float, chunk: int = PREDICT_CHUNK) -> float:
-    """Training seconds to hold back from a budget of ``seconds`` (see :data:`WRITE_COST`): the estimated
-    post-training cost beyond 10 % of the budget, at most half of it.  Times :func:`predict_grid` on one
-    block of the signal's grid (three times, the fastest counts); draws no random numbers."""
+def writing_reserve(net, sig: Signal, seconds: float, eval_fraction: float | None = None,
+                    chunk: int = PREDICT_CHUNK) -> float:
+    """Training seconds to hold back from a budget of ``seconds`` (see :data:`WRITE_COST`): the evaluations'
+    share plus the estimated post-training cost beyond ``BUDGET_SLACK x seconds``, at most half the budget.
+    Times :func:`predict_grid` on one block of the signal's grid (three times, the fastest counts); draws no
+    random numbers."""
     axes = grid_axes(sig)
     rest = int(np.prod([a.numel() for a in axes[1:]])) if len(axes) > 1 else 1
     rows = max(1, min(axes[0].numel(), chunk // rest))
@@ -658,8 +661,9 @@ def writing_reserve(net, sig: Signal, seconds: float, chunk: int = PREDICT_CHUNK
         t = time.perf_counter()
         predict_grid(net, block, sig.kind, chunk)
         took = min(took, time.perf_counter() - t)
-    estimate = took * sig.num_points / (rows * rest) * WRITE_COST[sig.kind]
-    return round(min(0.5 * seconds, max(0.0, estimate - 0.1 * seconds)), 3)
+    after = took * sig.num_points / (rows * rest) * WRITE_COST[sig.kind]
+    need = (eval_fraction or 0.0) * seconds + after - BUDGET_SLACK * seconds
+    return round(min(0.5 * seconds, max(0.0, need)), 3)
 
 
 def with_overrides(cfg, overrides: dict):

@@ -102,3 +102,11 @@ def test_a_large_signal_is_evaluated_on_a_fixed_subset(monkeypatch):
 
     pred = np.clip(f.prediction.numpy().reshape(16, 16, 1).astype(np.float64), 0, 1)
     assert m["psnr"] == pytest.approx(peak_signal_noise_ratio(sig.values, pred, data_range=1.0), abs=1e-9)
+
+
+def test_writing_reserve_holds_back_training_time_only_for_costly_signals(monkeypatch):
+    sig = image_from_array(smooth_image(32, 32) / 255.0)
+    net = build("hash", 2, 1, params=5000)
+    assert fitting.writing_reserve(net, sig, 60.0, 0.05) == 0.0   # a tiny image: nothing to hold back
+    monkeypatch.setitem(fitting.WRITE_COST, "image", 1e9)          # writing "costs" ages: at most half the budget
+    assert fitting.writing_reserve(net, sig, 60.0, 0.05) == 30.0
