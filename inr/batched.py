@@ -417,7 +417,7 @@ def _fit_files(stage: Path, files, shard: tuple, cfg, group_size: int, engine: s
     for chunk in group_signals(signals, group_size):
         sigs = [signals[i] for i in chunk]
         cfiles = [sig_files[i] for i in chunk]
-        rcfg = cfg.resolved(sigs[0].kind, dev)
+        rcfg = cfg.resolved(sigs[0].kind, dev, sigs[0])   # a chunk shares kind, shape and channels
         budget = None if rcfg.train.seconds is None else rcfg.train.seconds * len(sigs)
         try:
             nets, fits, info = fit_group(sigs, [rcfg.train.seed] * len(sigs),

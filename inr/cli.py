@@ -14,11 +14,12 @@ import sys
 from pathlib import Path
 
 from .cliutil import (EXIT_USAGE, Parser, add_common, add_lbfgs, add_version, apply_threads, lbfgs_options, number,
-                      parse_args, positive_float, run_main)
+                      open_fraction, parse_args, positive_float, run_main)
 from .cliutil import LBFGS_OPTIONS, key_value
 from .config import from_dict, merge, read_file
-from .fitting import FitConfig, RunError, as_signal, default_out, evaluate_run, fit, with_overrides
-from .models import names, spec
+from .fitting import (EVAL_EVERY, EVAL_POINTS, FitConfig, RunError, as_signal, default_out,
+                      evaluate_run, fit, with_overrides)
+from .models import HASH_PARAMS_MAX, HASH_PARAMS_MIN, HASH_PARAMS_PER_VALUE, names, spec
 from .runs import RunFolder
 from .train import resolve_device
 
@@ -63,6 +64,12 @@ def _positive_int(name, high=None):
 
 
 _seconds = positive_float("--seconds", allow_none=True)
+
+
+def _params(s):
+    if str(s).strip().lower() == "auto":
+        return "auto"
+    return _positive_int("--params")(s)
 
 
 def _batch(s):
@@ -112,22 +119,33 @@ def make_parser() -> argparse.ArgumentParser:
     f.add_argument("--model", choices=names("image"),
                    help=f"model family (default: {d.model.name}, the fastest to 30/35/40 dB on a CPU in our "
                         "benchmark; lrnn-spder learns the most per step)")
-    f.add_argument("--params", type=_positive_int("--params"),
-                   help=f"parameter budget; picks the width / rank / table closest to it (default: "
-                        f"{d.model.params}; ignored when --hidden, --rank or --table is given)")
+    f.add_argument("--params", type=_params,
+                   help="parameter budget; picks the width / rank / table closest to it; 'auto' (the default): "
+                        "the family's budget for the signal's number of values (hash grid: "
+                        f"{HASH_PARAMS_PER_VALUE:g} per value within [{HASH_PARAMS_MIN:,}, {HASH_PARAMS_MAX:,}], "
+                        "docs/results.md; the others 200,000); ignored when --hidden, --rank or --table is given")
     f.add_argument("--steps", type=_positive_int("--steps"), help=f"optimizer steps (default: {d.train.steps})")
     f.add_argument("--seconds", type=_seconds,
                    help="training budget in seconds, 'none' for no limit; training stops at --steps or "
                         f"--seconds, whichever comes first (default: {d.train.seconds:g})")
     lrs = ", ".join(f"{n} {spec(n).task('image').lr:g}" for n in names("image"))
     f.add_argument("--lr", type=positive_float("--lr"), help=f"Adam learning rate (default per model: {lrs})")
-    batches = ", ".join(f"{n} {spec(n).task('image').cpu_batch}" for n in names("image"))
+    batches = ", ".join(f"{n} {spec(n).task('image').cpu_batch}" if spec(n).task("image").cpu_batch_rule is None
+                        else f"{n} {spec(n).task('image').cpu_batch_rule(1)}-{spec(n).task('image').cpu_batch_rule(10**9)} "
+                             f"growing with --params"
+                        for n in names("image"))
     f.add_argument("--batch", type=_batch,
                    help=f"random points per step, 'full' for every point; 'auto' = full on CUDA, on the CPU the "
                         f"model's batch ({batches}) (default: auto)")
     f.add_argument("--eval-every", type=number(int, "--eval-every", 0), metavar="N",
-                   help="evaluate the whole signal every N steps, off the training clock (0: only after the "
-                        f"last step); time to target counts these evaluations (default: {d.eval_every})")
+                   help="evaluate every N steps instead of on training time (0: only after the last step); "
+                        "off the training clock; time to target counts these evaluations (default: on time, "
+                        "see --eval-fraction)")
+    f.add_argument("--eval-fraction", type=open_fraction("--eval-fraction"), metavar="F",
+                   help="evaluate on training time, spending at most this fraction of it (the first after "
+                        f"step 1; default: {d.train.eval_fraction:g}; without a time budget every {EVAL_EVERY} "
+                        f"steps); signals above {EVAL_POINTS:,} points are evaluated on a fixed random subset "
+                        f"of that many points during training, whole at the end")
     f.add_argument("--warmup", type=number(int, "--warmup", 0), metavar="STEPS",
                    help="linear learning-rate warm-up over this many steps (default: 0)")
     f.add_argument("--schedule-by", choices=("auto", "steps", "time"),
@@ -199,7 +217,8 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 FLAG_FIELDS = {"params": "model.params", "steps": "train.steps", "seconds": "train.seconds", "lr": "train.lr",
-               "batch": "batch", "eval_every": "eval_every", "warmup": "train.warmup",
+               "batch": "batch", "eval_every": "eval_every",
+               "eval_fraction": "train.eval_fraction", "warmup": "train.warmup",
                "schedule_by": "train.schedule_by", "device": "train.device", "seed": "train.seed",
                "quiet": "train.quiet", "checkpoint_every": "train.checkpoint_every",
                **{k: f"train.{k}" for k in LBFGS_OPTIONS}}
@@ -264,9 +283,10 @@ def _cmd_fit(a) -> int:
         reached = ", ".join(f"{t}: {'%.1f s' % v['seconds'] if v else 'not reached'}"
                             for t, v in m["time_to_target"].items())
         print(f"{m['model']} ({m['params']:,} params) on {m['signal']}: {_fmt_metrics(m)}")
+        what = f"{m['eval_points']:,}-point subset" if m.get("eval_points") else "whole-signal"
         print(f"{m['steps']} steps in {m['seconds']:.1f} s ({1000 * m['seconds_per_step']:.1f} ms/step, "
-              f"stopped by {m['stopped_by']}; +{m['eval_seconds']:.1f} s for {m['evaluations']} whole-signal "
-              f"evaluations); targets (whole signal): {reached or 'none'}")
+              f"stopped by {m['stopped_by']}; +{m['eval_seconds']:.1f} s for {m['evaluations']} {what} "
+              f"evaluations); targets: {reached or 'none'}")
         print(f"run folder: {out}")
     return 0
 

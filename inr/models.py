@@ -14,7 +14,7 @@ from torch import nn
 
 from .layers import ComplexGaborLayer, GaussLayer, LRNNLayer, PositionalEncoding, RealGaborLayer, SineLayer
 from .errors import InputError
-from .layers.hashgrid import HashGridEncoding
+from .layers.hashgrid import DEFAULT_FINEST, HashGridEncoding
 from .spec import Hyper, ModelSpec, TaskDefaults
 
 
@@ -274,7 +274,38 @@ def _plain_tasks(image_lr: float, ct_lr: float, ct_hyper=None, pde_lr: float | N
 # from being damped (paired 5 s runs ended 3-5 dB higher); 2048 points per step: a step costs ~linear in
 # the batch and learns about as much as 4096 points (30/35/40 dB at 0.6/1.0/1.8 s against 0.8/1.7/3.1 s).
 _NGP = {"betas": (0.9, 0.99), "eps": 1e-15, "cpu_batch": 2048}
-_HASH_TASKS = {"image": TaskDefaults(lr=1e-2, **_NGP), "audio": TaskDefaults(lr=1e-2, **_NGP),
+
+
+def _hash_fit(shape=None, **_) -> dict:
+    """Image and audio fits: the finest grid level at least at the signal's own resolution (its longest
+    side / its number of samples; never below the encoding's default, :data:`DEFAULT_FINEST`), so that the
+    finest cells are at most about one pixel / sample wide at every size."""
+    if not shape:
+        return {}
+    return {"finest_resolution": max(DEFAULT_FINEST[len(shape)], int(max(shape)))}
+
+
+def hash_auto_params(values: int) -> int:
+    """``--params auto`` for the hash grid: HASH_PARAMS_PER_VALUE parameters per signal value, clamped to
+    [HASH_PARAMS_MIN, HASH_PARAMS_MAX] (the table this was chosen from: docs/results.md, "Fits at every size")."""
+    return int(min(HASH_PARAMS_MAX, max(HASH_PARAMS_MIN, round(HASH_PARAMS_PER_VALUE * values))))
+
+
+HASH_PARAMS_PER_VALUE, HASH_PARAMS_MIN, HASH_PARAMS_MAX = 2.5, 200_000, 4_000_000
+
+
+def hash_cpu_batch(params: int) -> int:
+    """Random points per step on a CPU: a power of 2 near ``params / 500`` within [2048, 16384].  A step
+    updates the whole table (Adam), so a large table wants more points per step: on the loaded 2-core CPU
+    (30 s) the 843k-parameter cameraman reached 47.4 dB at 2048 points against 42.4 at 8192, the 4M-parameter
+    2048^2 mosaic 37.2 dB at 8192 against 35.1 at 2048, and 60 s of stereo music (4M, 120 s) MSE 7.6e-5 at
+    16384 against 8.8e-4 at 2048."""
+    want = max(1.0, params / 500)
+    return int(min(16384, max(2048, 2 ** round(math.log2(want)))))
+
+
+_HASH_FIT = {**_NGP, "hyper": _hash_fit, "params": hash_auto_params, "cpu_batch_rule": hash_cpu_batch}
+_HASH_TASKS = {"image": TaskDefaults(lr=1e-2, **_HASH_FIT), "audio": TaskDefaults(lr=1e-2, **_HASH_FIT),
                "ct": TaskDefaults(lr=1e-2, cpu_batch=None, tv=1e-4),
                "pde": TaskDefaults(lr=1e-3, cpu_batch=None)}
 
@@ -379,12 +410,25 @@ def solve_width(name: str, in_features: int, out_features: int, params: int, **h
     lo, hi = 1, 2
     while f(hi) < params:
         lo, hi = hi, hi * 2
-        if hi > 1 << 20:
+        if hi > (spec(name).hyper(arg).high or 1 << 20):
             raise InputError(f"parameter budget {params} is too large for {name}")
+        if hi >= 1 << 10 and f(hi) == f(hi // 2):   # saturated (a hash grid with every level dense)
+            raise InputError(f"parameter budget {params:,} is above the largest {name} model for this signal "
+                             f"and these options ({f(hi):,} parameters)")
     while hi - lo > 1:
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if f(mid) < params else (lo, mid)
     return min((lo, hi), key=lambda w: abs(f(w) - params))
+
+
+def saturation(name: str, in_features: int, out_features: int, hyper: dict) -> int | None:
+    """The parameter count a family stops growing at as its width grows (a hash grid with every level
+    dense), or None when it keeps growing up to the largest width."""
+    s = spec(name)
+    top = s.hyper(s.width_arg).high or _BIG
+    f = lambda w: _count_for(name, in_features, out_features, {**hyper, s.width_arg: w})
+    a, b = f(top // 2), f(top)
+    return b if a == b else None
 
 
 def build(name: str, in_features: int, out_features: int, *, params: int | None = None,
@@ -421,16 +465,20 @@ def from_config(config: dict, device=None, dtype=None) -> INR:
 class ModelConfig:
     """Which family, how big, and its hyper-parameters (checked against the family's spec).
 
-    ``params``: a parameter budget (the width -- hidden size, rank or table -- whose count is closest) or
-    None when ``options`` sets the width; an explicit width in ``options`` wins over the budget."""
+    ``params``: a parameter budget (the width -- hidden size, rank or table -- whose count is closest),
+    ``"auto"`` (the family's rule for the signal's size, :meth:`inr.spec.TaskDefaults.auto_params`, made a
+    number by :meth:`resolved`) or None when ``options`` sets the width; an explicit width in ``options``
+    wins over the budget."""
     name: str = "hash"
-    params: int | None = 200_000
+    params: int | str | None = "auto"
     options: dict = field(default_factory=dict)
 
     def __post_init__(self):
         s = spec(self.name)
         self.options = s.check(dict(self.options or {}))
-        if self.params is not None:
+        if isinstance(self.params, str) and self.params.strip().lower() == "auto":
+            self.params = "auto"
+        elif self.params is not None:
             if isinstance(self.params, bool) or not isinstance(self.params, int) or self.params < 1:
                 raise InputError(f"--params must be a positive integer, got {self.params!r}")
             if self.params > max_params():
@@ -439,11 +487,24 @@ class ModelConfig:
         if s.width_arg in self.options:
             self.params = None   # an explicit width wins over the budget
 
+    def resolved(self, task: str, values: int | None = None, features: tuple | None = None) -> "ModelConfig":
+        """This config with ``params="auto"`` replaced by the family's budget for ``task`` and a signal of
+        ``values`` values (points x channels); with ``features`` (in, out) it is capped at the largest count
+        the family reaches with these options (a hash grid whose levels are all dense)."""
+        if self.params != "auto":
+            return self
+        n = spec(self.name).task(task).auto_params(values)
+        if features is not None:
+            cap = saturation(self.name, *features, spec(self.name).resolve(task, self.options))
+            n = n if cap is None else min(n, cap)
+        return ModelConfig(self.name, n, self.options)
+
     def build(self, in_features: int, out_features: int, task: str, device=None, dtype=None, **context) -> INR:
-        """The model for ``task`` (its spec's task defaults under :attr:`options`)."""
+        """The model for ``task`` (its spec's task defaults under :attr:`options`; ``params="auto"`` as for
+        a 512 x 512 gray image unless :meth:`resolved` was given the signal's size)."""
         hyper = spec(self.name).resolve(task, self.options, **context)
-        return build(self.name, in_features, out_features, params=self.params, device=device, dtype=dtype,
-                     **hyper)
+        params = self.resolved(task).params
+        return build(self.name, in_features, out_features, params=params, device=device, dtype=dtype, **hyper)
 
 
 # keys of a model config that count layers / levels / repeats: bounded tighter than widths

@@ -90,6 +90,24 @@ class TaskDefaults:
     tv: float = 0.0          # CT: weight of the total-variation term on the INR's image
     lbfgs_points: int = 4096  # PDE: uniform points of the L-BFGS stage, drawn at the switch
     note: str = ""           # where the numbers come from (shown in docs, kept with the numbers)
+    # ``--params auto``: a parameter count, or a function of the signal's number of values (points x
+    # channels) returning one (:meth:`auto_params`)
+    params: int | Callable[[int], int] = 200_000
+
+    # random points per step on a CPU as a function of the model's parameter count (None: ``cpu_batch``)
+    cpu_batch_rule: Callable[[int], int] | None = None
+
+    def batch_for(self, params: int | None) -> int | None:
+        """The CPU batch for a model of ``params`` parameters: ``cpu_batch_rule(params)`` or ``cpu_batch``."""
+        if self.cpu_batch_rule is None or not isinstance(params, int):
+            return self.cpu_batch
+        return int(self.cpu_batch_rule(params))
+
+    def auto_params(self, values: int | None) -> int:
+        """The parameter budget ``--params auto`` picks for a signal of ``values`` values (None: unknown,
+        the rule at 512 x 512 gray)."""
+        p = self.params
+        return int(p(values if values else 512 * 512) if callable(p) else p)
 
 
 @dataclass(frozen=True)

@@ -140,3 +140,17 @@ def test_gpu_protocols_quick(tmp_path):
     again = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_protocols.py"), "--quick",
                             "--out", str(out)], capture_output=True, text=True, timeout=300)
     assert again.returncode != 0 and "already exists" in again.stderr
+
+
+def test_scale_quick(tmp_path):
+    out = tmp_path / "scale"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "scale.py"), "--quick", "--threads", "1",
+                           "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    rows = json.loads((out / "metrics.json").read_text())["rows"]
+    assert [r["kind"] for r in rows] == ["image", "audio"]
+    for r in rows:
+        assert "error" not in r and r["train_s"] > 0 and r["wall_s"] > r["train_s"] and r["peak_rss_MB"] > 0
+    assert (out / "table.md").read_text().count("\n|") >= 3
+    assert (out / "fits" / "mosaic32" / "reconstruction.png").is_file()
+    assert (out / "fits" / "music0.05s" / "reconstruction.wav").is_file()

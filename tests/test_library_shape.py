@@ -72,3 +72,16 @@ def test_a_folder_of_one_file_trains_exactly_as_the_file_alone(tmp_path, torch_o
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def test_a_folder_of_one_file_trains_exactly_as_the_file_alone_with_every_default(tmp_path, torch_one_thread):
+    """The default model (hash grid, --params auto from the signal's size, its CPU batch and Adam settings)."""
+    (tmp_path / "in").mkdir()
+    img = (torch.rand(24, 20, 3, generator=torch.Generator().manual_seed(1)) * 255).to(torch.uint8).numpy()
+    Image.fromarray(img).save(tmp_path / "in" / "a.png")
+    kw = dict(steps=4, seconds=None, quiet=True, device="cpu")
+    fit_files([tmp_path / "in"], out=tmp_path / "many", engine="loop", **kw)
+    fit_and_save(str(tmp_path / "in" / "a.png"), tmp_path / "one", **kw)
+    a = torch.load(tmp_path / "many" / "a" / "model.pt", weights_only=True)
+    b = torch.load(tmp_path / "one" / "model.pt", weights_only=True)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -215,6 +215,68 @@ class HashGridEncoding(nn.Module):
                 o.neg_()
         return out
 
+    # -- a whole regular grid at once (prediction; module docstring) ---------------------------------
+
+    def grid_corners(self, axes) -> tuple[torch.Tensor, torch.Tensor]:
+        """Corner indices and weights (L, B, 2^d) of every point of the regular grid spanned by ``axes``
+        (d 1-D tensors of coordinates, row-major over the grid, B = the product of their lengths): the
+        same numbers as ``corners(*positions(x))`` on the meshgrid of ``axes``, computed per axis (cells,
+        weights and the axis terms of the index) and combined by broadcasting, since both the dense index
+        and the hash are separable over the axes (a sum, an xor)."""
+        d, k, L = self.in_features, self.n_dense, self.levels
+        if len(axes) != d:
+            raise ValueError(f"expected {d} axes, got {len(axes)}")
+        wide = torch.float32 if self.embeddings.device.type == "mps" else torch.float64
+        scale = self.scale.to(wide)[:, None]
+        ns = [int(a.numel()) for a in axes]
+        lo, hi, w = [], [], []
+        for i, a in enumerate(axes):
+            p = (a.to(self.embeddings.device).to(wide).reshape(1, -1) + 1) * (0.5 * scale)   # (L, n_i)
+            c = torch.minimum(torch.floor(p).clamp_(min=0), scale - 1)
+            view = [L] + [1] * d
+            view[1 + i] = ns[i]
+            m = self.mult[:, i:i + 1]
+            lo_i = c.to(torch.int64) * m
+            lo.append(lo_i.reshape(view))
+            hi.append((lo_i + m).reshape(view))
+            w.append((p - c).to(self.scale.dtype).reshape(view))
+        bits = self.corner_bits()
+        idx = torch.empty([L] + ns + [1 << d], dtype=torch.int64, device=self.embeddings.device)
+        wts = torch.empty([L] + ns + [1 << d], dtype=self.scale.dtype, device=self.embeddings.device)
+        for j, b in enumerate(bits):
+            terms = [(hi[i] if b[i] else lo[i]) for i in range(d)]
+            for sl, op in ((slice(0, k), torch.add), (slice(k, L), torch.bitwise_xor)):
+                if sl.start == sl.stop:
+                    continue
+                acc = terms[0][sl]
+                for t in terms[1:]:
+                    acc = op(acc, t[sl])
+                idx[sl, ..., j] = acc
+            f = [(w[i] if b[i] else 1 - w[i]) for i in range(d)]
+            acc = f[0]
+            for t in f[1:]:
+                acc = acc * t
+            wts[..., j] = acc
+        idx, wts = idx.reshape(L, -1, 1 << d), wts.reshape(L, -1, 1 << d)
+        if k < L:
+            h = idx[k:]
+            if self.table & (self.table - 1) == 0:
+                h.bitwise_and_(self.table - 1)
+            else:
+                h.bitwise_and_(_MASK32).remainder_(self.table)
+        idx.add_(self.offsets)
+        return idx, wts
+
+    @torch.no_grad()
+    def grid_forward(self, axes) -> torch.Tensor:
+        """The encoding of every point of the grid spanned by ``axes`` (see :meth:`grid_corners`),
+        ``(B, L * F)`` row-major, without autograd: equal to ``forward`` on the meshgrid of ``axes``."""
+        idx, wts = self.grid_corners(axes)
+        y = _interpolate(idx, wts.to(self.embeddings.dtype), self.embeddings)
+        if self.level_weights is not None:
+            y = y * self.level_weights.to(y.dtype).repeat_interleave(self.features)
+        return y
+
     # -- a fixed point set and per-level weights (module docstring) ---------------------------------
 
     def fix_points(self, x: torch.Tensor) -> None:
