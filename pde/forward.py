@@ -35,7 +35,7 @@ from inr.layers.encoding import PositionalEncoding
 from inr.layers.gauss import GaussLayer
 from inr.layers.hashgrid import HashGridEncoding
 from inr.layers.lrnn import LRNNLayer
-from inr.layers.sine import SQRT_FLOOR, SineLayer
+from inr.layers.sine import SineLayer, activation_jet
 from inr.models import INR
 
 
@@ -86,30 +86,7 @@ def add(a: Jet, b: Jet) -> Jet:
 
 # -- activations: (s, s', s'') ------------------------------------------------------------------------
 
-def _sqrt_env(z: torch.Tensor):
-    """sqrt(max(|z|, floor)) and its first two derivatives; both vanish where the floor holds (as autograd)."""
-    a = z.abs()
-    r = a.clamp_min(SQRT_FLOOR).sqrt()
-    live = a > SQRT_FLOOR
-    zero = torch.zeros_like(z)
-    dr = torch.where(live, 0.5 * torch.sign(z) / r, zero)
-    ddr = torch.where(live, -0.25 / (r * r * r), zero)
-    return r, dr, ddr
-
-
-def _atan_env(z: torch.Tensor):
-    q = 1.0 / (1.0 + z * z)
-    return torch.atan(z), q, -2.0 * z * q * q
-
-
-def periodic(name: str, z: torch.Tensor):
-    """(sigma, sigma', sigma'') for the periodic activations of :mod:`inr.layers.sine`."""
-    s, c = torch.sin(z), torch.cos(z)
-    if name == "sin":
-        return s, c, -s
-    r, dr, ddr = _sqrt_env(z) if name == "spder" else _atan_env(z)
-    # (sin r)'' = -sin r + 2 cos r' + sin r''
-    return s * r, c * r + s * dr, (ddr - r) * s + 2.0 * c * dr
+periodic = activation_jet   # (sigma, sigma', sigma'') of the periodic activations, inr.layers.sine
 
 
 def _tanh(z):
@@ -175,38 +152,13 @@ def layer_norm(m: nn.LayerNorm, j: Jet) -> Jet:
     return y
 
 
-def _lrnn_components(m: LRNNLayer, t: torch.Tensor):
-    """(G, G', G'') of every component at its input t (N, r, dbar)."""
-    if m.component == "mlp":
-        wa, wb = m.comp_w0 * m.a, m.comp_w0 * m.b                      # (R, dbar, m)
-        u = t.unsqueeze(-1) * wa + wb                                  # (N, r, dbar, m)
-        s, ds, dds = periodic(m.activation, u)
-        c = m.c
-        return (s * c).sum(-1) + m.c0, (ds * (c * wa)).sum(-1), (dds * (c * wa * wa)).sum(-1)
-    om = m.omega
-    th = t * om + m.phase
-    k = torch.arange(1, m.alpha.shape[-1] + 1, dtype=t.dtype, device=t.device)
-    kt = th.unsqueeze(-1) * k
-    cs, sn = torch.cos(kt), torch.sin(kt)
-    A, B = m.alpha, m.beta
-    S0 = (A * cs + B * sn).sum(-1)
-    S1 = ((B * cs - A * sn) * k).sum(-1)
-    S2 = -((A * cs + B * sn) * (k * k)).sum(-1)
-    if m.activation == "sin":
-        G, G1, G2 = S0, S1, S2
-    else:
-        e, de, dde = _sqrt_env(th) if m.activation == "spder" else _atan_env(th)
-        G, G1, G2 = e * S0, de * S0 + e * S1, dde * S0 + 2.0 * de * S1 + e * S2
-    return G + m.c0, G1 * om, G2 * (om * om)
-
-
 def _lrnn_layer(m: LRNNLayer, j: Jet) -> Jet:
     if m.low_precision:
         raise NotImplementedError("forward Laplacian: LRNN bfloat16 projection")
     z = scale(linear(j, m.proj.weight, m.proj.bias), m.scale)
     r, dbar = m.rank, m.dbar
     z = Jet(z.v.unflatten(-1, (r, dbar)), z.g.unflatten(-1, (r, dbar)), z.l.unflatten(-1, (r, dbar)))
-    G, G1, G2 = _lrnn_components(m, z.v)
+    G, G1, G2 = m.component_jet(z.v)
     gm = m.gamma
     f = elementwise(z, 1.0 + gm * G, gm * G1, gm * G2)               # factors 1 + gamma g_j, (N, [D,] r, dbar)
     phi = Jet(f.v[..., 0], f.g[..., 0], f.l[..., 0])

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from . import lrnn_cpp
-from .sine import SQRT_FLOOR, get_activation
+from .sine import SQRT_FLOOR, activation_jet, atan_envelope_jet, get_activation, sqrt_envelope_jet
 from ..errors import InputError
 
 
@@ -676,6 +676,31 @@ class LRNNLayer(nn.Module):
         if self.component == "mlp":
             return components_reference(z, self.a, self.b, self.c, self.c0, self.comp_w0, self.activation)
         return harmonic_reference(z, *self._component_params(), self.activation)
+
+    def component_jet(self, t: torch.Tensor):
+        """(g, g', g'') of every component at its input ``t`` (..., rank, dbar): the value and its first
+        two derivatives in t, in plain torch operations (forward-mode Laplacians, :mod:`pde.forward`)."""
+        if self.component == "mlp":
+            wa, wb = self.comp_w0 * self.a, self.comp_w0 * self.b                  # (R, dbar, m)
+            u = t.unsqueeze(-1) * wa + wb                                          # (..., r, dbar, m)
+            s, ds, dds = activation_jet(self.activation, u)
+            c = self.c
+            return (s * c).sum(-1) + self.c0, (ds * (c * wa)).sum(-1), (dds * (c * wa * wa)).sum(-1)
+        om = self.omega
+        th = t * om + self.phase
+        k = torch.arange(1, self.alpha.shape[-1] + 1, dtype=t.dtype, device=t.device)
+        kt = th.unsqueeze(-1) * k
+        cs, sn = torch.cos(kt), torch.sin(kt)
+        A, B = self.alpha, self.beta
+        S0 = (A * cs + B * sn).sum(-1)
+        S1 = ((B * cs - A * sn) * k).sum(-1)
+        S2 = -((A * cs + B * sn) * (k * k)).sum(-1)
+        if self.activation == "sin":
+            G, G1, G2 = S0, S1, S2
+        else:
+            e, de, dde = sqrt_envelope_jet(th) if self.activation == "spder" else atan_envelope_jet(th)
+            G, G1, G2 = e * S0, de * S0 + e * S1, dde * S0 + 2.0 * de * S1 + e * S2
+        return G + self.c0, G1 * om, G2 * (om * om)
 
     def product(self, h: torch.Tensor) -> torch.Tensor:
         """phi before LayerNorm, shape (..., rank)."""

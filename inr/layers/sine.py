@@ -31,6 +31,34 @@ def spder_atan(z: torch.Tensor) -> torch.Tensor:
 ACTIVATIONS = {"sin": sine, "spder": spder_sqrt, "spder-atan": spder_atan}
 
 
+def sqrt_envelope_jet(z: torch.Tensor):
+    """sqrt(max(|z|, floor)) and its first two derivatives; both vanish where the floor holds (as autograd)."""
+    a = z.abs()
+    r = a.clamp_min(SQRT_FLOOR).sqrt()
+    live = a > SQRT_FLOOR
+    zero = torch.zeros_like(z)
+    dr = torch.where(live, 0.5 * torch.sign(z) / r, zero)
+    ddr = torch.where(live, -0.25 / (r * r * r), zero)
+    return r, dr, ddr
+
+
+def atan_envelope_jet(z: torch.Tensor):
+    """arctan(z) and its first two derivatives."""
+    q = 1.0 / (1.0 + z * z)
+    return torch.atan(z), q, -2.0 * z * q * q
+
+
+def activation_jet(name: str, z: torch.Tensor):
+    """(sigma, sigma', sigma'') of a periodic activation at ``z``: the value and its first two derivatives
+    (forward-mode Laplacians, :mod:`pde.forward`; LRNN components, :meth:`LRNNLayer.component_jet`)."""
+    s, c = torch.sin(z), torch.cos(z)
+    if name == "sin":
+        return s, c, -s
+    r, dr, ddr = sqrt_envelope_jet(z) if name == "spder" else atan_envelope_jet(z)
+    # (sin r)'' = -sin r + 2 cos r' + sin r''
+    return s * r, c * r + s * dr, (ddr - r) * s + 2.0 * c * dr
+
+
 def get_activation(name: str):
     try:
         return ACTIVATIONS[name]
