@@ -75,7 +75,7 @@ def export_run(run_dir, fmt: str = "torch", out=None) -> tuple[Path, float]:
                        f"({' '.join(str(e).split())[:200]})") from None
     want = predict(f.model, coords, f.kind).float()
     if fmt == "torch":
-        tmp = out.with_name(f".{out.name}.tmp")
+        tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")   # torch.export.save wants a .pt2 name
         torch.export.save(prog, tmp)
         os.replace(tmp, out)
         got = torch.export.load(out).module()(coords)
