@@ -107,7 +107,7 @@ def main(argv=None) -> int:
         a.set, a.clips, a.models, a.params, a.steps = "test", "music-s11", "siren,lrnn-spder", 2000, 4
         a.clip_seconds, a.rate, a.wall, a.eval_every = 0.05, 8000, 1.0, 2
     check_out(Path(a.out))
-    lrs = {k: float(v) for k, v in (s.split("=", 1) for s in a.lr)}
+    lrs = {k: float(v) for k, v in (s.rsplit("=", 1) for s in a.lr)}   # "MODEL[opt=x]=LR" too
     sets = ("dev", "test") if a.set == "both" else (a.set,)
     with RunFolder(Path(a.out)) as folder:
         out = folder.path
