@@ -154,3 +154,31 @@ def test_scale_quick(tmp_path):
     assert (out / "table.md").read_text().count("\n|") >= 3
     assert (out / "fits" / "mosaic32" / "reconstruction.png").is_file()
     assert (out / "fits" / "music0.05s" / "reconstruction.wav").is_file()
+
+
+def test_audio_devtest_quick(tmp_path):
+    """The dev/test audio protocol's tiny setting: equal steps on a test clip and equal wall time, one table."""
+    out = tmp_path / "adt"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "audio_devtest.py"), "--quick", "--threads", "1",
+                           "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    m = json.loads((out / "metrics.json").read_text())
+    steps = m["runs"]["test_steps"]
+    assert [(r["model"], r["clip"]) for r in steps] == [("siren", "music-s11"), ("lrnn-spder", "music-s11")]
+    assert all("error" not in r and r["steps"] == 4 and r["batch"] is None and 0 < r["mse"] < 1 for r in steps)
+    assert all(r["seconds"] >= 1.0 and r["steps"] > 4 for r in m["runs"]["wall"])
+    assert (out / "clips" / "music-s11.wav").is_file()
+    assert (out / "table.md").read_text().count("| lrnn-spder |") == 2
+
+
+def test_audio_clips_are_seeded_and_normalised(monkeypatch):
+    monkeypatch.setattr(sys, "path", [str(ROOT / "benchmarks")] + sys.path)
+    import numpy as np
+    from audio_clips import SETS, excerpt, music
+    a, b, c = music(0.5, 8000, 3), music(0.5, 8000, 3), music(0.5, 8000, 4)
+    assert a.shape == (4000,) and np.array_equal(a, b) and not np.allclose(a, c)
+    x = np.r_[np.zeros(100), np.sin(np.arange(900) / 5.0) * 3]
+    e = excerpt(x, 0.1, 1000)   # starts past the leading silence, peak 1
+    assert e.shape == (100,) and abs(np.abs(e).max() - 1) < 1e-12 and abs(e[0]) < 0.2 and e[1] != 0
+    dev, test = ({r["name"] for r in SETS[k]} for k in ("dev", "test"))
+    assert dev and test and not dev & test
