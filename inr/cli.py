@@ -126,8 +126,9 @@ def make_parser() -> argparse.ArgumentParser:
                         "docs/results.md; the others 200,000); ignored when --hidden, --rank or --table is given")
     f.add_argument("--steps", type=_positive_int("--steps"), help=f"optimizer steps (default: {d.train.steps})")
     f.add_argument("--seconds", type=_seconds,
-                   help="training budget in seconds, 'none' for no limit; training stops at --steps or "
-                        f"--seconds, whichever comes first (default: {d.train.seconds:g})")
+                   help="time budget in seconds for the whole fit (set-up, training, evaluations and "
+                        "writing the run folder; training stops early by their estimated cost), 'none' for no "
+                        f"limit; training also stops at --steps (default: {d.train.seconds:g})")
     lrs = ", ".join(f"{n} {spec(n).task('image').lr:g}" for n in names("image"))
     f.add_argument("--lr", type=positive_float("--lr"), help=f"Adam learning rate (default per model: {lrs})")
     batches = ", ".join(f"{n} {spec(n).task('image').cpu_batch}" if spec(n).task("image").cpu_batch_rule is None

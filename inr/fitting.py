@@ -595,7 +595,9 @@ def fit(signal=None, config: FitConfig | None = None, run: RunFolder | None = No
     ``seconds=10``, ``lr=1e-3``, ``seed=1``, ``hidden=128``: any field of the config tree, or a model
     hyper-parameter).  ``run``: a :class:`~inr.runs.RunFolder` whose staging folder holds the checkpoint
     (``train.checkpoint_every``) and is resumed when the folder was opened with ``resume=True``; writing
-    the results is :meth:`Fit.save`'s job."""
+    the results is :meth:`Fit.save`'s job.  A time budget (``seconds``) covers this call and that writing:
+    training stops early by their estimated cost (:func:`writing_reserve`)."""
+    started = time.perf_counter()
     cfg = with_overrides(config or FitConfig(), overrides)
     sig = as_signal(signal)
     dev = resolve_device(cfg.train.device)
@@ -619,8 +621,9 @@ def fit(signal=None, config: FitConfig | None = None, run: RunFolder | None = No
     saved = saved_tensor_bytes(loss_fn)
     torch.set_rng_state(rng)
     reserved = 0.0
-    if train.seconds is not None:   # the budget covers writing too (WRITE_COST)
-        reserved = writing_reserve(net, sig, train.seconds, train.eval_fraction)
+    if train.seconds is not None:   # the budget covers the set-up, evaluations and writing too (WRITE_COST)
+        reserved = writing_reserve(net, sig, train.seconds, train.eval_fraction,
+                                   spent=time.perf_counter() - started)
         train = replace(train, seconds=train.seconds - reserved) if reserved > 0 else train
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
@@ -629,7 +632,9 @@ def fit(signal=None, config: FitConfig | None = None, run: RunFolder | None = No
     evaluate = make_evaluator(net, coords, values, sig.kind, points=EVAL_POINTS, seed=cfg.train.seed,
                               axes=grid_axes(sig))   # a fixed subset above EVAL_POINTS points (FitConfig)
     result = train_fit(net, loss_fn, train, evaluate=evaluate, eval_every=cfg.eval_every or 0, lbfgs_loss=full_loss)
+    t0 = time.perf_counter()
     pred = predict_signal(net, sig)
+    t1 = time.perf_counter()
     if not torch.isfinite(pred).all():
         raise DivergenceError(f"{cfg.model.name} on {sig.name}: the trained model predicts non-finite values; "
                               f"lower --lr")
@@ -639,26 +644,30 @@ def fit(signal=None, config: FitConfig | None = None, run: RunFolder | None = No
     m = fit_metrics(sig, net, pred, result, cfg)
     m["memory"] = memory
     m["seconds_reserved_for_writing"] = reserved
+    m["seconds_after_training"] = {"predict": round(t1 - t0, 3), "metrics": round(time.perf_counter() - t1, 3)}
     return Fit(net, sig.describe(), cfg, m, result, signal=sig, prediction=pred)
 
 
-# A time budget T covers the whole command, within 1.1 T (+ the start-up): when the evaluations (at most
-# eval_fraction x T) and predicting and writing the whole signal (estimated as WRITE_COST x the time of one
-# whole-signal prediction, timed on one block before training) would take more than 0.1 T, training stops
-# that much earlier (at most T / 2 earlier; metrics.json: seconds_reserved_for_writing).  Measured on the
-# loaded 2-core CPU (2048^2 RGB, 4M-parameter hash grid, 1 thread): prediction 3.9-6.0 s, metrics (PSNR,
-# SSIM) 3.2-5.5 s, PNG 0.1-2.2 s, error map 0.9-1.7 s, comparison 1.1-2.9 s; in a whole run the time after
-# training was ~2.3 x the estimated prediction.  Audio writes a WAV and rho_AG (an FFT).
-WRITE_COST = {"image": 2.5, "audio": 1.5}
-BUDGET_SLACK = 0.1
+# A time budget T covers the whole fit, not only its training: from the start of :func:`fit` (the signal
+# already read) to the last file of the run folder.  Training stops early by what the rest is expected to
+# take (metrics.json: seconds_reserved_for_writing, and seconds_after_training as measured): the set-up so
+# far (building the model, the memory probe), the evaluations (at most eval_fraction x the training time),
+# and predicting, measuring and writing the whole signal, estimated as WRITE_COST x the time of one
+# whole-signal prediction (timed on one block before training) + FILES_SECONDS (the figures, model.pt);
+# at most T / 2.  Measured on the quiet 2-core CPU (hash grid, --params auto, 2 threads), prediction /
+# metrics / files: 1024^2 RGB 0.33 / 0.28 / 1.63 s, 2048^2 1.45 / 1.32 / 1.94 s, 4096^2 5.71 / 7.77 /
+# 4.72 s (the estimated prediction 5.86 s): the time after training is ~3.2 x the prediction at the large
+# sizes plus ~1.3 s of fixed cost.  Audio writes a WAV and rho_AG (an FFT).
+WRITE_COST = {"image": 3.2, "audio": 1.5}
+FILES_SECONDS = 1.5
 
 
 def writing_reserve(net, sig: Signal, seconds: float, eval_fraction: float | None = None,
-                    chunk: int = PREDICT_CHUNK) -> float:
-    """Training seconds to hold back from a budget of ``seconds`` (see :data:`WRITE_COST`): the evaluations'
-    share plus the estimated post-training cost beyond ``BUDGET_SLACK x seconds``, at most half the budget.
-    Times :func:`predict_grid` on one block of the signal's grid (three times, the fastest counts); draws no
-    random numbers."""
+                    chunk: int = PREDICT_CHUNK, spent: float = 0.0) -> float:
+    """Training seconds to hold back from a budget of ``seconds`` (see :data:`WRITE_COST`): ``spent`` (the
+    fit's set-up so far), the evaluations' share and the estimated cost of predicting and writing the whole
+    signal, at most half the budget.  Times :func:`predict_grid` on one block of the signal's grid (three
+    times, the fastest counts); draws no random numbers."""
     axes = grid_axes(sig)
     rest = int(np.prod([a.numel() for a in axes[1:]])) if len(axes) > 1 else 1
     rows = max(1, min(axes[0].numel(), chunk // rest))
@@ -668,8 +677,8 @@ def writing_reserve(net, sig: Signal, seconds: float, eval_fraction: float | Non
         t = time.perf_counter()
         predict_grid(net, block, sig.kind, chunk)
         took = min(took, time.perf_counter() - t)
-    after = took * sig.num_points / (rows * rest) * WRITE_COST[sig.kind]
-    need = (eval_fraction or 0.0) * seconds + after - BUDGET_SLACK * seconds
+    after = took * sig.num_points / (rows * rest) * WRITE_COST[sig.kind] + FILES_SECONDS
+    need = spent + (eval_fraction or 0.0) * seconds + after
     return round(min(0.5 * seconds, max(0.0, need)), 3)
 
 
@@ -845,6 +854,7 @@ def _check_budget(net, model: ModelConfig) -> None:
 def write_run(folder: Path, sig: Signal, net, pred, metrics: dict, config: dict, result) -> None:
     """Write every file of a run folder into ``folder`` (metrics.json last)."""
     folder = Path(folder)
+    t0 = time.perf_counter()
     sig.write(pred, folder / ("reconstruction.png" if sig.kind == "image" else "reconstruction.wav"))
     if sig.kind == "image":
         err = abs_error(sig, pred)
@@ -855,6 +865,9 @@ def write_run(folder: Path, sig: Signal, net, pred, metrics: dict, config: dict,
     write_curves(result.history, sig.kind, folder / "curves.png")
     save_torch({k: v.detach().cpu() for k, v in net.state_dict().items()}, folder / "model.pt")
     write_json(config, folder / "config.json")
+    after = metrics.get("seconds_after_training")
+    if isinstance(after, dict):   # the files but metrics.json itself (written last)
+        after["files"] = round(time.perf_counter() - t0, 3)
     write_json(metrics, folder / "metrics.json")
 
 

@@ -104,9 +104,11 @@ def test_a_large_signal_is_evaluated_on_a_fixed_subset(monkeypatch):
     assert m["psnr"] == pytest.approx(peak_signal_noise_ratio(sig.values, pred, data_range=1.0), abs=1e-9)
 
 
-def test_writing_reserve_holds_back_training_time_only_for_costly_signals(monkeypatch):
+def test_writing_reserve_covers_setup_evaluations_and_files_at_most_half_the_budget(monkeypatch):
     sig = image_from_array(smooth_image(32, 32) / 255.0)
     net = build("hash", 2, 1, params=5000)
-    assert fitting.writing_reserve(net, sig, 60.0, 0.05) == 0.0   # a tiny image: nothing to hold back
+    # a tiny image: the evaluations' share, the set-up so far and the fixed cost of the files
+    small = fitting.writing_reserve(net, sig, 60.0, 0.05, spent=0.5)
+    assert 0.05 * 60 + 0.5 + fitting.FILES_SECONDS <= small < 0.05 * 60 + 0.5 + fitting.FILES_SECONDS + 0.5
     monkeypatch.setitem(fitting.WRITE_COST, "image", 1e9)          # writing "costs" ages: at most half the budget
     assert fitting.writing_reserve(net, sig, 60.0, 0.05) == 30.0
