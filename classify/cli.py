@@ -89,7 +89,8 @@ def parser() -> argparse.ArgumentParser:
                quiet_help="no progress output")
     t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
 
-    e = sub.add_parser("eval", help="clean and Poisson-noise accuracy of a run folder (writes eval.json)")
+    e = sub.add_parser("eval", help="clean and Poisson-noise accuracy of a run folder (printed as JSON; --out "
+                                    "also writes it to a new file)")
     e.add_argument("run_dir")
     e.add_argument("--noise-peak", type=float, default=10.0, help="photon count at intensity 1 (default 10)")
     e.add_argument("--noise-seed", type=int, default=None, help="default: the run's split seed")
@@ -97,6 +98,7 @@ def parser() -> argparse.ArgumentParser:
     add_common(e, skip=("seed", "threads", "out", "quiet"))
     e.add_argument("--batch-size", type=int, default=256)
     e.add_argument("--workers", type=int, default=0)
+    e.add_argument("--out", help="also write the result as JSON to this new file (refused if it exists)")
 
     m = sub.add_parser("models", help="list the model names with parameter counts")
     m.add_argument("--num-classes", type=int, default=10)
@@ -145,7 +147,8 @@ def _run(args) -> int:
                                                   "train_seconds", "images_per_s") if k in res}))
     elif args.cmd == "eval":
         res = evaluate_run(args.run_dir, noise_peak=args.noise_peak, device=args.device, data=args.data,
-                           batch_size=args.batch_size, workers=args.workers, noise_seed=args.noise_seed)
+                           batch_size=args.batch_size, workers=args.workers, noise_seed=args.noise_seed,
+                           out_file=args.out)
         print(json.dumps(res, indent=2))
     else:
         from .models import MODELS, build, count_params

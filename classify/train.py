@@ -28,7 +28,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from inr.runfiles import replacing, save_torch, versions, write_json
+from inr.runfiles import json_text, replacing, save_torch, versions, write_json, write_new
 from inr.train import load_checkpoint, resolve_device, seed_everything
 
 from . import data as D
@@ -438,8 +438,10 @@ def _summary(history, reached, a: TrainArgs, n_params, device) -> dict:
 
 
 def evaluate_run(run_dir: str, *, noise_peak: float = 10.0, device: str = "auto", batch_size: int = 256,
-                 data: str | None = None, workers: int = 0, noise_seed: int | None = None) -> dict:
-    """Clean and Poisson-noise test accuracy of a finished run; writes ``run_dir/eval.json``."""
+                 data: str | None = None, workers: int = 0, noise_seed: int | None = None,
+                 out_file: str | None = None) -> dict:
+    """Clean and Poisson-noise test accuracy of a finished run; with ``out_file`` also written as JSON to
+    that new file (refused if it exists; the run folder is never written into)."""
     cfg_path, w_path = os.path.join(run_dir, "config.json"), os.path.join(run_dir, "model.pt")
     for p in (cfg_path, w_path):
         if not os.path.isfile(p):
@@ -474,7 +476,7 @@ def evaluate_run(run_dir: str, *, noise_peak: float = 10.0, device: str = "auto"
     out = {"run": run_dir, "data": args.data, "n_test": cl["n"], "acc_clean": cl["acc"], "acc_noisy": nz["acc"],
            "loss_clean": cl["loss"], "loss_noisy": nz["loss"], "noise_peak": noise_peak, "noise_seed": seed,
            "delta_noise_percent": delta_noise(cl["acc"], nz["acc"])}
-    if d.main:
-        write_json(out, os.path.join(run_dir, "eval.json"))
+    if d.main and out_file is not None:
+        write_new(out_file, json_text(out))
     _finish(d)
     return out

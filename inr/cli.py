@@ -184,11 +184,13 @@ def make_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="rebuild a run's model, reload its signal and recompute the metrics",
                        description="Rebuild the model of a run folder from config.json and model.pt, reload "
-                                   "the signal it was fitted to, and recompute the metrics (written to "
-                                   "RUN_DIR/eval.json).")
+                                   "the signal it was fitted to, and recompute the metrics (printed; "
+                                   "--out also writes them to a new JSON file; the run folder is never "
+                                   "written into).")
     e.add_argument("run_dir", help="a run folder written by 'inr fit'")
     add_common(e, skip=("seed", "threads", "out", "quiet"))
     e.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    e.add_argument("--out", help="also write the metrics as JSON to this new file (refused if it exists)")
 
     r = sub.add_parser("render", help="sample a fitted model at another resolution or sample rate",
                        description="Rebuild a run's model and write the signal it represents at any resolution "
@@ -354,7 +356,7 @@ def _cmd_export(a) -> int:
 
 
 def _cmd_eval(a) -> int:
-    m = evaluate_run(a.run_dir, device=a.device)
+    m = evaluate_run(a.run_dir, device=a.device, out=a.out)
     if a.json:
         print(json.dumps(m, indent=2))
         return 0
@@ -372,7 +374,8 @@ def _cmd_eval(a) -> int:
     if stored.get("kind") == m["kind"]:
         line += f"   (recorded at fit time: {_fmt_metrics(stored)})"
     print(f"{m['model']} ({m['params']:,} params) on {m['signal']}: {line}")
-    print(f"written: {Path(a.run_dir) / 'eval.json'}")
+    if a.out:
+        print(f"written: {a.out}")
     return 0
 
 

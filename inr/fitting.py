@@ -50,7 +50,7 @@ from .config import from_dict, leaf_paths, merge, to_dict
 from .errors import InputError
 from .models import ModelConfig, build, count_params, from_config, spec
 from .signals import PNG_FAST_PIXELS, Signal, SignalError, load
-from .runfiles import save_torch, versions, write_json
+from .runfiles import json_text, save_torch, versions, write_json, write_new
 from .schema import read_json
 from .runs import RunError, RunFolder, staging_dir
 from .runs import check_out as _check_out  # noqa: F401 - used by inr.batched / inr.shard
@@ -903,9 +903,10 @@ def load_run(run_dir: str | os.PathLike, device: str = "cpu"):
     return net, config
 
 
-def evaluate_run(run_dir: str | os.PathLike, device: str = "auto", write: bool = True) -> dict:
+def evaluate_run(run_dir: str | os.PathLike, device: str = "auto", out: str | os.PathLike | None = None) -> dict:
     """Rebuild a run's model, reload its signal (source file or built-in), predict and recompute the
-    metrics.  With ``write`` they go to ``RUN_DIR/eval.json``."""
+    metrics.  With ``out`` they are also written as JSON to that new file (refused if it exists; the run
+    folder itself is never written into)."""
     d = Path(run_dir)
     dev = resolve_device(device)
     net, config = load_run(d, device=str(dev))
@@ -914,8 +915,8 @@ def evaluate_run(run_dir: str | os.PathLike, device: str = "auto", write: bool =
     pred = predict_signal(net, sig)
     m = {"signal": sig.name, "kind": sig.kind, "model": config["model"]["name"], "params": count_params(net),
          **signal_metrics(sig, pred), "device": str(dev), "run_dir": str(d)}
-    if write:
-        write_json(m, d / "eval.json")
+    if out is not None:
+        write_new(out, json_text(m))
     return m
 
 

@@ -112,9 +112,14 @@ def json_safe(o):
     return o
 
 
+def json_text(obj) -> str:
+    """Valid JSON text (non-finite numbers become null; ``allow_nan=False`` guarantees no bare NaN)."""
+    return json.dumps(json_safe(obj), indent=2, default=json_default, allow_nan=False) + "\n"
+
+
 def write_json(obj, path) -> None:
-    """Valid JSON (non-finite numbers become null; ``allow_nan=False`` guarantees no bare NaN)."""
-    write_text(path, json.dumps(json_safe(obj), indent=2, default=json_default, allow_nan=False) + "\n")
+    """:func:`json_text` of ``obj`` written to ``path``."""
+    write_text(path, json_text(obj))
 
 
 def save_torch(obj, path) -> None:

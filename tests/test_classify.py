@@ -296,8 +296,14 @@ def test_one_epoch_on_digits_beats_chance(tmp_path):
         assert os.path.isfile(os.path.join(out, f))
     cfg = json.load(open(os.path.join(out, "config.json")))
     assert cfg["seed"] == 0 and "torch" in cfg["versions"] and cfg["args"]["augment"] is False
-    assert cli_main(["eval", out, "--noise-peak", "20", "--device", "cpu"]) == 0
-    ev = json.load(open(os.path.join(out, "eval.json")))
+    before = sorted(os.listdir(out))
+    ev_path = os.path.join(os.path.dirname(out), "eval.json")
+    assert cli_main(["eval", out, "--noise-peak", "20", "--device", "cpu", "--out", ev_path]) == 0
+    assert sorted(os.listdir(out)) == before                  # the run folder is never written into
+    ev = json.load(open(ev_path))
+    # an existing --out file is refused and left unchanged
+    assert cli_main(["eval", out, "--noise-peak", "20", "--device", "cpu", "--out", ev_path]) == 2
+    assert json.load(open(ev_path)) == ev
     assert ev["acc_clean"] == pytest.approx(res["final_test_acc"])
     assert ev["delta_noise_percent"] == pytest.approx(delta_noise(ev["acc_clean"], ev["acc_noisy"]))
 

@@ -66,9 +66,12 @@ def test_fit_image_writes_a_complete_run_and_eval_reproduces_it(tmp_path, tiny_p
     assert config["signal"]["source"] == str(path.resolve())
 
     capsys.readouterr()
-    assert main(["eval", str(out)]) == 0
+    before = sorted(p.name for p in out.iterdir())
+    assert main(["eval", str(out), "--out", str(tmp_path / "eval.json")]) == 0
     assert "PSNR" in capsys.readouterr().out
-    ev = json.loads((out / "eval.json").read_text())
+    assert sorted(p.name for p in out.iterdir()) == before   # the run folder is never written into
+    assert main(["eval", str(out), "--out", str(tmp_path / "eval.json")]) == 2   # an existing file: refused
+    ev = json.loads((tmp_path / "eval.json").read_text())
     assert ev["psnr"] == pytest.approx(m["psnr"], abs=1e-9) and ev["ssim"] == pytest.approx(m["ssim"], abs=1e-9)
     history = (out / "history.csv").read_text().splitlines()
     # 6 training rows + the whole-signal evaluation after the last step (eval_every 50 > 6 steps)
