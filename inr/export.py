@@ -6,6 +6,7 @@ must not exist; nothing is written into the run folder.
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -75,9 +76,19 @@ def export_run(run_dir, fmt: str = "torch", out=None) -> tuple[Path, float]:
                        f"({' '.join(str(e).split())[:200]})") from None
     want = predict(f.model, coords, f.kind).float()
     if fmt == "torch":
-        tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")   # torch.export.save wants a .pt2 name
-        torch.export.save(prog, tmp)
-        os.replace(tmp, out)
+        # an exclusive temporary file beside ``out`` (unpredictable name; torch.export.save wants a .pt2
+        # suffix), then hard-linked to ``out``: a file that appeared there meanwhile is never replaced
+        fd, tmp = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=out.suffix, dir=out.parent)
+        os.close(fd)
+        try:
+            torch.export.save(prog, tmp)
+            try:
+                os.link(tmp, out)
+            except FileExistsError:
+                raise RunError(f"--out {out}: already exists; choose a new file (existing files are never "
+                               f"replaced)") from None
+        finally:
+            os.unlink(tmp)
         got = torch.export.load(out).module()(coords)
     else:
         got = _onnx(net, example, coords, out)
