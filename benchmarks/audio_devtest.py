@@ -9,7 +9,8 @@ on ``--set test``.
         --models "siren,lrnn-spder,lrnn-spder[w0_first=1000]"               # a CPU-sized sweep
     python benchmarks/audio_devtest.py --quick                              # seconds-long smoke run
 
-Learning rates are each family's audio default (inr.models.spec) unless ``--lr MODEL=LR``.  The equal-time
+Learning rates are each family's audio default (inr.models.spec) unless ``--lr MODEL=LR``; a model written
+``MODEL@LR`` in ``--models`` (e.g. ``siren@3e-4``) is its own row at that rate.  The equal-time
 part (``--wall SECONDS``, 0 to skip) fits ``--wall-models`` on ``--wall-clip`` for that many training
 seconds each.  Speech clips are skipped (and listed) when espeak-ng is not installed.  Writes a new folder
 (--out, default results/audio_devtest; an existing one is refused): clips/ (the excerpts as wav), table.md
@@ -119,14 +120,16 @@ def main(argv=None) -> int:
             names = [c for c in a.clips.split(",") if c] or [r["name"] for r in audio_clips.SETS[s]]
             paths = write_clips(names, out / "clips", a.clip_seconds, a.rate or None, skipped)
             specs = []
+            labels = []
             for clip, path in paths.items():
-                for model in lrnn_study.split_models(a.models):
-                    name = lrnn_study.parse_model(model)[0]
-                    specs.append(_spec(a, model, path, lrs.get(model, lrs.get(name, spec(name).task("audio").lr)),
-                                       a.steps, None))
+                for label in lrnn_study.split_models(a.models):
+                    model, lr = model_lr(label, lrs)
+                    specs.append(_spec(a, model, path, lr, a.steps, None))
+                    labels.append(label)
             res = lrnn_study.run_specs(specs, a.jobs)
-            for r, sp in zip(res, specs):
+            for r, sp, label in zip(res, specs, labels):
                 r["clip"] = next(c for c, pth in paths.items() if pth == sp["signal"])
+                r["model"] = label   # "MODEL@LR" rows keep their rate in the name
             allres[f"{s}_steps"] = res
             text.append(f"\n## {s} set, equal steps ({a.steps}); whole-clip MSE x 1e-4\n\n" + table(res, list(paths)))
         if a.wall > 0:
@@ -134,13 +137,13 @@ def main(argv=None) -> int:
             path = write_clips([clip], out / "clips", a.clip_seconds, a.rate or None, skipped).get(clip)
             if path:
                 specs = []
-                for model in lrnn_study.split_models(a.wall_models):
-                    name = lrnn_study.parse_model(model)[0]
-                    specs.append(_spec(a, model, path, lrs.get(model, lrs.get(name, spec(name).task("audio").lr)),
-                                       10 ** 9, a.wall))
+                labels = lrnn_study.split_models(a.wall_models)
+                for label in labels:
+                    model, lr = model_lr(label, lrs)
+                    specs.append(_spec(a, model, path, lr, 10 ** 9, a.wall))
                 res = lrnn_study.run_specs(specs, a.jobs)
-                for r in res:
-                    r["clip"] = clip
+                for r, label in zip(res, labels):
+                    r["clip"], r["model"] = clip, label
                 allres["wall"] = res
                 steps = ", ".join(f"{r['model']} {r.get('steps')}" for r in res)
                 text.append(f"\n## equal wall time ({a.wall:g} s per run, steps: {steps}); whole-clip MSE x 1e-4\n\n"
@@ -152,6 +155,16 @@ def main(argv=None) -> int:
         (out / "metrics.json").write_text(json.dumps({"settings": vars(a), "runs": allres}, indent=2, default=str))
     print(body, flush=True)
     return 0
+
+
+def model_lr(label: str, lrs: dict) -> tuple[str, float]:
+    """``MODEL[opts]@LR`` -> (MODEL[opts], LR); without ``@``: ``--lr`` for the spec or its family, else the
+    family's audio default (inr.models.spec)."""
+    model, _, at = label.rpartition("@") if "@" in label else (label, "", "")
+    if at:
+        return model, float(at)
+    name = lrnn_study.parse_model(model)[0]
+    return model, lrs.get(model, lrs.get(name, spec(name).task("audio").lr))
 
 
 def _spec(a, model, path, lr, steps, seconds) -> dict:
