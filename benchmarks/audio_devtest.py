@@ -97,6 +97,7 @@ def main(argv=None) -> int:
     p.add_argument("--wall-clip", default="", help="clip of the equal-time runs (default: the first)")
     p.add_argument("--wall-models", default="siren,lrnn-spder")
     p.add_argument("--eval-every", type=int, default=100)
+    p.add_argument("--ref", default="siren", help="the row the ratios are taken against (a --models entry)")
     p.add_argument("--lr", action="append", default=[], metavar="MODEL=LR")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
@@ -131,7 +132,7 @@ def main(argv=None) -> int:
                 r["clip"] = next(c for c, pth in paths.items() if pth == sp["signal"])
                 r["model"] = label   # "MODEL@LR" rows keep their rate in the name
             allres[f"{s}_steps"] = res
-            text.append(f"\n## {s} set, equal steps ({a.steps}); whole-clip MSE x 1e-4\n\n" + table(res, list(paths)))
+            text.append(f"\n## {s} set, equal steps ({a.steps}); whole-clip MSE x 1e-4\n\n" + table(res, list(paths), a.ref))
         if a.wall > 0:
             clip = a.wall_clip or names[0]
             path = write_clips([clip], out / "clips", a.clip_seconds, a.rate or None, skipped).get(clip)
@@ -147,7 +148,7 @@ def main(argv=None) -> int:
                 allres["wall"] = res
                 steps = ", ".join(f"{r['model']} {r.get('steps')}" for r in res)
                 text.append(f"\n## equal wall time ({a.wall:g} s per run, steps: {steps}); whole-clip MSE x 1e-4\n\n"
-                            + table(res, [clip]))
+                            + table(res, [clip], a.ref))
         if skipped:
             text.append(f"\nskipped (espeak-ng not installed): {', '.join(sorted(set(skipped)))}\n")
         body = header + "".join(text)
