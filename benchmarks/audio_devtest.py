@@ -9,7 +9,8 @@ on ``--set test``.
         --models "siren,lrnn-spder,lrnn-spder[w0_first=1000]"               # a CPU-sized sweep
     python benchmarks/audio_devtest.py --quick                              # seconds-long smoke run
 
-Learning rates are each family's audio default (inr.models.spec) unless ``--lr MODEL=LR``.  The equal-time
+Learning rates are each family's audio default (inr.models.spec) unless ``--lr MODEL=LR``; a model written
+``MODEL@LR`` in ``--models`` (e.g. ``siren@3e-4``) is its own row at that rate.  The equal-time
 part (``--wall SECONDS``, 0 to skip) fits ``--wall-models`` on ``--wall-clip`` for that many training
 seconds each.  Speech clips are skipped (and listed) when espeak-ng is not installed.  Writes a new folder
 (--out, default results/audio_devtest; an existing one is refused): clips/ (the excerpts as wav), table.md
@@ -96,6 +97,7 @@ def main(argv=None) -> int:
     p.add_argument("--wall-clip", default="", help="clip of the equal-time runs (default: the first)")
     p.add_argument("--wall-models", default="siren,lrnn-spder")
     p.add_argument("--eval-every", type=int, default=100)
+    p.add_argument("--ref", default="siren", help="the row the ratios are taken against (a --models entry)")
     p.add_argument("--lr", action="append", default=[], metavar="MODEL=LR")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
@@ -119,32 +121,34 @@ def main(argv=None) -> int:
             names = [c for c in a.clips.split(",") if c] or [r["name"] for r in audio_clips.SETS[s]]
             paths = write_clips(names, out / "clips", a.clip_seconds, a.rate or None, skipped)
             specs = []
+            labels = []
             for clip, path in paths.items():
-                for model in lrnn_study.split_models(a.models):
-                    name = lrnn_study.parse_model(model)[0]
-                    specs.append(_spec(a, model, path, lrs.get(model, lrs.get(name, spec(name).task("audio").lr)),
-                                       a.steps, None))
+                for label in lrnn_study.split_models(a.models):
+                    model, lr = model_lr(label, lrs)
+                    specs.append(_spec(a, model, path, lr, a.steps, None))
+                    labels.append(label)
             res = lrnn_study.run_specs(specs, a.jobs)
-            for r, sp in zip(res, specs):
+            for r, sp, label in zip(res, specs, labels):
                 r["clip"] = next(c for c, pth in paths.items() if pth == sp["signal"])
+                r["model"] = label   # "MODEL@LR" rows keep their rate in the name
             allres[f"{s}_steps"] = res
-            text.append(f"\n## {s} set, equal steps ({a.steps}); whole-clip MSE x 1e-4\n\n" + table(res, list(paths)))
+            text.append(f"\n## {s} set, equal steps ({a.steps}); whole-clip MSE x 1e-4\n\n" + table(res, list(paths), a.ref))
         if a.wall > 0:
             clip = a.wall_clip or names[0]
             path = write_clips([clip], out / "clips", a.clip_seconds, a.rate or None, skipped).get(clip)
             if path:
                 specs = []
-                for model in lrnn_study.split_models(a.wall_models):
-                    name = lrnn_study.parse_model(model)[0]
-                    specs.append(_spec(a, model, path, lrs.get(model, lrs.get(name, spec(name).task("audio").lr)),
-                                       10 ** 9, a.wall))
+                labels = lrnn_study.split_models(a.wall_models)
+                for label in labels:
+                    model, lr = model_lr(label, lrs)
+                    specs.append(_spec(a, model, path, lr, 10 ** 9, a.wall))
                 res = lrnn_study.run_specs(specs, a.jobs)
-                for r in res:
-                    r["clip"] = clip
+                for r, label in zip(res, labels):
+                    r["clip"], r["model"] = clip, label
                 allres["wall"] = res
                 steps = ", ".join(f"{r['model']} {r.get('steps')}" for r in res)
                 text.append(f"\n## equal wall time ({a.wall:g} s per run, steps: {steps}); whole-clip MSE x 1e-4\n\n"
-                            + table(res, [clip]))
+                            + table(res, [clip], a.ref))
         if skipped:
             text.append(f"\nskipped (espeak-ng not installed): {', '.join(sorted(set(skipped)))}\n")
         body = header + "".join(text)
@@ -152,6 +156,16 @@ def main(argv=None) -> int:
         (out / "metrics.json").write_text(json.dumps({"settings": vars(a), "runs": allres}, indent=2, default=str))
     print(body, flush=True)
     return 0
+
+
+def model_lr(label: str, lrs: dict) -> tuple[str, float]:
+    """``MODEL[opts]@LR`` -> (MODEL[opts], LR); without ``@``: ``--lr`` for the spec or its family, else the
+    family's audio default (inr.models.spec)."""
+    model, _, at = label.rpartition("@") if "@" in label else (label, "", "")
+    if at:
+        return model, float(at)
+    name = lrnn_study.parse_model(model)[0]
+    return model, lrs.get(model, lrs.get(name, spec(name).task("audio").lr))
 
 
 def _spec(a, model, path, lr, steps, seconds) -> dict:

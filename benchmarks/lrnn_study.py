@@ -87,8 +87,8 @@ def load_signal(name: str, size: int, audio_seconds: float):
 
 
 def split_models(text: str) -> list[str]:
-    """Split a comma list of model specs, keeping commas inside [...] options."""
-    return [m.strip() for m in re.findall(r"[^,\[]+(?:\[[^\]]*\])?", text) if m.strip()]
+    """Split a comma list of model specs, keeping commas inside [...] options (and a trailing ``@LR``)."""
+    return [m.strip() for m in re.findall(r"[^,\[]+(?:\[[^\]]*\])?(?:@[^,]*)?", text) if m.strip()]
 
 
 def parse_model(spec: str) -> tuple[str, dict]:

@@ -91,7 +91,7 @@ def test_fit_audio(tmp_path, tiny_wav):
     assert m["time_to_target_batch"]["10.0"]["step"] == 1  # the first batch MSE is far below 10
     assert m["time_to_target"]["10.0"]["step"] == 6  # whole-signal evaluation: only after the last step here
     config = json.loads((out / "config.json").read_text())
-    assert config["model"]["activation"] == "spder-atan" and config["model"]["w0_first"] == 300
+    assert config["model"]["activation"] == "spder-atan" and config["model"]["w0_first"] == 1000
     info = sf.info(out / "reconstruction.wav")
     assert (info.samplerate, info.channels, info.subtype, info.frames) == (8000, 1, "PCM_16", len(ints))
 

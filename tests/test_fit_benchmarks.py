@@ -171,6 +171,23 @@ def test_audio_devtest_quick(tmp_path):
     assert (out / "table.md").read_text().count("| lrnn-spder |") == 2
 
 
+def test_audio_devtest_model_at_lr(monkeypatch):
+    """``MODEL@LR`` rows in --models: the rate travels with the row, options with commas stay whole."""
+    monkeypatch.setattr(sys, "path", [str(ROOT / "benchmarks")] + sys.path)
+    import audio_devtest
+    import lrnn_study
+    from inr.models import spec
+
+    text = "siren,siren@3e-4,lrnn-spder[w0_first=1000,band=component]@3e-3,lrnn-spder[w0_first=300]"
+    assert lrnn_study.split_models(text) == ["siren", "siren@3e-4", "lrnn-spder[w0_first=1000,band=component]@3e-3",
+                                             "lrnn-spder[w0_first=300]"]
+    assert audio_devtest.model_lr("siren@3e-4", {}) == ("siren", 3e-4)
+    assert audio_devtest.model_lr("lrnn-spder[w0_first=1000]@3e-3", {"lrnn-spder": 1.0}) == (
+        "lrnn-spder[w0_first=1000]", 3e-3)
+    assert audio_devtest.model_lr("lrnn-spder[w0_first=300]", {"lrnn-spder": 2e-3}) == ("lrnn-spder[w0_first=300]", 2e-3)
+    assert audio_devtest.model_lr("siren", {}) == ("siren", spec("siren").task("audio").lr)
+
+
 def test_audio_clips_are_seeded_and_normalised(monkeypatch):
     monkeypatch.setattr(sys, "path", [str(ROOT / "benchmarks")] + sys.path)
     import numpy as np
